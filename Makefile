@@ -1,0 +1,35 @@
+# Two front-door targets: `make test` (and, with the product, `make demo`).
+# Both create .venv on first use: they reuse an importable torch, or install torch 2.13.0
+# (the CPU build) when there is none, then build this package against it.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_VERSION ?= 2.13.0
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+
+.PHONY: install test test-all bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml setup.py CMakeLists.txt
+	@if $(PYTHON) -c "import torch" 2>/dev/null; then \
+		echo "using the importable torch: $$($(PYTHON) -c 'import torch; print(torch.__version__)')"; \
+		$(PYTHON) -m venv --system-site-packages $(VENV); \
+	else \
+		$(PYTHON) -m venv $(VENV) && $(PIP) install "torch==$(TORCH_VERSION)"; \
+	fi
+	$(PIP) install "setuptools>=70" wheel
+	$(PIP) install --no-build-isolation -e ".[test]"
+	@touch $@
+
+test: install
+	$(PY) -m pytest tests -q
+
+test-all: install
+	$(PY) -m pytest tests -q -m "slow or not slow"
+
+bench: install
+	$(PY) -m pytest benchmarks -q --benchmark-only
+
+clean:
+	rm -rf build *.egg-info sst_fast/_C*.so .pytest_cache .benchmarks

@@ -1,0 +1,105 @@
+"""One dataclass configures the model: every stage reads what it needs from it."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+BACKBONES = ("resnet50", "vgg16", "tiny")
+FUSIONS = ("weighted", "average", "max")
+
+
+@dataclasses.dataclass
+class SSTConfig:
+    """Configuration of :class:`sst_fast.SST` and :class:`sst_fast.reference.SSTReference`.
+
+    Attributes:
+        backbone: ``"resnet50"`` (the paper's main setting), ``"vgg16"`` or ``"tiny"`` (CPU-sized).
+        backbone_weights: local path of a torchvision-format state dict, or ``None`` (random init).
+        freeze_backbone: freeze the backbone and keep its BatchNorm in eval mode. ``None`` means
+            frozen for ``resnet50``/``vgg16`` (pretrained features) and trained for ``tiny``.
+        shots: K, the number of support images per episode used for training and sampling. The
+            model itself accepts any K at call time.
+        channels: width of the embedding, relation and decoder (256 in the paper).
+        ssm: the self-supervised tuning module (paper Table 1 "+SSM"); off means ``M = fm(Rq, p)``.
+        aux_loss: add the self-segmentation loss to the training loss (paper §4.4, "+SS Loss").
+        aux_weight: lambda, the weight of the auxiliary loss.
+        fusion: K-shot fusion of the relation maps: ``"weighted"`` (IoU, Eq. 14), ``"average"``, ``"max"``.
+        tune_step: alpha of Eq. 11, ``R's = Rs - alpha * dLsup/dRs`` (the paper: 1.0).
+        learnable_step: learn alpha as a positive scalar initialised at ``tune_step``.
+        first_order: do not back-propagate through the inner gradient (cheaper, approximate).
+        dropout: Dropout2d probability in the encoder, relation and decoder (CANet: 0.5).
+        eps: the pooling epsilon, ``p = sum(F m) / (sum(m) + eps)``.
+        image_size: network input size (H, W) used by :func:`sst_fast.predict` and the data pipeline.
+        check_inputs: validate shapes, dtypes and label values on every forward (costs a device sync;
+            turn off for captured/compiled training loops once the data pipeline is trusted).
+    """
+
+    backbone: str = "resnet50"
+    backbone_weights: str | None = None
+    freeze_backbone: bool | None = None
+    shots: int = 1
+    channels: int = 256
+    ssm: bool = True
+    aux_loss: bool = True
+    aux_weight: float = 1.0
+    fusion: str = "weighted"
+    tune_step: float = 1.0
+    learnable_step: bool = False
+    first_order: bool = False
+    dropout: float = 0.5
+    eps: float = 5e-4
+    image_size: tuple[int, int] | int = (321, 321)
+    check_inputs: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.image_size, int):
+            self.image_size = (self.image_size, self.image_size)
+        self.image_size = tuple(self.image_size)
+        _require(self.backbone in BACKBONES, "backbone", f"one of {BACKBONES}", self.backbone)
+        _require(self.fusion in FUSIONS, "fusion", f"one of {FUSIONS}", self.fusion)
+        _require(_is_int(self.shots) and self.shots >= 1, "shots", "an integer >= 1", self.shots)
+        _require(_is_int(self.channels) and self.channels >= 1, "channels", "an integer >= 1", self.channels)
+        _require(_finite(self.aux_weight) and self.aux_weight >= 0, "aux_weight", "a finite number >= 0",
+                 self.aux_weight)
+        if self.learnable_step:
+            _require(_finite(self.tune_step) and self.tune_step > 0, "tune_step",
+                     "a finite number > 0 when learnable_step=True", self.tune_step)
+        else:
+            _require(_finite(self.tune_step) and self.tune_step >= 0, "tune_step", "a finite number >= 0",
+                     self.tune_step)
+        _require(_finite(self.dropout) and 0 <= self.dropout < 1, "dropout", "a number in [0, 1)", self.dropout)
+        _require(_finite(self.eps) and self.eps > 0, "eps", "a finite number > 0", self.eps)
+        _require(len(self.image_size) == 2 and all(_is_int(s) and s >= 1 for s in self.image_size),
+                 "image_size", "an integer or a pair of integers >= 1", self.image_size)
+        if self.freeze_backbone is None:
+            self.freeze_backbone = self.backbone != "tiny"
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain, JSON/YAML-serialisable dict (``image_size`` as a list)."""
+        values = dataclasses.asdict(self)
+        values["image_size"] = list(self.image_size)
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "SSTConfig":
+        """The inverse of :meth:`to_dict`; unknown keys are an error, not silently dropped."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"SSTConfig: unknown field(s) {unknown}; known fields are {sorted(known)}")
+        return cls(**values)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _require(ok: bool, name: str, expected: str, got: Any) -> None:
+    if not ok:
+        raise ValueError(f"SSTConfig.{name} must be {expected}, got {got!r}")

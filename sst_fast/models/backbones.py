@@ -1,0 +1,298 @@
+"""Backbones: ImageNet networks cut and dilated to output stride 8, in torchvision's key layout.
+
+Every backbone maps images [N, 3, H, W] to two concatenated feature levels at stride 8,
+[N, out_channels, ~H/8, ~W/8] (paper §4.1, as CANet). Parameter names follow torchvision, so
+a torchvision ``state_dict`` file loads directly (:func:`load_backbone_weights`); nothing is
+ever downloaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Mapping
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+
+class Backbone(nn.Module):
+    """Feature extractor with an optional freeze: no gradients and BatchNorm kept in eval mode."""
+
+    out_channels: int
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frozen = False
+
+    def freeze(self) -> "Backbone":
+        self.frozen = True
+        self.requires_grad_(False)
+        return self.train(self.training)
+
+    def train(self, mode: bool = True) -> "Backbone":
+        super().train(mode)
+        if self.frozen:
+            for module in self.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.frozen:
+            with torch.no_grad():
+                return self.extract(images)
+        return self.extract(images)
+
+    def extract(self, images: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+# --- ResNet-50 ------------------------------------------------------------------------------
+
+
+class Bottleneck(nn.Module):
+    """torchvision's ResNet v1.5 bottleneck (stride on the 3x3 convolution)."""
+
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, dilation: int = 1,
+                 downsample: nn.Module | None = None) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=dilation, dilation=dilation, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+class ResNet50Backbone(Backbone):
+    """ResNet-50 to layer3; layer3 dilated (stride 1, dilation 2); features ``cat(layer2, layer3)``."""
+
+    out_channels = 512 + 1024
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inplanes = 64
+        self.dilation = 1
+        self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.layer1 = self._make_layer(64, 3)
+        self.layer2 = self._make_layer(128, 4, stride=2)
+        self.layer3 = self._make_layer(256, 6, stride=2, dilate=True)
+        _init_like_torchvision(self)
+
+    def _make_layer(self, planes: int, blocks: int, stride: int = 1, dilate: bool = False) -> nn.Sequential:
+        # As torchvision's replace_stride_with_dilation: the first block keeps the previous
+        # dilation, the stride becomes dilation for the blocks after it.
+        previous_dilation = self.dilation
+        if dilate:
+            self.dilation *= stride
+            stride = 1
+        downsample = None
+        if stride != 1 or self.inplanes != planes * Bottleneck.expansion:
+            downsample = nn.Sequential(
+                nn.Conv2d(self.inplanes, planes * Bottleneck.expansion, 1, stride=stride, bias=False),
+                nn.BatchNorm2d(planes * Bottleneck.expansion),
+            )
+        layers = [Bottleneck(self.inplanes, planes, stride, previous_dilation, downsample)]
+        self.inplanes = planes * Bottleneck.expansion
+        layers += [Bottleneck(self.inplanes, planes, dilation=self.dilation) for _ in range(1, blocks)]
+        return nn.Sequential(*layers)
+
+    def extract(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(images))))  # stride 4
+        x = self.layer1(x)
+        level2 = self.layer2(x)  # [N, 512, H/8, W/8]
+        level3 = self.layer3(level2)  # [N, 1024, H/8, W/8]
+        return torch.cat([level2, level3], 1)
+
+
+# --- VGG-16 ---------------------------------------------------------------------------------
+
+# torchvision's vgg16 ``features`` indices: conv4_3's ReLU is 22, pool4 is 23, conv5_3's ReLU is 29.
+_VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "pool4", 512, 512, 512)
+_VGG16_CONV4_END = 23
+
+
+class VGG16Backbone(Backbone):
+    """VGG-16 ``features`` to conv5_3: pool4 with stride 1, conv5 dilation 2; ``cat(conv4_3, conv5_3)``.
+
+    Pools 1-3 use ``ceil_mode`` (as DeepLab's VGG), so a 321x321 input gives 41x41 features like ResNet-50.
+    """
+
+    out_channels = 512 + 512
+
+    def __init__(self) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        in_channels, dilation = 3, 1
+        for item in _VGG16_LAYOUT:
+            if item == "M":
+                layers.append(nn.MaxPool2d(2, stride=2, ceil_mode=True))
+            elif item == "pool4":
+                layers.append(nn.MaxPool2d(3, stride=1, padding=1))
+                dilation = 2
+            else:
+                layers += [nn.Conv2d(in_channels, item, 3, padding=dilation, dilation=dilation), nn.ReLU(inplace=True)]
+                in_channels = item
+        self.features = nn.Sequential(*layers)
+        _init_like_torchvision(self)
+
+    def extract(self, images: torch.Tensor) -> torch.Tensor:
+        conv4 = self.features[:_VGG16_CONV4_END](images)  # [N, 512, H/8, W/8]
+        conv5 = self.features[_VGG16_CONV4_END:](conv4)  # [N, 512, H/8, W/8]
+        return torch.cat([conv4, conv5], 1)
+
+
+# --- tiny -----------------------------------------------------------------------------------
+
+
+def _conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=dilation, dilation=dilation, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+class TinyBackbone(Backbone):
+    """A small CNN with the same interface (stride 8, two levels), trainable on a CPU in minutes."""
+
+    out_channels = 128 + 128
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = _conv_bn_relu(3, 32, stride=2)
+        self.stage1 = _conv_bn_relu(32, 64, stride=2)
+        self.stage2 = nn.Sequential(_conv_bn_relu(64, 128, stride=2), _conv_bn_relu(128, 128))
+        self.stage3 = nn.Sequential(_conv_bn_relu(128, 128, dilation=2), _conv_bn_relu(128, 128, dilation=2))
+        _init_like_torchvision(self)
+
+    def extract(self, images: torch.Tensor) -> torch.Tensor:
+        level2 = self.stage2(self.stage1(self.stem(images)))  # [N, 128, H/8, W/8]
+        level3 = self.stage3(level2)
+        return torch.cat([level2, level3], 1)
+
+
+BACKBONE_CLASSES: dict[str, type[Backbone]] = {
+    "resnet50": ResNet50Backbone,
+    "vgg16": VGG16Backbone,
+    "tiny": TinyBackbone,
+}
+
+
+def build_backbone(name: str, weights: str | os.PathLike | None = None, freeze: bool = True) -> Backbone:
+    """The backbone ``name``, with weights from a local file when given, frozen when asked."""
+    if name not in BACKBONE_CLASSES:
+        raise ValueError(f"backbone must be one of {sorted(BACKBONE_CLASSES)}, got {name!r}")
+    backbone = BACKBONE_CLASSES[name]()
+    if weights is not None:
+        report = load_backbone_weights(backbone, weights)
+        logger.info("backbone %s: %s", name, report)
+    return backbone.freeze() if freeze else backbone
+
+
+def _init_like_torchvision(module: nn.Module) -> None:
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+# --- weights --------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class LoadReport:
+    """What a weights file held compared with the backbone.
+
+    ``missing``: backbone parameters/buffers the file did not have (left at their initial values).
+    ``unexpected``: file entries the backbone does not use (for torchvision files: ``layer4.*``,
+    ``fc.*``, ``classifier.*``, which these stride-8 backbones drop).
+    """
+
+    missing: list[str]
+    unexpected: list[str]
+
+    def __str__(self) -> str:
+        def listing(keys: list[str]) -> str:
+            return ", ".join(keys[:8]) + (f", ... ({len(keys)} in all)" if len(keys) > 8 else "")
+
+        parts = [f"{len(self.missing)} missing" + (f" ({listing(self.missing)})" if self.missing else "")]
+        parts.append(f"{len(self.unexpected)} unexpected" + (f" ({listing(self.unexpected)})" if self.unexpected else ""))
+        return "loaded weights: " + "; ".join(parts)
+
+
+def load_backbone_weights(
+    backbone: nn.Module,
+    source: str | os.PathLike | Mapping[str, torch.Tensor],
+    strict: bool = False,
+) -> LoadReport:
+    """Load a torchvision-format state dict (a local ``.pth`` path or a mapping) into ``backbone``.
+
+    Accepts a plain state dict or one wrapped as ``{"state_dict": ...}``/``{"model": ...}``, with or
+    without a DataParallel ``module.`` prefix. A shape mismatch is an error naming the keys; missing
+    keys are reported (and an error with ``strict=True``). ``num_batches_tracked`` buffers, absent
+    from older torchvision files, do not count as missing.
+    """
+    if isinstance(source, Mapping):
+        state, where = source, "the given state dict"
+    else:
+        where = os.fspath(source)
+        if not os.path.isfile(where):
+            raise FileNotFoundError(f"backbone weights: no such file {where!r}")
+        try:
+            state = torch.load(where, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ValueError(f"backbone weights: cannot read {where!r} as a torch state dict: {exc}") from exc
+    state = _unwrap_state_dict(state, where)
+
+    own = backbone.state_dict()
+    mismatched = [
+        f"{key}: file {list(value.shape)} vs backbone {list(own[key].shape)}"
+        for key, value in state.items()
+        if key in own and tuple(value.shape) != tuple(own[key].shape)
+    ]
+    if mismatched:
+        raise ValueError(f"backbone weights from {where}: shape mismatch for " + "; ".join(mismatched))
+    result = backbone.load_state_dict(state, strict=False)
+    report = LoadReport(
+        missing=[key for key in result.missing_keys if not key.endswith("num_batches_tracked")],
+        unexpected=list(result.unexpected_keys),
+    )
+    if strict and report.missing:
+        raise ValueError(f"backbone weights from {where}: {report}")
+    if report.missing:
+        logger.warning("backbone weights from %s: %s", where, report)
+    return report
+
+
+def _unwrap_state_dict(state, where: str) -> dict[str, torch.Tensor]:
+    if isinstance(state, Mapping):
+        for wrapper in ("state_dict", "model"):
+            if wrapper in state and isinstance(state[wrapper], Mapping):
+                state = state[wrapper]
+                break
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"backbone weights: {where} does not hold a state dict of tensors")
+    return {key.removeprefix("module."): value for key, value in state.items()}

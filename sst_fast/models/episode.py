@@ -1,0 +1,118 @@
+"""The model's inputs and outputs: argument checks for an episode batch and :class:`SSTOutput`."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+LABEL_VALUES = (0, 1, 255)
+
+
+@dataclasses.dataclass
+class SSTOutput:
+    """What :class:`sst_fast.SST` returns for a batch of B episodes with K shots.
+
+    Attributes:
+        logits: [B, 2, H, W] query logits at the query's size.
+        loss: ``main_loss + aux_weight * aux_loss`` (the auxiliary term only with ``aux_loss=True``);
+            None without a ``query_mask``.
+        main_loss: query cross-entropy (mean over episodes of the per-image mean), or None.
+        aux_loss: self-segmentation cross-entropy of the supports (mean over B*K), or None when the
+            self-segmentation did not run.
+        support_logits: [B, K, 2, Hs, Ws] self-segmentation of each support (Eq. 8-9), or None when
+            nothing needed it (``ssm`` and ``aux_loss`` off, no weighted K > 1 fusion).
+        shot_weights: [B, K] fusion weights (Eq. 14), None for ``fusion='max'``.
+        prototypes: [B, K, C] support prototypes before tuning.
+        tuned_prototypes: [B, K, C] prototypes of the tuned features R's, or None with ``ssm=False``.
+    """
+
+    logits: torch.Tensor
+    loss: torch.Tensor | None = None
+    main_loss: torch.Tensor | None = None
+    aux_loss: torch.Tensor | None = None
+    support_logits: torch.Tensor | None = None
+    shot_weights: torch.Tensor | None = None
+    prototypes: torch.Tensor | None = None
+    tuned_prototypes: torch.Tensor | None = None
+
+    def detach(self) -> "SSTOutput":
+        return SSTOutput(**{f.name: _detach(getattr(self, f.name)) for f in dataclasses.fields(self)})
+
+
+def _detach(value):
+    return value.detach() if isinstance(value, torch.Tensor) else value
+
+
+def check_episode(
+    query: torch.Tensor,
+    support_images: torch.Tensor,
+    support_masks: torch.Tensor,
+    query_mask: torch.Tensor | None,
+) -> None:
+    """Raise a ``ValueError``/``TypeError`` naming the argument for any malformed episode batch."""
+    _check_images("query", query, ndim=4, layout="[B, 3, H, W]")
+    _check_images("support_images", support_images, ndim=5, layout="[B, K, 3, H, W]")
+    batch, shots = support_images.shape[:2]
+    if batch != query.shape[0]:
+        raise ValueError(
+            f"support_images must hold B = {query.shape[0]} episodes like query, got shape {list(support_images.shape)}"
+        )
+    if shots < 1:
+        raise ValueError(f"support_images must hold K >= 1 shots, got shape {list(support_images.shape)}")
+    if support_images.dtype != query.dtype or support_images.device != query.device:
+        raise ValueError(
+            f"support_images must match query's dtype and device ({query.dtype}, {query.device}), "
+            f"got ({support_images.dtype}, {support_images.device})"
+        )
+    _check_labels("support_masks", support_masks, ndim=4, layout="[B, K, H, W]", device=query.device)
+    if tuple(support_masks.shape[:2]) != (batch, shots):
+        raise ValueError(
+            f"support_masks must be [B, K, H, W] with B = {batch}, K = {shots} as support_images, "
+            f"got shape {list(support_masks.shape)}"
+        )
+    if support_masks.shape[-2:] != support_images.shape[-2:]:
+        raise ValueError(
+            f"support_masks must have the support images' size {list(support_images.shape[-2:])}, "
+            f"got {list(support_masks.shape[-2:])}"
+        )
+    if query_mask is not None:
+        _check_labels("query_mask", query_mask, ndim=3, layout="[B, H, W]", device=query.device)
+        if query_mask.shape[0] != batch or query_mask.shape[-2:] != query.shape[-2:]:
+            raise ValueError(
+                f"query_mask must be [B, H, W] = {[batch, *query.shape[-2:]]} like query, "
+                f"got {list(query_mask.shape)}"
+            )
+
+
+def _check_images(name: str, images, ndim: int, layout: str) -> None:
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor {layout}, got {type(images).__name__}")
+    if images.dim() != ndim or images.shape[-3] != 3:
+        raise ValueError(f"{name} must be {layout} with 3 colour channels, got shape {list(images.shape)}")
+    if not images.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor (normalised images), got {images.dtype}")
+    if images.numel() == 0:
+        raise ValueError(f"{name} is empty: shape {list(images.shape)}")
+    if not torch.isfinite(images).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+
+
+def _check_labels(name: str, labels, ndim: int, layout: str, device: torch.device) -> None:
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor {layout}, got {type(labels).__name__}")
+    if labels.dim() != ndim:
+        raise ValueError(f"{name} must be {layout}, got shape {list(labels.shape)}")
+    if labels.device != device:
+        raise ValueError(f"{name} must be on {device} like query, got {labels.device}")
+    if labels.dtype == torch.bool:
+        return
+    if labels.is_complex():
+        raise ValueError(f"{name} must hold labels 0 (background), 1 (object), 255 (ignore), got {labels.dtype}")
+    invalid = (labels != 0) & (labels != 1) & (labels != 255)
+    if invalid.any():
+        example = labels[invalid][0].item()
+        raise ValueError(
+            f"{name} must hold only 0 (background), 1 (object) and 255 (ignore), found {example!r} "
+            f"at {int(invalid.sum())} pixel(s)"
+        )

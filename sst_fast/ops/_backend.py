@@ -1,0 +1,92 @@
+"""Which implementation serves an op call: the backend registry and its selection rules.
+
+A backend is a named set of op implementations plus the device types it runs on. The
+choice, from strongest to weakest: :func:`use_backend` (a context manager, per thread and
+task), the ``SST_FAST_BACKEND`` environment variable, then ``auto`` (the first available
+backend for the inputs' device, in :data:`PREFERENCE` order).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+import os
+from typing import Callable, Iterator
+
+KNOWN_BACKENDS = ("reference", "cpp", "cuda", "triton")
+ENV_VAR = "SST_FAST_BACKEND"
+# Fastest first, per device type; "reference" serves every device.
+PREFERENCE = {"cuda": ("cuda", "triton", "reference"), "cpu": ("cpp", "reference")}
+
+
+@dataclasses.dataclass(frozen=True)
+class Backend:
+    name: str
+    device_types: frozenset[str] | None  # None: any device
+    ops: dict[str, Callable]
+
+    def serves(self, device_type: str) -> bool:
+        return self.device_types is None or device_type in self.device_types
+
+
+_registry: dict[str, Backend] = {}
+_forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("sst_fast_backend", default=None)
+
+
+def register_backend(name: str, ops: dict[str, Callable], device_types: tuple[str, ...] | None = None) -> None:
+    """Make ``name`` available; a kernel library calls this once it has loaded."""
+    if name not in KNOWN_BACKENDS:
+        raise ValueError(f"register_backend: unknown backend {name!r}; known: {KNOWN_BACKENDS}")
+    _registry[name] = Backend(name, None if device_types is None else frozenset(device_types), dict(ops))
+
+
+def backends() -> list[str]:
+    """The backends available in this installation, e.g. ``['reference', 'cpp']``."""
+    return [name for name in KNOWN_BACKENDS if name in _registry]
+
+
+def _check_name(name: str, source: str) -> str:
+    if name == "auto" or name in _registry:
+        return name
+    if name in KNOWN_BACKENDS:
+        raise RuntimeError(
+            f"{source}: backend {name!r} is not built in this installation; available: {backends()}"
+        )
+    raise ValueError(f"{source}: unknown backend {name!r}; choose 'auto' or one of {KNOWN_BACKENDS}")
+
+
+def current_backend() -> str:
+    """The backend requested now: a :func:`use_backend` name, else ``$SST_FAST_BACKEND``, else ``'auto'``."""
+    forced = _forced.get()
+    if forced is not None:
+        return forced
+    return _check_name(os.environ.get(ENV_VAR, "auto").strip() or "auto", ENV_VAR)
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Serve every op call inside the ``with`` block from backend ``name`` (or ``'auto'``)."""
+    token = _forced.set(_check_name(name, "use_backend"))
+    try:
+        yield
+    finally:
+        _forced.reset(token)
+
+
+def resolve(op: str, device_type: str) -> Callable:
+    """The implementation of ``op`` for tensors on ``device_type`` under the current choice."""
+    requested = current_backend()
+    if requested == "auto":
+        for name in PREFERENCE.get(device_type, ("reference",)):
+            backend = _registry.get(name)
+            if backend is not None and backend.serves(device_type) and op in backend.ops:
+                return backend.ops[op]
+        return _registry["reference"].ops[op]
+    backend = _registry[requested]
+    if not backend.serves(device_type):
+        raise RuntimeError(
+            f"{op}: backend {requested!r} runs on {sorted(backend.device_types or ())}, "
+            f"but the inputs are on {device_type!r}"
+        )
+    return backend.ops[op]

@@ -1,0 +1,143 @@
+"""SSTReference: the model literally as the paper writes it (§4), in plain PyTorch.
+
+This is the spec every fast path is held against: the relation runs on ``cat(Rq, tile(p))``
+(Eq. 12-13) and the tuning step differentiates the self-segmentation loss with respect to the
+full support feature map with ``torch.autograd.grad`` (Eq. 11). Nothing here is fused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from ..config import SSTConfig
+from ..models.backbones import build_backbone
+from ..models.decoder import Decoder
+from ..models.encoder import Encoder
+from ..models.episode import SSTOutput, check_episode
+from ..models.functional import downsample_mask, foreground_iou, fuse, fusion_weights, per_image_cross_entropy
+from ..models.relation import Relation
+from ..models.tuning import SelfSupervisedTuning
+from ..ops.reference import masked_avg_pool
+
+
+@dataclasses.dataclass
+class TuningResult:
+    """The self-supervised tuning of N = B*K support feature maps (paper §4.2)."""
+
+    support_logits: torch.Tensor  # [N, 2, Hs, Ws], Ssup (Eq. 9)
+    support_loss: torch.Tensor  # [N], Lsup per support image (Eq. 10)
+    prototypes: torch.Tensor  # [N, C], pool(Rs, Ts)
+    tuned_prototypes: torch.Tensor | None  # [N, C], pool(R's, Ts); None with ssm=False
+    feature_gradient: torch.Tensor | None  # [N, C, h, w], dLsup/dRs (paper Fig. 3); None with ssm=False
+
+
+class SSTReference(nn.Module):
+    """SST (Zhu et al., IJCAI 2020): encoder, self-supervised tuning, relation metric, decoder."""
+
+    def __init__(self, config: SSTConfig | None = None) -> None:
+        super().__init__()
+        self.config = config = config if config is not None else SSTConfig()
+        self.backbone = build_backbone(config.backbone, config.backbone_weights, freeze=config.freeze_backbone)
+        self.encoder = Encoder(self.backbone.out_channels, config.channels, config.dropout)  # fe
+        self.relation = Relation(config.channels, config.dropout)  # fm
+        self.decoder = Decoder(config.channels, config.dropout)  # fd
+        self.tuning = SelfSupervisedTuning(config.tune_step, config.learnable_step)  # ft
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Eq. 2-3: images [N, 3, H, W] -> latent features R [N, C, h, w]."""
+        return self.encoder(self.backbone(images))
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        support_images: torch.Tensor,
+        support_masks: torch.Tensor,
+        query_mask: torch.Tensor | None = None,
+    ) -> SSTOutput:
+        """Segment each query with its K supports; with ``query_mask`` also return the training loss.
+
+        Args:
+            query: [B, 3, H, W] normalised images.
+            support_images: [B, K, 3, Hs, Ws].
+            support_masks: [B, K, Hs, Ws], 0 background, 1 object, 255 ignore.
+            query_mask: [B, H, W] in the same convention, or None.
+        """
+        cfg = self.config
+        if cfg.check_inputs:
+            check_episode(query, support_images, support_masks, query_mask)
+        batch, shots = support_images.shape[:2]
+        training_loss = query_mask is not None
+
+        rq = self.encode(query)  # [B, C, h, w]
+        rs = self.encode(support_images.flatten(0, 1))  # [B*K, C, hs, ws]
+        support_labels = support_masks.flatten(0, 1).long()  # [B*K, Hs, Ws]
+        mask = downsample_mask(support_labels, rs.shape[-2:], rs.dtype)  # [B*K, 1, hs, ws]
+
+        weighted = cfg.fusion == "weighted" and shots > 1
+        tuning = None
+        if cfg.ssm or weighted or (cfg.aux_loss and training_loss):
+            tuning = self.tune(rs, mask, support_labels)
+            protos = tuning.tuned_prototypes if cfg.ssm else tuning.prototypes
+        else:
+            protos = masked_avg_pool(rs, mask, cfg.eps)  # [B*K, C]
+
+        # Eq. 13 for every shot at once: each query's features meet each of its K prototypes.
+        rq_per_shot = rq[:, None].expand(-1, shots, -1, -1, -1).flatten(0, 1)  # [B*K, C, h, w]
+        relations = self.relation(rq_per_shot, protos).unflatten(0, (batch, shots))  # [B, K, C, h, w]
+        weights = self.shot_weights(tuning, support_labels, batch, shots)  # [B, K] or None
+        fused = fuse(relations, cfg.fusion, weights)  # Eq. 14: M [B, C, h, w]
+        logits = self.decoder(fused, query.shape[-2:])  # Eq. 7: S [B, 2, H, W]
+
+        out = SSTOutput(
+            logits=logits,
+            shot_weights=weights,
+            prototypes=(tuning.prototypes if tuning is not None else protos).unflatten(0, (batch, shots)),
+        )
+        if tuning is not None:
+            out.support_logits = tuning.support_logits.unflatten(0, (batch, shots))
+            out.aux_loss = tuning.support_loss.mean()
+            if tuning.tuned_prototypes is not None:
+                out.tuned_prototypes = tuning.tuned_prototypes.unflatten(0, (batch, shots))
+        if training_loss:
+            out.main_loss = per_image_cross_entropy(logits, query_mask).mean()
+            out.loss = out.main_loss + cfg.aux_weight * out.aux_loss if cfg.aux_loss else out.main_loss
+        # The inner loop always runs with autograd on; under no_grad nothing returned keeps a graph.
+        return out if torch.is_grad_enabled() else out.detach()
+
+    def tune(self, rs: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> TuningResult:
+        """§4.2: the supports segment themselves (Eq. 8-10) and their features take one gradient step (Eq. 11).
+
+        Each support image's loss is its own per-image mean, so the sum over the batch gives every
+        image exactly the gradient of its own loss. The gradient is taken with autograd enabled
+        even under ``torch.no_grad()`` (evaluation tunes too); it is part of the outer graph
+        (second order) only when gradients are on and ``first_order`` is off.
+        """
+        cfg = self.config
+        outer_grad = torch.is_grad_enabled()
+        with torch.enable_grad():
+            rs = rs if rs.requires_grad else rs.detach().requires_grad_()
+            proto = masked_avg_pool(rs, mask, cfg.eps)  # Eq. 12, pool(Rs * Ts): [N, C]
+            support_logits = self.decoder(self.relation(rs, proto), labels.shape[-2:])  # Eq. 8-9
+            support_loss = per_image_cross_entropy(support_logits, labels)  # Eq. 10: [N]
+            if not cfg.ssm:
+                return TuningResult(support_logits, support_loss, proto, None, None)
+            (gradient,) = torch.autograd.grad(
+                support_loss.sum(), rs, create_graph=outer_grad and not cfg.first_order, retain_graph=outer_grad
+            )
+            tuned = rs - self.tuning.step() * gradient  # Eq. 11: R's [N, C, h, w]
+            tuned_proto = masked_avg_pool(tuned, mask, cfg.eps)  # Eq. 12, pool(R's * Ts)
+        return TuningResult(support_logits, support_loss, proto, tuned_proto, gradient)
+
+    def shot_weights(self, tuning: TuningResult | None, labels: torch.Tensor, batch: int, shots: int):
+        """Eq. 14's fusion weights [B, K] (not differentiated); None for element-wise max."""
+        fusion = self.config.fusion
+        if fusion == "max":
+            return None
+        if fusion == "average" or tuning is None:  # one shot: its weight is 1 whatever its IoU
+            return torch.full((batch, shots), 1.0 / shots, device=labels.device)
+        with torch.no_grad():
+            ious = foreground_iou(tuning.support_logits.argmax(1), labels)  # fIoU(Ssup_i, Ts_i): [B*K]
+            return fusion_weights(ious.view(batch, shots))
