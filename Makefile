@@ -29,7 +29,8 @@ test-all: install
 	$(PY) -m pytest tests -q -m "slow or not slow"
 
 bench: install
-	$(PY) -m pytest benchmarks -q --benchmark-only
+	$(PY) -m pytest benchmarks -q -o python_files='bench_*.py' --benchmark-only \
+		--benchmark-columns=min,median,mean,rounds --benchmark-sort=name
 
 clean:
 	rm -rf build *.egg-info sst_fast/_C*.so .pytest_cache .benchmarks

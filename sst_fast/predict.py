@@ -39,8 +39,7 @@ def predict(
         )
     if not support_images:
         raise ValueError("support_images: at least one support image is needed")
-    size = image_size if image_size is not None else model.config.image_size
-    size = (size, size) if isinstance(size, int) else tuple(size)
+    size = _check_size(image_size if image_size is not None else model.config.image_size)
 
     query = image_to_tensor(query_image, "query_image")
     original_size = tuple(query.shape[-2:])
@@ -66,10 +65,23 @@ def predict(
     try:
         with torch.no_grad():
             logits = model(query_batch, support_batch, mask_batch).logits  # [1, 2, H, W]
-            logits = F.interpolate(logits.float(), size=original_size, mode="bilinear", align_corners=True)
+            # The inverse of resize_image's mapping (pixel centres), back to the query's own size.
+            logits = F.interpolate(logits.float(), size=original_size, mode="bilinear", align_corners=False)
     finally:
         model.train(was_training)
     return logits.argmax(1)[0].to(torch.uint8).cpu().numpy()
+
+
+def _check_size(size) -> tuple[int, int]:
+    if isinstance(size, int) and not isinstance(size, bool):
+        size = (size, size)
+    if (
+        not isinstance(size, (tuple, list))
+        or len(size) != 2
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in size)
+    ):
+        raise ValueError(f"image_size must be an integer or a pair of integers >= 1, got {size!r}")
+    return tuple(size)
 
 
 def _as_list(value) -> list:

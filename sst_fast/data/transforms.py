@@ -19,6 +19,8 @@ def image_to_tensor(image, name: str = "image") -> torch.Tensor:
     if array.ndim != 3 or array.shape[2] not in (3, 4):
         raise ValueError(f"{name} must be an RGB image [H, W, 3] (or grayscale [H, W]), got shape {array.shape}")
     array = array[:, :, :3]
+    if min(array.shape[:2]) < 1:
+        raise ValueError(f"{name} is empty: shape {array.shape}")
     if array.dtype == np.uint8:
         tensor = torch.from_numpy(np.ascontiguousarray(array)).float().div_(255)
     elif np.issubdtype(array.dtype, np.floating):
@@ -27,8 +29,6 @@ def image_to_tensor(image, name: str = "image") -> torch.Tensor:
         tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
     else:
         raise ValueError(f"{name} must be uint8 or floating point, got {array.dtype}")
-    if min(tensor.shape[:2]) < 1:
-        raise ValueError(f"{name} is empty: shape {tuple(tensor.shape)}")
     return tensor.permute(2, 0, 1).contiguous()
 
 
@@ -60,8 +60,8 @@ def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def resize_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """[H, W] labels -> [*size], nearest (labels are never blended)."""
-    return F.interpolate(mask[None, None].float(), size=tuple(size), mode="nearest")[0, 0].to(mask.dtype)
+    """[H, W] labels -> [*size], nearest on pixel centres like :func:`resize_image` (labels are never blended)."""
+    return F.interpolate(mask[None, None].float(), size=tuple(size), mode="nearest-exact")[0, 0].to(mask.dtype)
 
 
 def _as_array(value, name: str, rgb: bool) -> np.ndarray:
@@ -72,11 +72,12 @@ def _as_array(value, name: str, rgb: bool) -> np.ndarray:
     except ImportError:  # pragma: no cover - pillow is a dependency
         Image = None
     if Image is not None and isinstance(value, Image.Image):
+        # np.array (not asarray): a writable copy, which torch.from_numpy accepts without a warning.
         if rgb:
-            return np.asarray(value.convert("RGB"))
+            return np.array(value.convert("RGB"))
         if value.mode not in ("L", "P", "1", "I", "I;16"):
             raise ValueError(f"{name} must be a single-channel PIL image (mode L or P), got mode {value.mode}")
-        return np.asarray(value)
+        return np.array(value)
     if isinstance(value, torch.Tensor):
         raise TypeError(f"{name}: pass a PIL image or a numpy array (tensors go to the model directly)")
     raise TypeError(f"{name} must be a PIL image or a numpy array, got {type(value).__name__}")

@@ -1,0 +1,467 @@
+"""Backbones: torchvision key layout, stride-8 shapes, dilation, freezing and weight loading.
+
+torchvision is not installed here, so the torchvision ``state_dict`` layouts of ResNet-50 and
+VGG-16 are written out below by name, from torchvision's architecture, independently of
+``sst_fast``'s own modules.
+"""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+import sst_fast
+from sst_fast.models import build_backbone, load_backbone_weights
+from sst_fast.models.backbones import ResNet50Backbone, TinyBackbone, VGG16Backbone
+
+# --- torchvision layouts, written out by name -----------------------------------------------
+
+
+def _bn_shapes(prefix: str, channels: int) -> dict[str, tuple[int, ...]]:
+    return {
+        f"{prefix}.weight": (channels,),
+        f"{prefix}.bias": (channels,),
+        f"{prefix}.running_mean": (channels,),
+        f"{prefix}.running_var": (channels,),
+        f"{prefix}.num_batches_tracked": (),
+    }
+
+
+def torchvision_resnet50_shapes() -> dict[str, tuple[int, ...]]:
+    """torchvision.models.resnet50().state_dict() key -> shape (Bottleneck blocks [3, 4, 6, 3])."""
+    shapes: dict[str, tuple[int, ...]] = {"conv1.weight": (64, 3, 7, 7)}
+    shapes.update(_bn_shapes("bn1", 64))
+    inplanes = 64
+    for layer, (planes, blocks) in enumerate([(64, 3), (128, 4), (256, 6), (512, 3)], start=1):
+        for block in range(blocks):
+            p = f"layer{layer}.{block}"
+            shapes[f"{p}.conv1.weight"] = (planes, inplanes, 1, 1)
+            shapes.update(_bn_shapes(f"{p}.bn1", planes))
+            shapes[f"{p}.conv2.weight"] = (planes, planes, 3, 3)
+            shapes.update(_bn_shapes(f"{p}.bn2", planes))
+            shapes[f"{p}.conv3.weight"] = (planes * 4, planes, 1, 1)
+            shapes.update(_bn_shapes(f"{p}.bn3", planes * 4))
+            if block == 0:
+                shapes[f"{p}.downsample.0.weight"] = (planes * 4, inplanes, 1, 1)
+                shapes.update(_bn_shapes(f"{p}.downsample.1", planes * 4))
+            inplanes = planes * 4
+    shapes["fc.weight"] = (1000, 2048)
+    shapes["fc.bias"] = (1000,)
+    return shapes
+
+
+def torchvision_vgg16_shapes() -> dict[str, tuple[int, ...]]:
+    """torchvision.models.vgg16().state_dict() key -> shape."""
+    convs = {
+        0: (64, 3), 2: (64, 64),
+        5: (128, 64), 7: (128, 128),
+        10: (256, 128), 12: (256, 256), 14: (256, 256),
+        17: (512, 256), 19: (512, 512), 21: (512, 512),
+        24: (512, 512), 26: (512, 512), 28: (512, 512),
+    }
+    shapes: dict[str, tuple[int, ...]] = {}
+    for index, (out_ch, in_ch) in convs.items():
+        shapes[f"features.{index}.weight"] = (out_ch, in_ch, 3, 3)
+        shapes[f"features.{index}.bias"] = (out_ch,)
+    for index, (out_f, in_f) in {0: (4096, 512 * 7 * 7), 3: (4096, 4096), 6: (1000, 4096)}.items():
+        shapes[f"classifier.{index}.weight"] = (out_f, in_f)
+        shapes[f"classifier.{index}.bias"] = (out_f,)
+    return shapes
+
+
+def _is_dropped(name: str, key: str) -> bool:
+    """Keys the stride-8 backbones do not have: resnet50's layer4/fc, vgg16's classifier."""
+    if name == "resnet50":
+        return key.startswith(("layer4.", "fc."))
+    return key.startswith("classifier.")
+
+
+def make_state_dict(name: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A torchvision-layout state dict of random tensors with torchvision's exact shapes.
+
+    The entries the backbones drop (layer4/fc/classifier) have the exact shapes too, but as
+    stride-0 views of one random value, so the files stay small (VGG's classifier alone would be
+    ~0.5 GB dense).
+    """
+    shapes = torchvision_resnet50_shapes() if name == "resnet50" else torchvision_vgg16_shapes()
+    gen = torch.Generator().manual_seed(seed)
+    state: dict[str, torch.Tensor] = {}
+    for key, shape in shapes.items():
+        if key.endswith("num_batches_tracked"):
+            state[key] = torch.randint(1, 10_000, (), generator=gen, dtype=torch.long)
+        elif _is_dropped(name, key):
+            state[key] = torch.randn(1, generator=gen).expand(shape)
+        elif key.endswith("running_var"):
+            state[key] = torch.rand(shape, generator=gen) + 0.5
+        else:
+            state[key] = torch.randn(shape, generator=gen) * 0.05
+    return state
+
+
+@pytest.fixture(scope="module")
+def weights_files(tmp_path_factory):
+    """name -> (path of the saved .pth, the state dict saved in it)."""
+    root = tmp_path_factory.mktemp("weights")
+    files = {}
+    for seed, name in enumerate(["resnet50", "vgg16"]):
+        state = make_state_dict(name, seed=seed + 1)
+        path = root / f"{name}.pth"
+        torch.save(state, path)
+        files[name] = (path, state)
+    return files
+
+
+BACKBONE_CLASS = {"resnet50": ResNet50Backbone, "vgg16": VGG16Backbone}
+
+
+def _assert_matches_file(backbone: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    own = backbone.state_dict()
+    for key, value in own.items():
+        assert key in state, key
+        assert value.shape == state[key].shape, key
+        assert value.dtype == state[key].dtype, key
+        assert torch.equal(value, state[key]), f"{key} does not hold the file's values"
+
+
+# --- loading torchvision files --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["resnet50", "vgg16"])
+def test_torchvision_layout_loads(name, weights_files):
+    path, state = weights_files[name]
+    backbone = BACKBONE_CLASS[name]()
+    report = load_backbone_weights(backbone, path)
+    assert report.missing == []
+    expected_unexpected = sorted(k for k in state if _is_dropped(name, k))
+    assert expected_unexpected  # the layout really has layer4/fc resp. classifier entries
+    assert sorted(report.unexpected) == expected_unexpected
+    # Every backbone key is a torchvision key, and every kept torchvision key is in the backbone.
+    assert set(backbone.state_dict()) == {k for k in state if not _is_dropped(name, k)}
+    _assert_matches_file(backbone, state)
+    assert "missing" in str(report) and "unexpected" in str(report)
+
+
+@pytest.mark.parametrize("name", ["resnet50", "vgg16"])
+def test_loaded_through_config_and_sst(name, weights_files):
+    path, state = weights_files[name]
+    torch.manual_seed(0)
+    cfg = sst_fast.SSTConfig(backbone=name, backbone_weights=str(path), channels=8)
+    model = sst_fast.SST(cfg)
+    _assert_matches_file(model.backbone, state)
+    assert model.backbone.frozen  # pretrained backbones are frozen by default
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+
+
+def test_build_backbone_with_weights(weights_files):
+    path, state = weights_files["resnet50"]
+    backbone = build_backbone("resnet50", weights=path, freeze=False)
+    _assert_matches_file(backbone, state)
+
+
+def test_build_backbone_unknown_name():
+    with pytest.raises(ValueError, match="resnet101"):
+        build_backbone("resnet101")
+
+
+# --- output shapes ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name, channels, size, out_size",
+    [
+        ("resnet50", 1536, (65, 65), (9, 9)),
+        ("vgg16", 1024, (65, 65), (9, 9)),
+        ("tiny", 256, (64, 64), (8, 8)),
+        ("vgg16", 1024, (65, 49), (9, 7)),
+        ("tiny", 256, (57, 40), (8, 5)),
+    ],
+)
+def test_output_shape(name, channels, size, out_size):
+    torch.manual_seed(0)
+    backbone = build_backbone(name).eval()
+    assert backbone.out_channels == channels
+    with torch.no_grad():
+        out = backbone(torch.randn(2, 3, *size))
+    assert out.shape == (2, channels, *out_size)
+    assert torch.isfinite(out).all()
+
+
+def test_vgg16_paper_size_321_gives_41():
+    torch.manual_seed(0)
+    backbone = build_backbone("vgg16").eval()
+    with torch.no_grad():
+        out = backbone(torch.randn(1, 3, 321, 321))
+    assert out.shape == (1, 1024, 41, 41)
+
+
+def test_levels_are_concatenated_layer2_then_layer3():
+    torch.manual_seed(0)
+    backbone = ResNet50Backbone().eval()
+    x = torch.randn(1, 3, 65, 49)
+    with torch.no_grad():
+        out = backbone(x)
+        level2 = backbone.layer2(backbone.layer1(backbone.maxpool(backbone.relu(backbone.bn1(backbone.conv1(x))))))
+        level2_before = level2.clone()  # layer3 must not modify its input in place
+        level3 = backbone.layer3(level2)
+    assert out.shape == (1, 1536, 9, 7)
+    torch.testing.assert_close(level2, level2_before)
+    torch.testing.assert_close(out[:, :512], level2)
+    torch.testing.assert_close(out[:, 512:], level3)
+
+
+# --- dilation --------------------------------------------------------------------------------
+
+
+def test_resnet50_layer3_dilated():
+    backbone = ResNet50Backbone()
+    first = backbone.layer3[0]
+    assert first.conv2.stride == (1, 1)
+    assert first.conv2.dilation == (1, 1)
+    assert first.conv2.padding == (1, 1)
+    assert first.downsample[0].stride == (1, 1)
+    assert len(backbone.layer3) == 6
+    for block in list(backbone.layer3)[1:]:
+        assert block.conv2.stride == (1, 1)
+        assert block.conv2.dilation == (2, 2)
+        assert block.conv2.padding == (2, 2)
+    # layer2 is ResNet v1.5: the stride is on the 3x3 conv and on the downsample.
+    assert backbone.layer2[0].conv2.stride == (2, 2)
+    assert backbone.layer2[0].conv1.stride == (1, 1)
+    assert backbone.layer2[0].downsample[0].stride == (2, 2)
+    assert all(block.conv2.dilation == (1, 1) for block in list(backbone.layer1) + list(backbone.layer2))
+    assert not hasattr(backbone, "layer4") and not hasattr(backbone, "fc")
+
+
+def test_vgg16_pool4_stride1_conv5_dilated():
+    backbone = VGG16Backbone()
+    features = backbone.features
+    pool4 = features[23]
+    assert isinstance(pool4, nn.MaxPool2d)
+    assert pool4.stride in (1, (1, 1))
+    for index in (24, 26, 28):
+        conv = features[index]
+        assert isinstance(conv, nn.Conv2d)
+        assert conv.dilation == (2, 2)
+        assert conv.padding == (2, 2)
+        assert conv.stride == (1, 1)
+    for index in (0, 2, 5, 7, 10, 12, 14, 17, 19, 21):
+        assert isinstance(features[index], nn.Conv2d)
+        assert features[index].dilation == (1, 1)
+    for index in (4, 9, 16):
+        assert isinstance(features[index], nn.MaxPool2d)
+        assert features[index].stride in (2, (2, 2))
+
+
+# --- freezing --------------------------------------------------------------------------------
+
+SMALL_INPUT = {"resnet50": (33, 33), "vgg16": (33, 33), "tiny": (32, 32)}
+
+
+def _batchnorms(module: nn.Module) -> list[nn.Module]:
+    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def _bn_stats(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in module.state_dict().items() if "running" in k or "num_batches" in k}
+
+
+@pytest.mark.parametrize("name", ["resnet50", "vgg16", "tiny"])
+def test_frozen_backbone(name):
+    torch.manual_seed(0)
+    backbone = build_backbone(name, freeze=True)
+    assert all(not p.requires_grad for p in backbone.parameters())
+    bns = _batchnorms(backbone)
+    assert (len(bns) > 0) == (name != "vgg16")
+    for mode_switch in (lambda: backbone.train(), lambda: backbone.eval().train(True)):
+        mode_switch()
+        assert backbone.training
+        assert all(not bn.training for bn in bns)
+    before = _bn_stats(backbone)
+    x = torch.randn(2, 3, *SMALL_INPUT[name], requires_grad=True)
+    out = backbone(x)
+    assert not out.requires_grad and out.grad_fn is None
+    after = _bn_stats(backbone)
+    assert before.keys() == after.keys()
+    for key in before:
+        assert torch.equal(before[key], after[key]), f"{key} changed in a frozen backbone"
+
+
+@pytest.mark.parametrize("name", ["resnet50", "vgg16", "tiny"])
+def test_trainable_backbone(name):
+    torch.manual_seed(0)
+    backbone = build_backbone(name, freeze=False).train()
+    assert all(p.requires_grad for p in backbone.parameters())
+    bns = _batchnorms(backbone)
+    assert all(bn.training for bn in bns)
+    before = _bn_stats(backbone)
+    out = backbone(torch.randn(2, 3, *SMALL_INPUT[name]))
+    assert out.requires_grad
+    out.square().mean().backward()
+    for pname, p in backbone.named_parameters():
+        assert p.grad is not None, f"no gradient reached {pname}"
+        assert torch.isfinite(p.grad).all(), pname
+    assert any(p.grad.abs().sum() > 0 for p in backbone.parameters())
+    after = _bn_stats(backbone)
+    for key in before:
+        if key.endswith("running_mean") or key.endswith("num_batches_tracked"):
+            assert not torch.equal(before[key], after[key]), f"{key} did not update in train mode"
+
+
+def test_frozen_backbone_inside_sst_keeps_bn_eval():
+    torch.manual_seed(0)
+    model = sst_fast.SST(sst_fast.SSTConfig(backbone="tiny", channels=8, freeze_backbone=True))
+    model.train()
+    assert model.training and model.backbone.training
+    assert all(not bn.training for bn in _batchnorms(model.backbone))
+    assert model.encoder.training  # the rest of the model still trains
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+    assert all(p.requires_grad for p in model.encoder.parameters())
+
+
+# --- loading robustness ----------------------------------------------------------------------
+
+
+def _tiny_state(seed: int = 3) -> dict[str, torch.Tensor]:
+    torch.manual_seed(seed)
+    source = TinyBackbone()
+    state = source.state_dict()
+    for key, value in state.items():  # make every entry differ from a fresh init
+        if value.is_floating_point():
+            value.add_(torch.rand_like(value) + 0.1)
+        else:
+            value.add_(7)
+    return {k: v.clone() for k, v in state.items()}
+
+
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        pytest.param(lambda s: s, id="plain"),
+        pytest.param(lambda s: {"state_dict": s}, id="state_dict"),
+        pytest.param(lambda s: {"model": s}, id="model"),
+        pytest.param(lambda s: {"epoch": 3, "state_dict": s}, id="state_dict+metadata"),
+        pytest.param(lambda s: {f"module.{k}": v for k, v in s.items()}, id="module-prefix"),
+        pytest.param(lambda s: {"state_dict": {f"module.{k}": v for k, v in s.items()}}, id="state_dict+module"),
+    ],
+)
+@pytest.mark.parametrize("from_file", [True, False], ids=["file", "mapping"])
+def test_wrappers_and_prefix_load(wrap, from_file, tmp_path):
+    state = _tiny_state()
+    saved = wrap(state)
+    if from_file:
+        source = tmp_path / "w.pth"
+        torch.save(saved, source)
+    else:
+        source = saved
+    backbone = TinyBackbone()
+    report = load_backbone_weights(backbone, source)
+    assert report.missing == [] and report.unexpected == []
+    _assert_matches_file(backbone, state)
+
+
+def test_string_path_loads(tmp_path):
+    state = _tiny_state()
+    torch.save(state, tmp_path / "w.pth")
+    backbone = TinyBackbone()
+    load_backbone_weights(backbone, str(tmp_path / "w.pth"))
+    _assert_matches_file(backbone, state)
+
+
+def test_shape_mismatch_names_the_key(tmp_path, weights_files):
+    _, resnet_state = weights_files["resnet50"]
+    state = dict(resnet_state)
+    state["layer2.0.conv2.weight"] = torch.randn(128, 128, 1, 1)
+    path = tmp_path / "bad.pth"
+    torch.save(state, path)
+    backbone = ResNet50Backbone()
+    original = {k: v.clone() for k, v in backbone.state_dict().items()}
+    with pytest.raises(ValueError, match=r"layer2\.0\.conv2\.weight"):
+        load_backbone_weights(backbone, path)
+    # nothing was loaded
+    for key, value in backbone.state_dict().items():
+        assert torch.equal(value, original[key]), key
+
+
+def test_shape_mismatch_tiny_mapping():
+    state = _tiny_state()
+    state["stem.0.weight"] = torch.randn(32, 3, 5, 5)
+    with pytest.raises(ValueError, match=r"stem\.0\.weight"):
+        load_backbone_weights(TinyBackbone(), state)
+
+
+def test_missing_file_raises(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        load_backbone_weights(TinyBackbone(), tmp_path / "does_not_exist.pth")
+    with pytest.raises(FileNotFoundError):
+        build_backbone("tiny", weights=tmp_path / "does_not_exist.pth")
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        pytest.param([1, 2, 3], id="list"),
+        pytest.param({"a": 1, "b": "x"}, id="dict-of-non-tensors"),
+        pytest.param({"conv1.weight": torch.zeros(1), "epoch": 3}, id="mixed"),
+        pytest.param(torch.zeros(3), id="tensor"),
+        pytest.param({"state_dict": [1, 2]}, id="state_dict-not-mapping"),
+    ],
+)
+def test_not_a_state_dict_raises(content, tmp_path):
+    path = tmp_path / "not_sd.pth"
+    torch.save(content, path)
+    with pytest.raises(ValueError):
+        load_backbone_weights(TinyBackbone(), path)
+
+
+def test_garbage_file_raises_value_error(tmp_path):
+    path = tmp_path / "garbage.pth"
+    path.write_bytes(b"this is not a torch file at all\x00\x01\x02")
+    with pytest.raises(ValueError):
+        load_backbone_weights(TinyBackbone(), path)
+
+
+class _Custom:  # a pickled object that weights_only loading refuses
+    pass
+
+
+def test_unsafe_pickle_raises_value_error(tmp_path):
+    path = tmp_path / "unsafe.pth"
+    with open(path, "wb") as f:
+        pickle.dump({"stem.0.weight": _Custom()}, f, protocol=2)
+    with pytest.raises(ValueError):
+        load_backbone_weights(TinyBackbone(), path)
+
+
+def test_missing_keys_reported_and_strict_raises():
+    state = _tiny_state()
+    del state["stem.0.weight"]
+    backbone = TinyBackbone()
+    report = load_backbone_weights(backbone, state)
+    assert report.missing == ["stem.0.weight"]
+    assert report.unexpected == []
+    with pytest.raises(ValueError, match=r"stem\.0\.weight"):
+        load_backbone_weights(TinyBackbone(), state, strict=True)
+
+
+def test_without_num_batches_tracked_reports_nothing_missing(tmp_path, weights_files):
+    _, resnet_state = weights_files["resnet50"]
+    state = {k: v for k, v in resnet_state.items() if not k.endswith("num_batches_tracked")}
+    path = tmp_path / "old.pth"
+    torch.save(state, path)
+    backbone = ResNet50Backbone()
+    report = load_backbone_weights(backbone, path, strict=True)  # strict: must not raise
+    assert report.missing == []
+    assert sorted(report.unexpected) == sorted(k for k in state if _is_dropped("resnet50", k))
+    own = backbone.state_dict()
+    for key, value in state.items():
+        if not _is_dropped("resnet50", key):
+            assert torch.equal(own[key], value), key
+
+
+def test_tiny_without_num_batches_tracked_strict():
+    state = {k: v for k, v in _tiny_state().items() if not k.endswith("num_batches_tracked")}
+    report = load_backbone_weights(TinyBackbone(), state, strict=True)
+    assert report.missing == [] and report.unexpected == []
