@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from typing import Any
 
 BACKBONES = ("resnet50", "vgg16", "tiny")
@@ -73,6 +74,12 @@ class SSTConfig:
         _require(_finite(self.eps) and self.eps > 0, "eps", "a finite number > 0", self.eps)
         _require(len(self.image_size) == 2 and all(_is_int(s) and s >= 1 for s in self.image_size),
                  "image_size", "an integer or a pair of integers >= 1", self.image_size)
+        for flag in ("ssm", "aux_loss", "learnable_step", "first_order", "check_inputs"):
+            _require(isinstance(getattr(self, flag), bool), flag, "True or False", getattr(self, flag))
+        _require(self.freeze_backbone is None or isinstance(self.freeze_backbone, bool), "freeze_backbone",
+                 "True, False or None", self.freeze_backbone)
+        _require(self.backbone_weights is None or isinstance(self.backbone_weights, (str, os.PathLike)),
+                 "backbone_weights", "a path or None", self.backbone_weights)
         if self.freeze_backbone is None:
             self.freeze_backbone = self.backbone != "tiny"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -50,6 +51,13 @@ def predict(
         if tuple(mask.shape) != tuple(image.shape[-2:]):
             raise ValueError(
                 f"support_masks[{index}] has size {tuple(mask.shape)} but its image is {tuple(image.shape[-2:])}"
+            )
+        if not (mask == 1).any():
+            warnings.warn(
+                f"support_masks[{index}] has no object pixel (label 1): its prototype is zero. "
+                "Labels are 0 background, 1 object, 255 ignore; a binary mask stored as 0/255 must be "
+                "divided by 255 first.",
+                stacklevel=2,
             )
         shots_images.append(resize_image(image, size))
         shots_masks.append(resize_mask(mask, size))

@@ -18,6 +18,13 @@ from sst_fast import SSTConfig
         ("eps", 0.0),
         ("image_size", (0, 5)),
         ("image_size", (3, 4, 5)),
+        ("ssm", "False"),
+        ("aux_loss", 1),
+        ("first_order", None),
+        ("learnable_step", "yes"),
+        ("check_inputs", 0),
+        ("freeze_backbone", "no"),
+        ("backbone_weights", 3),
     ],
 )
 def test_invalid_fields_are_named(field, value):

@@ -5,19 +5,50 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 import sst_fast
 from sst_fast import predict
+from tests.conftest import balance_classifier, foreground_fraction
 
 QUERY_HW = (37, 50)  # [H, W]
 SUPPORT_HW = (40, 30)
 
 
+def _prepare(query, supports, masks, size=(32, 32)):
+    """predict's preprocessing written out: resize (bilinear / nearest on pixel centres), normalise."""
+    import torch.nn.functional as F
+
+    from sst_fast.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    def image(array):
+        t = torch.from_numpy(array).permute(2, 0, 1).float()[None] / 255
+        t = F.interpolate(t, size=size, mode="bilinear", align_corners=False)
+        return (t - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
+
+    def mask(array):
+        return F.interpolate(torch.from_numpy(array)[None, None].float(), size=size, mode="nearest-exact")[0, 0]
+
+    q = image(query)
+    s = torch.cat([image(x) for x in supports])[None]
+    m = torch.stack([mask(x) for x in masks])[None].to(torch.uint8)
+    return q, s, m
+
+
+def _balanced_model(**config):
+    """A tiny model whose predictions on the module's episode are about half foreground."""
+    model = sst_fast.SST(sst_fast.SSTConfig(backbone="tiny", channels=8, image_size=32, **config))
+    query = _image(QUERY_HW, 0)
+    supports = [_image(SUPPORT_HW, 10 + i) for i in range(3)]
+    masks = [_mask(SUPPORT_HW, 20 + i) for i in range(3)]
+    return balance_classifier(model, *_prepare(query, supports, masks))
+
+
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return sst_fast.SST(sst_fast.SSTConfig(backbone="tiny", channels=8, image_size=32))
+    return _balanced_model()
 
 
 def _image(hw, seed) -> np.ndarray:
@@ -117,7 +148,7 @@ def test_deterministic(model, episode):
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 def test_restores_train_eval_mode(episode, training, freeze):
     torch.manual_seed(1)
-    model = sst_fast.SST(sst_fast.SSTConfig(backbone="tiny", channels=8, image_size=32, freeze_backbone=freeze))
+    model = _balanced_model(freeze_backbone=freeze)
     model.train(training)
     if freeze:  # a frozen backbone keeps its BatchNorm in eval even in train mode
         bns = [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
@@ -126,11 +157,18 @@ def test_restores_train_eval_mode(episode, training, freeze):
     query, supports, masks = episode
     predict(model, query, supports[0], masks[0])
     assert {name: m.training for name, m in model.named_modules()} == modes
-    # in train mode the dropout would make two calls differ; predict runs in eval mode
+    # predict runs in eval mode: its result is the deterministic eval-mode prediction, which a
+    # train-mode (dropout) forward would not reproduce.
     if training:
-        np.testing.assert_array_equal(
-            predict(model, query, supports, masks), predict(model, query, supports, masks)
-        )
+        q, s, m = _prepare(query, supports, masks)
+        with torch.no_grad():
+            noisy = [model(q, s, m).logits for _ in range(2)]
+            model.eval()
+            expected = F.interpolate(model(q, s, m).logits, size=QUERY_HW, mode="bilinear").argmax(1)[0]
+            model.train()
+        assert not torch.equal(*noisy), "dropout must be visible for this check to mean anything"
+        assert 0.05 < foreground_fraction(expected) < 0.95
+        np.testing.assert_array_equal(predict(model, query, supports, masks), expected.numpy())
 
 
 def test_does_not_change_parameters_or_buffers(episode):
@@ -148,27 +186,16 @@ def test_matches_model_forward(model, episode):
     """predict = resize, ImageNet-normalise, model in eval, upsample logits to the query size, argmax."""
     import torch.nn.functional as F
 
-    from sst_fast.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-
     query, supports, masks = episode
-
-    def prep(image):
-        t = torch.from_numpy(image).permute(2, 0, 1).float()[None] / 255
-        t = F.interpolate(t, size=(32, 32), mode="bilinear", align_corners=False)
-        return (t - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
-
-    q = prep(query)
-    s = torch.cat([prep(x) for x in supports])[None]
-    m = torch.stack(
-        [F.interpolate(torch.from_numpy(x)[None, None].float(), size=(32, 32), mode="nearest")[0, 0] for x in masks]
-    )[None].to(torch.uint8)
+    q, s, m = _prepare(query, supports, masks)
     was_training = model.training
     model.eval()
     with torch.no_grad():
         logits = model(q, s, m).logits
     model.train(was_training)
-    logits = F.interpolate(logits, size=QUERY_HW, mode="bilinear", align_corners=True)
+    logits = F.interpolate(logits, size=QUERY_HW, mode="bilinear", align_corners=False)
     expected = logits.argmax(1)[0].numpy().astype(np.uint8)
+    assert 0.1 < foreground_fraction(expected) < 0.9, "the check needs a mixed prediction"
     np.testing.assert_array_equal(predict(model, query, supports, masks), expected)
 
 
@@ -208,7 +235,8 @@ def test_bool_masks_three_shots(model, episode):
 def test_all_background_or_all_ignore_mask(model, episode):
     query, supports, _ = episode
     for value in (0, 255):
-        _check_result(predict(model, query, supports[0], np.full(SUPPORT_HW, value, np.uint8)))
+        with pytest.warns(UserWarning, match=r"support_masks\[0\] has no object pixel .* divided by 255"):
+            _check_result(predict(model, query, supports[0], np.full(SUPPORT_HW, value, np.uint8)))
 
 
 # --- image formats ---------------------------------------------------------------------------

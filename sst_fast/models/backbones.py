@@ -27,6 +27,7 @@ class Backbone(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.frozen = False
+        self.load_report: LoadReport | None = None  # set by load_backbone_weights
 
     def freeze(self) -> "Backbone":
         self.frozen = True
@@ -203,8 +204,7 @@ def build_backbone(name: str, weights: str | os.PathLike | None = None, freeze: 
         raise ValueError(f"backbone must be one of {sorted(BACKBONE_CLASSES)}, got {name!r}")
     backbone = BACKBONE_CLASSES[name]()
     if weights is not None:
-        report = load_backbone_weights(backbone, weights)
-        logger.info("backbone %s: %s", name, report)
+        logger.info("backbone %s: %s", name, load_backbone_weights(backbone, weights))
     return backbone.freeze() if freeze else backbone
 
 
@@ -252,8 +252,10 @@ def load_backbone_weights(
 
     Accepts a plain state dict or one wrapped as ``{"state_dict": ...}``/``{"model": ...}``, with or
     without a DataParallel ``module.`` prefix. A shape mismatch is an error naming the keys; missing
-    keys are reported (and an error with ``strict=True``). ``num_batches_tracked`` buffers, absent
-    from older torchvision files, do not count as missing.
+    keys are reported (and an error with ``strict=True``); a file that shares no key with the
+    backbone (another layout, a whole-model checkpoint) is an error. ``num_batches_tracked``
+    buffers, absent from older torchvision files, do not count as missing. The report is also kept
+    as ``backbone.load_report``.
     """
     if isinstance(source, Mapping):
         state, where = source, "the given state dict"
@@ -268,6 +270,11 @@ def load_backbone_weights(
     state = _unwrap_state_dict(state, where)
 
     own = backbone.state_dict()
+    if not own.keys() & state.keys():
+        raise ValueError(
+            f"backbone weights: {where} shares no key with this backbone; expected torchvision's layout "
+            f"(e.g. {', '.join(list(own)[:3])}), found {', '.join(list(state)[:3]) or 'nothing'}"
+        )
     mismatched = [
         f"{key}: file {list(value.shape)} vs backbone {list(own[key].shape)}"
         for key, value in state.items()
@@ -282,6 +289,8 @@ def load_backbone_weights(
     )
     if strict and report.missing:
         raise ValueError(f"backbone weights from {where}: {report}")
+    if isinstance(backbone, Backbone):
+        backbone.load_report = report
     if report.missing:
         logger.warning("backbone weights from %s: %s", where, report)
     return report

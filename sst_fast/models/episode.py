@@ -49,9 +49,19 @@ def check_episode(
     support_images: torch.Tensor,
     support_masks: torch.Tensor,
     query_mask: torch.Tensor | None,
+    like: torch.Tensor | None = None,
 ) -> None:
-    """Raise a ``ValueError``/``TypeError`` naming the argument for any malformed episode batch."""
+    """Raise a ``ValueError``/``TypeError`` naming the argument for any malformed episode batch.
+
+    ``like``: a model parameter; the images must have its device, and its dtype unless autocast
+    is on for their device (then any floating dtype is cast by autocast).
+    """
     _check_images("query", query, ndim=4, layout="[B, 3, H, W]")
+    if like is not None:
+        if query.device != like.device:
+            raise ValueError(f"query is on {query.device} but the model is on {like.device}")
+        if query.dtype != like.dtype and not torch.is_autocast_enabled(query.device.type):
+            raise ValueError(f"query has dtype {query.dtype} but the model's parameters are {like.dtype}")
     _check_images("support_images", support_images, ndim=5, layout="[B, K, 3, H, W]")
     batch, shots = support_images.shape[:2]
     if batch != query.shape[0]:

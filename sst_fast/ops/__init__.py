@@ -131,7 +131,7 @@ def tuned_prototype(
     if isinstance(step, torch.Tensor):
         if step.dim() != 0 or not step.is_floating_point():
             raise ValueError(f"{op}: step must be a number or a 0-dim floating tensor, got {step!r}")
-    elif not (isinstance(step, Real) and math.isfinite(step)):
+    elif isinstance(step, bool) or not (isinstance(step, Real) and math.isfinite(step)):
         raise ValueError(f"{op}: step must be a finite number, got {step!r}")
     _check_positive(op, "eps", eps)
     _check_dilation(op, dilation)

@@ -61,7 +61,7 @@ def current_backend() -> str:
     forced = _forced.get()
     if forced is not None:
         return forced
-    return _check_name(os.environ.get(ENV_VAR, "auto").strip() or "auto", ENV_VAR)
+    return _check_name(os.environ.get(ENV_VAR, "auto").strip().lower() or "auto", ENV_VAR)
 
 
 @contextlib.contextmanager
@@ -89,4 +89,6 @@ def resolve(op: str, device_type: str) -> Callable:
             f"{op}: backend {requested!r} runs on {sorted(backend.device_types or ())}, "
             f"but the inputs are on {device_type!r}"
         )
+    if op not in backend.ops:
+        raise RuntimeError(f"{op}: backend {requested!r} does not implement this op; use 'auto' or 'reference'")
     return backend.ops[op]

@@ -15,7 +15,7 @@ from torch import nn
 from ..config import SSTConfig
 from ..models.backbones import build_backbone
 from ..models.decoder import Decoder
-from ..models.encoder import Encoder
+from ..models.encoder import Encoder, init_head
 from ..models.episode import SSTOutput, check_episode
 from ..models.functional import downsample_mask, foreground_iou, fuse, fusion_weights, per_image_cross_entropy
 from ..models.relation import Relation
@@ -41,14 +41,16 @@ class SSTReference(nn.Module):
         super().__init__()
         self.config = config = config if config is not None else SSTConfig()
         self.backbone = build_backbone(config.backbone, config.backbone_weights, freeze=config.freeze_backbone)
-        self.encoder = Encoder(self.backbone.out_channels, config.channels, config.dropout)  # fe
+        self.embed = Encoder(self.backbone.out_channels, config.channels, config.dropout)  # fe
         self.relation = Relation(config.channels, config.dropout)  # fm
         self.decoder = Decoder(config.channels, config.dropout)  # fd
         self.tuning = SelfSupervisedTuning(config.tune_step, config.learnable_step)  # ft
+        for head in (self.embed, self.relation, self.decoder):
+            init_head(head)
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Eq. 2-3: images [N, 3, H, W] -> latent features R [N, C, h, w]."""
-        return self.encoder(self.backbone(images))
+        return self.embed(self.backbone(images))
 
     def forward(
         self,
@@ -67,7 +69,7 @@ class SSTReference(nn.Module):
         """
         cfg = self.config
         if cfg.check_inputs:
-            check_episode(query, support_images, support_masks, query_mask)
+            check_episode(query, support_images, support_masks, query_mask, like=self.embed.conv.weight)
         batch, shots = support_images.shape[:2]
         training_loss = query_mask is not None
 
@@ -112,9 +114,13 @@ class SSTReference(nn.Module):
 
         Each support image's loss is its own per-image mean, so the sum over the batch gives every
         image exactly the gradient of its own loss. The gradient is taken with autograd enabled
-        even under ``torch.no_grad()`` (evaluation tunes too); it is part of the outer graph
+        even under ``torch.no_grad()`` and ``torch.inference_mode()`` (evaluation tunes too); it is part of the outer graph
         (second order) only when gradients are on and ``first_order`` is off.
         """
+        if torch.is_inference_mode_enabled():
+            # enable_grad cannot lift inference mode: step out of it, with ordinary copies of the inputs.
+            with torch.inference_mode(False), torch.no_grad():
+                return self.tune(rs.clone(), mask.clone(), labels.clone())
         cfg = self.config
         outer_grad = torch.is_grad_enabled()
         with torch.enable_grad():

@@ -316,9 +316,9 @@ def test_frozen_backbone_inside_sst_keeps_bn_eval():
     model.train()
     assert model.training and model.backbone.training
     assert all(not bn.training for bn in _batchnorms(model.backbone))
-    assert model.encoder.training  # the rest of the model still trains
+    assert model.embed.training  # the rest of the model still trains
     assert not any(p.requires_grad for p in model.backbone.parameters())
-    assert all(p.requires_grad for p in model.encoder.parameters())
+    assert all(p.requires_grad for p in model.embed.parameters())
 
 
 # --- loading robustness ----------------------------------------------------------------------
@@ -465,3 +465,22 @@ def test_tiny_without_num_batches_tracked_strict():
     state = {k: v for k, v in _tiny_state().items() if not k.endswith("num_batches_tracked")}
     report = load_backbone_weights(TinyBackbone(), state, strict=True)
     assert report.missing == [] and report.unexpected == []
+
+
+def test_whole_model_checkpoint_is_not_backbone_weights(tmp_path):
+    """An SST checkpoint (keys 'backbone.*') shares no key with the backbone: an error, not a warning."""
+    model = sst_fast.SST(sst_fast.SSTConfig(backbone="tiny", channels=8))
+    path = tmp_path / "sst.pth"
+    torch.save({"model": model.state_dict()}, path)
+    with pytest.raises(ValueError, match="shares no key with this backbone"):
+        sst_fast.SST(sst_fast.SSTConfig(backbone="tiny", channels=8, backbone_weights=str(path)))
+
+
+def test_report_is_kept_on_the_backbone():
+    backbone = TinyBackbone()
+    assert backbone.load_report is None
+    state = _tiny_state()
+    del state["stem.0.weight"]
+    report = load_backbone_weights(backbone, state)
+    assert backbone.load_report is report and report.missing == ["stem.0.weight"]
+    assert "1 missing (stem.0.weight)" in str(report)

@@ -15,7 +15,7 @@ from sst_fast.models.functional import (
 )
 from sst_fast.ops import reference as ref_ops
 from sst_fast.reference import SSTReference
-from tests.conftest import assert_close
+from tests.conftest import assert_close, balance_classifier
 from tests.models.helpers import episode, tiny_config
 
 FUSIONS = ("weighted", "average", "max")
@@ -77,7 +77,7 @@ def test_large_backbones_at_small_input(backbone, size):
     assert out.logits.shape == (1, 2, size, size)
     out.loss.backward()
     assert all(p.grad is None for p in model.backbone.parameters()), "the backbone is frozen by default"
-    assert model.encoder.conv.weight.grad is not None
+    assert model.embed.conv.weight.grad is not None
 
 
 def test_eval_is_deterministic_and_train_dropout_is_not():
@@ -190,7 +190,7 @@ def _tuned_prototype_grads(first_order):
     model = sst_fast.SST(tiny_config(first_order=first_order, tune_step=20.0)).train()
     query, supports, masks, query_mask = episode(shots=2)
     out = model(query, supports, masks, query_mask)
-    params = [model.decoder.classifier.weight, model.relation.conv.weight, model.encoder.conv.weight]
+    params = [model.decoder.classifier.weight, model.relation.conv.weight, model.embed.conv.weight]
     return torch.autograd.grad(out.tuned_prototypes.sum(), params, allow_unused=True), model, out
 
 
@@ -226,8 +226,14 @@ def test_gradcheck_through_the_tuning_step_float64(first_order):
     config = tiny_config(channels=4, tune_step=50.0, learnable_step=True, first_order=first_order)
     model = sst_fast.SST(config).double().eval()
     query, supports, masks, query_mask = episode(batch=1, shots=2, size=24, dtype=torch.float64)
-    names = ["decoder.classifier.weight", "relation.conv.bias", "relation.blocks.1.conv2.bias", "encoder.conv.bias",
-             "tuning.log_step"]
+    names = [
+        "decoder.classifier.weight",
+        "relation.conv.weight",
+        "relation.conv.bias",
+        "relation.blocks.1.conv2.bias",
+        "embed.conv.bias",
+        "tuning.log_step",
+    ]
     params = dict(model.named_parameters())
     inputs = tuple(params[name].detach().clone().requires_grad_() for name in names)
 
@@ -275,21 +281,27 @@ def test_fuse_modes():
 
 @pytest.mark.parametrize("fusion", FUSIONS)
 def test_model_fusion_matches_per_shot_relations(fusion):
-    model = sst_fast.SST(tiny_config(fusion=fusion)).eval()
     query, supports, masks, _ = episode(batch=2, shots=3)
+    model = sst_fast.SST(tiny_config(fusion=fusion, tune_step=20.0, aux_loss=True)).eval()
+    model = balance_classifier(model, query, supports, masks, on="supports")
     out = model(query, supports, masks)
     rq = model.encode(query)
     per_shot = torch.stack([model.relation(rq, out.tuned_prototypes[:, k]) for k in range(3)], 1)
     if fusion == "weighted":
         ious = foreground_iou(out.support_logits.flatten(0, 1).argmax(1), masks.flatten(0, 1).long()).view(2, 3)
         assert_close(out.shot_weights, fusion_weights(ious), 0, 0)
+        assert (out.shot_weights - 1 / 3).abs().max() > 0.02, "the check needs unequal IoU weights"
         fused = (out.shot_weights[:, :, None, None, None] * per_shot).sum(1)
+        averaged = model.decoder(per_shot.mean(1), (32, 32))
+        assert (averaged - model.decoder(fused, (32, 32))).abs().max() > 1e-3, "weighted must differ from average"
     elif fusion == "average":
         assert_close(out.shot_weights, torch.full((2, 3), 1 / 3), 0, 0)
         fused = per_shot.mean(1)
     else:
         fused = per_shot.max(1).values
     assert_close(out.logits, model.decoder(fused, (32, 32)), 1e-5, 1e-5)
+    untuned = torch.stack([model.relation(rq, out.prototypes[:, k]) for k in range(3)], 1)
+    assert (untuned - per_shot).abs().max() > 1e-3, "the relation must see the tuned prototypes"
 
 
 def test_one_shot_weight_is_one():
@@ -304,16 +316,17 @@ def test_one_shot_weight_is_one():
 
 @pytest.mark.parametrize("fill", [0, 255])
 def test_empty_or_ignored_support_gives_defined_results(fill):
-    model = sst_fast.SST(tiny_config(tune_step=5.0)).train()
     query, supports, masks, query_mask = episode(shots=2)
     masks[0, 1] = fill
+    model = sst_fast.SST(tiny_config(tune_step=5.0, freeze_backbone=True))  # BN alike in train and eval
+    model = balance_classifier(model, query, supports, masks, on="supports").train()
     out = model(query, supports, masks, query_mask)
     assert torch.equal(out.prototypes[0, 1], torch.zeros(8)), "an empty mask pools to a zero prototype"
     for value in (out.logits, out.support_logits, out.loss, out.tuned_prototypes, out.shot_weights):
         assert torch.isfinite(value).all()
     out.loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
-    assert out.shot_weights[0, 1] == 0 or torch.equal(out.shot_weights[0], torch.full((2,), 0.5))
+    assert out.shot_weights[0].tolist() == [1.0, 0.0], "a shot with nothing to segment gets no weight"
 
 
 def test_all_ignore_query_mask_gives_zero_main_loss():
@@ -367,3 +380,28 @@ def test_bool_and_float_masks_are_accepted():
     expected = model(query, supports, masks).logits
     assert torch.equal(model(query, supports, masks.bool()).logits, expected)
     assert torch.equal(model(query, supports, masks.float()).logits, expected)
+
+
+def test_inference_mode_gives_the_no_grad_result():
+    model = sst_fast.SST(tiny_config(tune_step=10.0)).eval()
+    query, supports, masks, query_mask = episode(shots=2)
+    with torch.no_grad():
+        expected = model(query, supports, masks, query_mask)
+    with torch.inference_mode():
+        actual = model(query, supports, masks, query_mask)
+    assert torch.equal(actual.logits, expected.logits)
+    assert torch.equal(actual.tuned_prototypes, expected.tuned_prototypes)
+    assert torch.equal(actual.loss, expected.loss)
+
+
+def test_input_dtype_must_match_the_model():
+    model = sst_fast.SST(tiny_config())
+    query, supports, masks, _ = episode(shots=1, dtype=torch.float64)
+    with pytest.raises(ValueError, match="query has dtype torch.float64 but the model's parameters are torch.float32"):
+        model(query, supports, masks)
+
+
+def test_aux_weight_scales_the_auxiliary_loss():
+    model = sst_fast.SST(tiny_config(aux_weight=0.25)).eval()
+    out = model(*episode(shots=2))
+    assert_close(out.loss, out.main_loss + 0.25 * out.aux_loss, 1e-6, 1e-7)

@@ -190,6 +190,7 @@ def _good_args():
         (lambda a: ops.tuned_prototype(a["delta"], a["mask"], a["weight"], a["proto"], step=torch.ones(2)),
          ValueError, "step must"),
         (lambda a: ops.tuned_prototype(a["delta"], a["mask"][:, :, :4], a["weight"], a["proto"]), ValueError, "mask"),
+        (lambda a: ops.tuned_prototype(a["delta"], a["mask"], a["weight"], a["proto"], step=True), ValueError, "step"),
     ],
 )
 def test_bad_arguments_name_the_argument(call, error, match):
@@ -252,6 +253,11 @@ def test_dispatch_follows_env_context_and_device(monkeypatch):
     with ops.use_backend("cpp"):  # the context wins over the environment
         ops.masked_avg_pool(features, mask)
     assert calls == ["cpp", "cpp"]
+    monkeypatch.setenv("SST_FAST_BACKEND", " CPP ")  # case and spaces do not matter
+    ops.masked_avg_pool(features, mask)
+    assert calls == ["cpp", "cpp", "cpp"]
+    with pytest.raises(RuntimeError, match="does not implement"):
+        ops.prototype_conv2d(features, torch.randn(1, 2), torch.randn(2, 4, 3, 3))
     monkeypatch.delenv("SST_FAST_BACKEND")
     ops.register_backend("cuda", {"masked_avg_pool": recording_pool}, device_types=("cuda",))
     with ops.use_backend("cuda"), pytest.raises(RuntimeError, match="runs on"):
