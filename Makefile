@@ -7,7 +7,7 @@ TORCH_VERSION ?= 2.13.0
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: install test test-all bench clean
+.PHONY: install test test-all lint bench clean
 
 install: $(VENV)/.installed
 
@@ -27,6 +27,9 @@ test: install
 
 test-all: install
 	$(PY) -m pytest tests -q -m "slow or not slow"
+
+lint: install
+	$(PY) -m ruff check sst_fast tests benchmarks setup.py
 
 bench: install
 	$(PY) -m pytest benchmarks -q -o python_files='bench_*.py' --benchmark-only \

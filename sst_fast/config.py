@@ -90,7 +90,7 @@ class SSTConfig:
         return values
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "SSTConfig":
+    def from_dict(cls, values: dict[str, Any]) -> SSTConfig:
         """The inverse of :meth:`to_dict`; unknown keys are an error, not silently dropped."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -45,7 +45,7 @@ def predict(
     query = image_to_tensor(query_image, "query_image")
     original_size = tuple(query.shape[-2:])
     shots_images, shots_masks = [], []
-    for index, (image, mask) in enumerate(zip(support_images, support_masks)):
+    for index, (image, mask) in enumerate(zip(support_images, support_masks, strict=True)):
         image = image_to_tensor(image, f"support_images[{index}]")
         mask = mask_to_tensor(mask, f"support_masks[{index}]")
         if tuple(mask.shape) != tuple(image.shape[-2:]):

@@ -203,7 +203,7 @@ def test_matches_model_forward(model, episode):
 
 
 def test_mask_modes_agree(model, episode):
-    query, supports, masks = episode
+    query, supports, _ = episode
     mask = _mask(SUPPORT_HW, 20, ignore=False)  # 0/1 only, so bool is the same labels
     reference = predict(model, query, supports[0], mask)
     _check_result(reference)
@@ -354,7 +354,7 @@ def test_tensor_image_is_type_error(model, episode):
 
 
 def test_other_types_are_type_error(model, episode):
-    query, supports, masks = episode
+    _, supports, masks = episode
     with pytest.raises(TypeError):
         predict(model, "query.png", supports[0], masks[0])
 

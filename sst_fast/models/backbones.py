@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -29,12 +29,12 @@ class Backbone(nn.Module):
         self.frozen = False
         self.load_report: LoadReport | None = None  # set by load_backbone_weights
 
-    def freeze(self) -> "Backbone":
+    def freeze(self) -> Backbone:
         self.frozen = True
         self.requires_grad_(False)
         return self.train(self.training)
 
-    def train(self, mode: bool = True) -> "Backbone":
+    def train(self, mode: bool = True) -> Backbone:
         super().train(mode)
         if self.frozen:
             for module in self.modules():
@@ -238,9 +238,10 @@ class LoadReport:
         def listing(keys: list[str]) -> str:
             return ", ".join(keys[:8]) + (f", ... ({len(keys)} in all)" if len(keys) > 8 else "")
 
-        parts = [f"{len(self.missing)} missing" + (f" ({listing(self.missing)})" if self.missing else "")]
-        parts.append(f"{len(self.unexpected)} unexpected" + (f" ({listing(self.unexpected)})" if self.unexpected else ""))
-        return "loaded weights: " + "; ".join(parts)
+        def count(what: str, keys: list[str]) -> str:
+            return f"{len(keys)} {what}" + (f" ({listing(keys)})" if keys else "")
+
+        return f"loaded weights: {count('missing', self.missing)}; {count('unexpected', self.unexpected)}"
 
 
 def load_backbone_weights(

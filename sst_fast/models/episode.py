@@ -36,7 +36,7 @@ class SSTOutput:
     prototypes: torch.Tensor | None = None
     tuned_prototypes: torch.Tensor | None = None
 
-    def detach(self) -> "SSTOutput":
+    def detach(self) -> SSTOutput:
         return SSTOutput(**{f.name: _detach(getattr(self, f.name)) for f in dataclasses.fields(self)})
 
 

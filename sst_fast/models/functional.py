@@ -38,7 +38,7 @@ def foreground_iou(prediction: torch.Tensor, labels: torch.Tensor) -> torch.Tens
     target = labels == 1
     intersection = (predicted & target).sum((1, 2))
     union = (predicted | target).sum((1, 2))
-    return torch.where(union > 0, intersection / union.clamp_min(1), torch.zeros_like(intersection, dtype=torch.float32))
+    return torch.where(union > 0, intersection / union.clamp_min(1), torch.zeros(union.shape, device=union.device))
 
 
 def fusion_weights(ious: torch.Tensor) -> torch.Tensor:

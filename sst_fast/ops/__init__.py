@@ -173,7 +173,7 @@ def _as_mask(op: str, mask, features: torch.Tensor) -> torch.Tensor:
 
 def _check_weight(op: str, weight, channels: int, like: torch.Tensor) -> None:
     _check_float_tensor(op, "weight", weight, ndim=4, like=like)
-    out_channels, in_channels, kh, kw = weight.shape
+    _, in_channels, kh, kw = weight.shape
     if in_channels != 2 * channels:
         raise ValueError(f"{op}: weight must be [Co, 2C, k, k] with 2C = {2 * channels}, got {list(weight.shape)}")
     if kh != kw or kh % 2 == 0:

@@ -12,7 +12,7 @@ import contextlib
 import contextvars
 import dataclasses
 import os
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 KNOWN_BACKENDS = ("reference", "cpp", "cuda", "triton")
 ENV_VAR = "SST_FAST_BACKEND"

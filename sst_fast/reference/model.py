@@ -114,8 +114,8 @@ class SSTReference(nn.Module):
 
         Each support image's loss is its own per-image mean, so the sum over the batch gives every
         image exactly the gradient of its own loss. The gradient is taken with autograd enabled
-        even under ``torch.no_grad()`` and ``torch.inference_mode()`` (evaluation tunes too); it is part of the outer graph
-        (second order) only when gradients are on and ``first_order`` is off.
+        even under ``torch.no_grad()`` and ``torch.inference_mode()`` (evaluation tunes too); it is
+        part of the outer graph (second order) only when gradients are on and ``first_order`` is off.
         """
         if torch.is_inference_mode_enabled():
             # enable_grad cannot lift inference mode: step out of it, with ordinary copies of the inputs.

@@ -328,7 +328,7 @@ def _tiny_state(seed: int = 3) -> dict[str, torch.Tensor]:
     torch.manual_seed(seed)
     source = TinyBackbone()
     state = source.state_dict()
-    for key, value in state.items():  # make every entry differ from a fresh init
+    for value in state.values():  # make every entry differ from a fresh init
         if value.is_floating_point():
             value.add_(torch.rand_like(value) + 0.1)
         else:

@@ -238,7 +238,8 @@ def test_gradcheck_through_the_tuning_step_float64(first_order):
     inputs = tuple(params[name].detach().clone().requires_grad_() for name in names)
 
     def loss_of(*values):
-        return torch.func.functional_call(model, dict(zip(names, values)), (query, supports, masks, query_mask)).loss
+        replaced = dict(zip(names, values, strict=True))
+        return torch.func.functional_call(model, replaced, (query, supports, masks, query_mask)).loss
 
     out = model(query, supports, masks, query_mask)
     assert (out.tuned_prototypes - out.prototypes).abs().max() > 1e-3, "the tuning step must matter here"
