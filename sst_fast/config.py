@@ -55,9 +55,7 @@ class SSTConfig:
     check_inputs: bool = True
 
     def __post_init__(self) -> None:
-        if isinstance(self.image_size, int):
-            self.image_size = (self.image_size, self.image_size)
-        self.image_size = tuple(self.image_size)
+        self.image_size = as_size(self.image_size, "SSTConfig.image_size")
         _require(self.backbone in BACKBONES, "backbone", f"one of {BACKBONES}", self.backbone)
         _require(self.fusion in FUSIONS, "fusion", f"one of {FUSIONS}", self.fusion)
         _require(_is_int(self.shots) and self.shots >= 1, "shots", "an integer >= 1", self.shots)
@@ -72,8 +70,6 @@ class SSTConfig:
                      self.tune_step)
         _require(_finite(self.dropout) and 0 <= self.dropout < 1, "dropout", "a number in [0, 1)", self.dropout)
         _require(_finite(self.eps) and self.eps > 0, "eps", "a finite number > 0", self.eps)
-        _require(len(self.image_size) == 2 and all(_is_int(s) and s >= 1 for s in self.image_size),
-                 "image_size", "an integer or a pair of integers >= 1", self.image_size)
         for flag in ("ssm", "aux_loss", "learnable_step", "first_order", "check_inputs"):
             _require(isinstance(getattr(self, flag), bool), flag, "True or False", getattr(self, flag))
         _require(self.freeze_backbone is None or isinstance(self.freeze_backbone, bool), "freeze_backbone",
@@ -97,6 +93,15 @@ class SSTConfig:
         if unknown:
             raise ValueError(f"SSTConfig: unknown field(s) {unknown}; known fields are {sorted(known)}")
         return cls(**values)
+
+
+def as_size(value: Any, name: str) -> tuple[int, int]:
+    """An image size given as ``n`` or ``(h, w)`` -> ``(h, w)``; anything else is an error naming ``name``."""
+    if _is_int(value):
+        value = (value, value)
+    if not isinstance(value, (tuple, list)) or len(value) != 2 or not all(_is_int(s) and s >= 1 for s in value):
+        raise ValueError(f"{name} must be an integer or a pair of integers >= 1, got {value!r}")
+    return tuple(value)
 
 
 def _is_int(value: Any) -> bool:

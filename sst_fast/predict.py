@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import as_size
 from .data.transforms import image_to_tensor, mask_to_tensor, normalize, resize_image, resize_mask
 
 
@@ -40,7 +41,7 @@ def predict(
         )
     if not support_images:
         raise ValueError("support_images: at least one support image is needed")
-    size = _check_size(image_size if image_size is not None else model.config.image_size)
+    size = as_size(image_size if image_size is not None else model.config.image_size, "image_size")
 
     query = image_to_tensor(query_image, "query_image")
     original_size = tuple(query.shape[-2:])
@@ -78,18 +79,6 @@ def predict(
     finally:
         model.train(was_training)
     return logits.argmax(1)[0].to(torch.uint8).cpu().numpy()
-
-
-def _check_size(size) -> tuple[int, int]:
-    if isinstance(size, int) and not isinstance(size, bool):
-        size = (size, size)
-    if (
-        not isinstance(size, (tuple, list))
-        or len(size) != 2
-        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in size)
-    ):
-        raise ValueError(f"image_size must be an integer or a pair of integers >= 1, got {size!r}")
-    return tuple(size)
 
 
 def _as_list(value) -> list:

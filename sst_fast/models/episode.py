@@ -68,8 +68,6 @@ def check_episode(
         raise ValueError(
             f"support_images must hold B = {query.shape[0]} episodes like query, got shape {list(support_images.shape)}"
         )
-    if shots < 1:
-        raise ValueError(f"support_images must hold K >= 1 shots, got shape {list(support_images.shape)}")
     if support_images.dtype != query.dtype or support_images.device != query.device:
         raise ValueError(
             f"support_images must match query's dtype and device ({query.dtype}, {query.device}), "

@@ -355,6 +355,7 @@ def _bad(**changes):
         (_bad(query=lambda q: q.index_fill(2, torch.tensor([3]), float("nan"))), ValueError, "query contains NaN"),
         (_bad(support_images=lambda s: s[:, 0]), ValueError, r"support_images must be \[B, K, 3, H, W\]"),
         (_bad(support_images=lambda s: s[:1]), ValueError, "support_images must hold B = 2"),
+        (_bad(support_images=lambda s: s[:, :0]), ValueError, "support_images is empty"),
         (_bad(support_images=lambda s: s.double()), ValueError, "support_images must match query's dtype"),
         (_bad(support_images=lambda s: s.clone().fill_(float("inf"))), ValueError, "support_images contains NaN"),
         (_bad(support_masks=lambda m: m[:, :1]), ValueError, "support_masks must be .* K = 2"),
