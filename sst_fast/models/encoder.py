@@ -6,20 +6,6 @@ import torch
 from torch import nn
 
 
-def init_head(module: nn.Module) -> None:
-    """Kaiming-normal (fan in, ReLU) convolutions with zero bias for the head's layers.
-
-    PyTorch's default convolution init shrinks the signal by about 3x per layer, so through the
-    ~10 layers of embed + relation + decoder an untrained head outputs almost the same logits
-    everywhere; Kaiming init keeps the signal's scale from layer to layer.
-    """
-    for layer in module.modules():
-        if isinstance(layer, nn.Conv2d):
-            nn.init.kaiming_normal_(layer.weight, mode="fan_in", nonlinearity="relu")
-            if layer.bias is not None:
-                nn.init.zeros_(layer.bias)
-
-
 class Encoder(nn.Module):
     """3x3 convolution with dilation 2 (backbone channels -> ``channels``), ReLU, Dropout2d."""
 

@@ -15,9 +15,16 @@ from torch import nn
 from ..config import SSTConfig
 from ..models.backbones import build_backbone
 from ..models.decoder import Decoder
-from ..models.encoder import Encoder, init_head
+from ..models.encoder import Encoder
 from ..models.episode import SSTOutput, check_episode
-from ..models.functional import downsample_mask, foreground_iou, fuse, fusion_weights, per_image_cross_entropy
+from ..models.functional import (
+    downsample_mask,
+    foreground_iou,
+    fuse,
+    fusion_weights,
+    init_head,
+    per_image_cross_entropy,
+)
 from ..models.relation import Relation
 from ..models.tuning import SelfSupervisedTuning
 from ..ops.reference import masked_avg_pool
