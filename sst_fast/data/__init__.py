@@ -1,5 +1,71 @@
-"""Data: conversions of user images and masks to tensors (:mod:`sst_fast.data.transforms`)."""
+"""Data: benchmark data sets, splits, episodes and augmentation (DESIGN §4).
+
+- Splits: :func:`fold_classes`, :func:`base_classes`.
+- Data sets (:class:`FewShotDataset`): :class:`PascalVOC` (PASCAL-5i), :class:`COCO20i`,
+  :class:`FSS1000`, and the embedded :class:`SyntheticDataset`; :func:`open_dataset` by name.
+- Episodes: :class:`EpisodeSampler`, :class:`EpisodeManifest`, :class:`EpisodeDataset`.
+- :class:`Augment` for training; :mod:`~sst_fast.data.transforms` for user images.
+"""
 
 from . import transforms
+from .augment import Augment
+from .base import DEFAULT_MIN_PIXELS, DataError, FewShotDataset, Sample, binary_mask
+from .coco import COCO20i
+from .episodes import (
+    Episode,
+    EpisodeDataset,
+    EpisodeManifest,
+    EpisodeSampler,
+    collate_episodes,
+    fold_sampler,
+    sample_episodes,
+)
+from .fss import FSS1000
+from .pascal import PascalVOC
+from .splits import FoldSplit, base_classes, fold_classes
+from .synthetic import SyntheticDataset
 
-__all__ = ["transforms"]
+DATASETS = {"pascal": PascalVOC, "coco": COCO20i, "fss": FSS1000, "synthetic": SyntheticDataset}
+
+
+def open_dataset(name: str, root=None, **options) -> FewShotDataset:
+    """A data set by name: ``pascal``, ``coco``, ``fss`` (all need ``root``) or ``synthetic`` (no root).
+
+    ``options`` go to the class (``min_pixels``, ``cache_dir``, ``style`` for COCO, ``seed`` for synthetic).
+    """
+    if name not in DATASETS:
+        raise ValueError(f"dataset must be one of {sorted(DATASETS)}, got {name!r}")
+    if name == "synthetic":
+        if root is not None:
+            raise ValueError("root: the synthetic data set is generated, it has no data folder")
+        return SyntheticDataset(**options)
+    if root is None:
+        raise ValueError(f"root: the {name} data set needs its data folder")
+    return DATASETS[name](root, **options)
+
+
+__all__ = [
+    "DATASETS",
+    "DEFAULT_MIN_PIXELS",
+    "FSS1000",
+    "COCO20i",
+    "Augment",
+    "DataError",
+    "Episode",
+    "EpisodeDataset",
+    "EpisodeManifest",
+    "EpisodeSampler",
+    "FewShotDataset",
+    "FoldSplit",
+    "PascalVOC",
+    "Sample",
+    "SyntheticDataset",
+    "base_classes",
+    "binary_mask",
+    "collate_episodes",
+    "fold_classes",
+    "fold_sampler",
+    "open_dataset",
+    "sample_episodes",
+    "transforms",
+]

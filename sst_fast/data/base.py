@@ -1,0 +1,338 @@
+"""What every few-shot data set provides, and the per-class image index built once by ``prepare``.
+
+A data set is a set of images with label maps in the VOC convention (0 background, class ids
+1..N, 255 ignore), grouped into image splits ("train", "val", ...). Few-shot episodes need, for a
+split and a class, the images in which that class is present; computing that means reading every
+label map, so :meth:`FewShotDataset.prepare` does it once and caches the per-image class pixel
+counts in a JSON file with a SHA-256 checksum. The small-object filter is applied to the counts
+when the lists are asked for, so changing it never needs a new index.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from .splits import FoldSplit
+
+# PFENet's small-object filter: a class counts as present in an image only with >= 2*32*32 pixels.
+DEFAULT_MIN_PIXELS = 2 * 32 * 32
+IGNORE_LABEL = 255
+INDEX_FORMAT = 1
+
+
+class DataError(ValueError):
+    """Missing, malformed or unreadable data. The message names the file or the expected layout."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image and its label map, as stored."""
+
+    image: np.ndarray  # [H, W, 3] uint8 RGB
+    label: np.ndarray  # [H, W] uint8 (uint16 beyond 254 classes): 0 background, class ids, the ignore label
+
+
+def paired(image: np.ndarray, label: np.ndarray, image_path, label_source) -> Sample:
+    """A :class:`Sample`, after checking that the image and its label map have the same size."""
+    if image.shape[:2] != label.shape:
+        raise DataError(
+            f"image {image_path} is {image.shape[1]}x{image.shape[0]} pixels but {label_source} "
+            f"is {label.shape[1]}x{label.shape[0]}: they must match"
+        )
+    return Sample(image, label)
+
+
+def read_image(path) -> np.ndarray:
+    """An image file -> [H, W, 3] uint8 RGB. An unreadable file raises :class:`DataError` with path and reason."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return np.array(image.convert("RGB"))
+    except (OSError, ValueError, SyntaxError) as error:
+        raise DataError(f"cannot read image {path}: {error}") from error
+
+
+def read_label(path) -> np.ndarray:
+    """A single-channel label PNG (mode L or P: the pixel values are the labels) -> [H, W] uint8."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            if image.mode not in ("L", "P", "1"):
+                raise DataError(
+                    f"label {path} must be a single-channel PNG of class ids (mode L or P), got mode {image.mode}"
+                )
+            return np.array(image, dtype=np.uint8)
+    except (OSError, ValueError, SyntaxError) as error:
+        if isinstance(error, DataError):
+            raise
+        raise DataError(f"cannot read label {path}: {error}") from error
+
+
+def binary_mask(label: np.ndarray, class_id: int, ignore_label: int | None = IGNORE_LABEL) -> np.ndarray:
+    """A label map -> the episode's mask for ``class_id``: 1 on the class, 255 where ignored, 0 elsewhere.
+
+    Every other class, novel ones included, becomes background: the PFENet treatment of novel-class
+    pixels in training images. ``ignore_label=None``: the label map has no ignore value.
+    """
+    mask = (label == class_id).astype(np.uint8)
+    if ignore_label is not None:
+        mask[label == ignore_label] = IGNORE_LABEL
+    return mask
+
+
+def require_paths(dataset: str, root: Path, paths, layout: str) -> None:
+    """Raise a :class:`DataError` naming the expected layout when any of ``paths`` is missing."""
+    missing = [str(path) for path in paths if not Path(path).exists()]
+    if missing:
+        raise DataError(
+            f"{dataset} data not found: missing {', '.join(missing)}.\nExpected layout under {root}:\n{layout}"
+        )
+
+
+def default_cache_dir() -> Path:
+    """``$SST_FAST_CACHE``, else ``$XDG_CACHE_HOME/sst_fast``, else ``~/.cache/sst_fast``."""
+    if os.environ.get("SST_FAST_CACHE"):
+        return Path(os.environ["SST_FAST_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "sst_fast"
+
+
+def file_stats(paths) -> str:
+    """A digest of (name, size, mtime) of files: cheap, and changes whenever a file is replaced."""
+    digest = hashlib.sha256()
+    for path in sorted(str(p) for p in paths):
+        stat = os.stat(path)
+        digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def _sha256_json(payload) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+class DatasetIndex:
+    """Per split, per image: the pixel count of every class present. Built by :meth:`FewShotDataset.prepare`."""
+
+    def __init__(self, counts: dict[str, dict[str, dict[int, int]]], path: Path | None = None):
+        self.counts = counts
+        self.path = path
+
+    def image_classes(self, split: str, image_id: str) -> dict[int, int]:
+        try:
+            return self.counts[split][image_id]
+        except KeyError:
+            raise ValueError(f"image {image_id!r} is not in split {split!r}") from None
+
+    def class_images(self, split: str, class_id: int, min_pixels: int) -> list[str]:
+        """Sorted, so that a list never depends on whether the index was built or read from its cache."""
+        threshold = max(int(min_pixels), 1)
+        images = [image for image, classes in self.counts[split].items() if classes.get(class_id, 0) >= threshold]
+        return sorted(images)
+
+
+class FewShotDataset(abc.ABC):
+    """A few-shot segmentation data set: images, VOC-convention labels, splits and folds.
+
+    Subclasses define :attr:`name`, :attr:`splits`, the class names, the image ids of each split,
+    how one image is loaded, how a fold splits the classes, and a fingerprint of their files.
+    """
+
+    name: ClassVar[str]
+    splits: ClassVar[tuple[str, ...]]
+    # The label that marks "do not score" in this data set's label maps; None when there is none.
+    ignore_label: ClassVar[int | None] = IGNORE_LABEL
+    # Threads that prepare() reads label maps with: file decoding releases the GIL, numpy-bound
+    # generation barely does (a generated data set sets 1).
+    prepare_workers: ClassVar[int] = 8
+
+    def __init__(self, *, min_pixels: int = DEFAULT_MIN_PIXELS, cache_dir=None):
+        if isinstance(min_pixels, bool) or not isinstance(min_pixels, int) or min_pixels < 0:
+            raise ValueError(f"min_pixels must be a non-negative integer (0 turns the filter off), got {min_pixels!r}")
+        self.min_pixels = min_pixels
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self._index: DatasetIndex | None = None
+
+    # -- what a data set defines ---------------------------------------------------------------
+    @property
+    @abc.abstractmethod
+    def class_names(self) -> tuple[str, ...]:
+        """Names of classes 1..N (index 0 holds class 1)."""
+
+    @abc.abstractmethod
+    def image_ids(self, split: str) -> list[str]:
+        """The images of ``split``, in a fixed order."""
+
+    @abc.abstractmethod
+    def load(self, image_id: str) -> Sample:
+        """The image and label map of ``image_id``."""
+
+    @abc.abstractmethod
+    def fold_split(self, fold) -> FoldSplit:
+        """The classes and image splits that ``fold`` trains and tests on."""
+
+    @abc.abstractmethod
+    def fingerprint(self) -> dict:
+        """JSON-able identity of the files the index is built from (changes when they change)."""
+
+    def class_pixels(self, image_id: str) -> dict[int, int]:
+        """Pixel count of each class present in ``image_id`` (background and ignore excluded)."""
+        counts = np.bincount(self.load_label(image_id).ravel())
+        return {int(c): int(counts[c]) for c in np.flatnonzero(counts) if c != 0 and c != self.ignore_label}
+
+    def load_label(self, image_id: str) -> np.ndarray:
+        """The label map alone; data sets that can skip decoding the image override this."""
+        return self.load(image_id).label
+
+    def episode_mask(self, label: np.ndarray, class_id: int) -> np.ndarray:
+        """:func:`binary_mask` with this data set's ignore label."""
+        return binary_mask(label, class_id, self.ignore_label)
+
+    def describe(self) -> dict:
+        """The data set's part of a protocol card."""
+        return {"dataset": self.name, "min_pixels": self.min_pixels}
+
+    # -- derived -------------------------------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def class_name(self, class_id: int) -> str:
+        self.check_class(class_id)
+        return self.class_names[class_id - 1]
+
+    def check_class(self, class_id, name: str = "class_id") -> int:
+        if isinstance(class_id, bool) or not isinstance(class_id, (int, np.integer)):
+            raise ValueError(f"{name} must be an integer class id, got {class_id!r}")
+        if not 1 <= class_id <= self.num_classes:
+            raise ValueError(f"{name} must be in 1..{self.num_classes} for {self.name}, got {class_id}")
+        return int(class_id)
+
+    def check_split(self, split: str) -> str:
+        if split not in self.splits:
+            raise ValueError(f"split must be one of {self.splits} for {self.name}, got {split!r}")
+        return split
+
+    def class_images(self, split: str, class_id: int) -> list[str]:
+        """Images of ``split`` in which ``class_id`` is present (at least ``min_pixels`` pixels)."""
+        self.check_split(split)
+        self.check_class(class_id)
+        return self.index.class_images(split, class_id, self.min_pixels)
+
+    def image_classes(self, split: str, image_id: str) -> dict[int, int]:
+        """Pixel count of every class in ``image_id`` (unfiltered)."""
+        return self.index.image_classes(self.check_split(split), image_id)
+
+    @property
+    def index(self) -> DatasetIndex:
+        if self._index is None:
+            self._index = self.prepare()
+        return self._index
+
+    def cache_path(self) -> Path | None:
+        """Where the index is cached. Data sets that are cheap to index return ``None``: memory only."""
+        key = _sha256_json({"dataset": self.name, "fingerprint": self.fingerprint()})[:16]
+        return (self.cache_dir or default_cache_dir()) / f"{self.name}-{key}.json"
+
+    def prepare(self, force: bool = False, workers: int | None = None) -> DatasetIndex:
+        """Build (or load from the cache) the per-image class pixel counts of every split.
+
+        The cache file carries the data set's fingerprint and a SHA-256 of its content: a file that
+        fails the check is rebuilt with a warning, never trusted. Unreadable images abort with a
+        :class:`DataError` listing them.
+        """
+        path = self.cache_path()
+        fingerprint = self.fingerprint()
+        if path is not None and path.exists() and not force:
+            index = _read_index(path, self.name, fingerprint)
+            if index is not None:
+                self._index = index
+                return index
+        counts = {split: self._count_split(split, workers) for split in self.splits}
+        index = DatasetIndex(counts, None)
+        if path is not None:
+            index.path = _write_index(path, self.name, fingerprint, counts)
+        self._index = index
+        return index
+
+    def _count_split(self, split: str, workers: int | None) -> dict[str, dict[int, int]]:
+        image_ids = self.image_ids(split)
+        workers = workers if workers is not None else min(self.prepare_workers, os.cpu_count() or 1)
+        failures: list[str] = []
+
+        def count(image_id):
+            try:
+                return self.class_pixels(image_id)
+            except DataError as error:
+                failures.append(str(error))
+                return None
+
+        if workers > 1 and len(image_ids) > 1:
+            with ThreadPoolExecutor(workers) as pool:
+                results = list(pool.map(count, image_ids))
+        else:
+            results = [count(image_id) for image_id in image_ids]
+        if failures:
+            shown = "\n  ".join(sorted(failures)[:10])
+            more = f"\n  ... and {len(failures) - 10} more" if len(failures) > 10 else ""
+            raise DataError(f"{self.name}: {len(failures)} unreadable file(s) in split {split!r}:\n  {shown}{more}")
+        return dict(zip(image_ids, results, strict=True))
+
+
+def _read_index(path: Path, dataset: str, fingerprint: dict) -> DatasetIndex | None:
+    try:
+        payload = json.loads(path.read_text())
+        checksum = payload.pop("sha256")
+        valid = checksum == _sha256_json(payload)
+    except (OSError, ValueError, KeyError, AttributeError, TypeError):
+        valid = False
+    if not valid:
+        warnings.warn(f"{dataset}: index cache {path} is corrupted (checksum mismatch); rebuilding it", stacklevel=3)
+        return None
+    if payload.get("format") != INDEX_FORMAT or payload.get("fingerprint") != fingerprint:
+        return None
+    counts = {
+        split: {image: {int(c): n for c, n in classes.items()} for image, classes in images.items()}
+        for split, images in payload["counts"].items()
+    }
+    return DatasetIndex(counts, path)
+
+
+def _write_index(path: Path, dataset: str, fingerprint: dict, counts) -> Path | None:
+    payload = {"format": INDEX_FORMAT, "dataset": dataset, "fingerprint": fingerprint, "counts": counts}
+    payload = json.loads(json.dumps(payload))  # int class keys -> str, as they are read back
+    payload["sha256"] = _sha256_json(payload)
+    try:
+        write_text_atomic(path, json.dumps(payload, sort_keys=True, separators=(",", ":")))
+    except OSError as error:
+        warnings.warn(f"{dataset}: cannot write index cache {path} ({error}); keeping it in memory", stacklevel=3)
+        return None
+    return path
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

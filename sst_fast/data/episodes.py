@@ -1,0 +1,266 @@
+"""Few-shot episodes: seeded sampling, manifests that reproduce them, and the tensors the model eats.
+
+An episode is (class, query image, K support images), all holding the class. Sampling is a pure
+function of the seed: the class uniformly among the given classes, then K + 1 distinct images of
+that class (the first is the query), so a support never equals its query. A manifest stores the
+episodes as JSON with a SHA-256 of their content; evaluating from a manifest replays exactly the
+same episodes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import transforms
+from .base import DataError, FewShotDataset, write_text_atomic
+
+MANIFEST_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Episode:
+    class_id: int
+    query: str
+    supports: tuple[str, ...]
+
+    def to_dict(self) -> dict:
+        return {"class_id": self.class_id, "query": self.query, "supports": list(self.supports)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Episode:
+        return cls(int(data["class_id"]), str(data["query"]), tuple(str(s) for s in data["supports"]))
+
+
+class EpisodeSampler:
+    """Draws episodes of ``classes`` from the images of ``split``.
+
+    ``exclude_classes``: drop every image in which any of these classes appears at all (the
+    BAM-style training filter for novel classes; by default such images are kept and the novel
+    pixels are simply background in the binary masks).
+    """
+
+    def __init__(
+        self,
+        dataset: FewShotDataset,
+        classes: Sequence[int],
+        split: str,
+        shots: int,
+        exclude_classes: Sequence[int] = (),
+    ):
+        if isinstance(shots, bool) or not isinstance(shots, int) or shots < 1:
+            raise ValueError(f"shots must be a positive integer, got {shots!r}")
+        classes = [dataset.check_class(c, "classes") for c in classes]
+        if not classes:
+            raise ValueError("classes must name at least one class")
+        dataset.check_split(split)
+        excluded = {dataset.check_class(c, "exclude_classes") for c in exclude_classes}
+        self.dataset, self.split, self.shots, self.classes = dataset, split, shots, classes
+        self.pools: dict[int, list[str]] = {}
+        for class_id in classes:
+            images = dataset.class_images(split, class_id)
+            if excluded:
+                images = [i for i in images if excluded.isdisjoint(dataset.image_classes(split, i))]
+            if len(images) < shots + 1:
+                raise DataError(
+                    f"{dataset.name}: class {class_id} ({dataset.class_name(class_id)}) has {len(images)} image(s) in "
+                    f"split {split!r} after filtering (min_pixels={dataset.min_pixels}); a {shots}-shot episode "
+                    f"needs {shots + 1}"
+                )
+            self.pools[class_id] = images
+
+    def sample(self, episodes: int, seed) -> list[Episode]:
+        """``episodes`` episodes from ``seed`` (an int or a sequence of ints, e.g. ``(seed, epoch)``)."""
+        if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
+            raise ValueError(f"episodes must be a positive integer, got {episodes!r}")
+        rng = np.random.default_rng(_seed_words(seed))
+        drawn = []
+        for _ in range(episodes):
+            class_id = self.classes[int(rng.integers(len(self.classes)))]
+            pool = self.pools[class_id]
+            picks = rng.choice(len(pool), size=self.shots + 1, replace=False)
+            drawn.append(Episode(class_id, pool[picks[0]], tuple(pool[i] for i in picks[1:])))
+        return drawn
+
+
+def fold_sampler(dataset: FewShotDataset, fold, shots: int, stage: str, exclude_novel: bool = False) -> EpisodeSampler:
+    """The sampler of a benchmark fold: ``stage="train"`` draws base classes from the training images,
+    ``stage="test"`` the fold's novel classes from the test images. ``exclude_novel`` (training only)
+    drops every training image that shows a novel class at all (BAM); by default they are kept and
+    their novel pixels are background.
+    """
+    split = dataset.fold_split(fold)
+    if stage == "train":
+        excluded = split.test_classes if exclude_novel else ()
+        return EpisodeSampler(dataset, split.train_classes, split.train_split, shots, exclude_classes=excluded)
+    if stage == "test":
+        if exclude_novel:
+            raise ValueError("exclude_novel applies to training episodes only")
+        return EpisodeSampler(dataset, split.test_classes, split.test_split, shots)
+    raise ValueError(f"stage must be 'train' or 'test', got {stage!r}")
+
+
+def sample_episodes(dataset, classes, split, shots, episodes, seed, exclude_classes=()) -> list[Episode]:
+    """Shorthand for ``EpisodeSampler(dataset, classes, split, shots, exclude_classes).sample(episodes, seed)``."""
+    return EpisodeSampler(dataset, classes, split, shots, exclude_classes).sample(episodes, seed)
+
+
+@dataclass
+class EpisodeManifest:
+    """The episodes of one evaluation, with what they were drawn from. ``sha256`` identifies the content."""
+
+    dataset: dict
+    split: str
+    fold: int | str | None
+    shots: int
+    seed: int | list[int] | None
+    episodes: list[Episode] = field(default_factory=list)
+
+    def content(self) -> dict:
+        return {
+            "format": MANIFEST_FORMAT,
+            "dataset": self.dataset,
+            "split": self.split,
+            "fold": self.fold,
+            "shots": self.shots,
+            "seed": self.seed,
+            "episodes": [episode.to_dict() for episode in self.episodes],
+        }
+
+    @property
+    def sha256(self) -> str:
+        return _sha256(self.content())
+
+    def save(self, path) -> Path:
+        path = Path(path)
+        payload = self.content()
+        payload["sha256"] = _sha256(payload)
+        write_text_atomic(path, json.dumps(payload, indent=1, sort_keys=True) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path) -> EpisodeManifest:
+        """Read a manifest; a file whose content does not match its SHA-256 is refused."""
+        path = Path(path)
+        try:
+            payload = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            raise DataError(f"cannot read episode manifest {path}: {error}") from error
+        if not isinstance(payload, dict) or "sha256" not in payload or "episodes" not in payload:
+            raise DataError(f"{path} is not an episode manifest (no 'episodes' / 'sha256')")
+        recorded = payload.pop("sha256")
+        if recorded != _sha256(payload):
+            raise DataError(f"episode manifest {path} fails its SHA-256 check: it was modified or is corrupted")
+        if payload.get("format") != MANIFEST_FORMAT:
+            raise DataError(f"episode manifest {path} has format {payload.get('format')!r}, expected {MANIFEST_FORMAT}")
+        episodes = [Episode.from_dict(e) for e in payload["episodes"]]
+        return cls(payload["dataset"], payload["split"], payload["fold"], payload["shots"], payload["seed"], episodes)
+
+
+class EpisodeDataset(torch.utils.data.Dataset):
+    """Episodes -> model tensors.
+
+    Item ``i`` is a dict: ``query`` [3, H, W] and ``support_images`` [K, 3, H, W] (ImageNet-normalised
+    float), ``query_mask`` [H, W] and ``support_masks`` [K, H, W] (long: 0, 1, 255), ``class_id``,
+    ``index``; with ``keep_original=True`` also ``query_label`` [H0, W0], the query's binary mask at
+    its stored size (for ``original_size`` evaluation). Without ``augment`` every image is resized to
+    ``size`` (bilinear; masks nearest). With an :class:`~sst_fast.data.augment.Augment` each image
+    gets its own random transform, drawn from ``(seed, i)`` so that an item never depends on worker
+    count or order.
+    """
+
+    def __init__(
+        self,
+        dataset: FewShotDataset,
+        episodes: Sequence[Episode],
+        size,
+        augment=None,
+        seed=0,
+        keep_original: bool = False,
+    ):
+        from ..config import as_size
+
+        self.dataset = dataset
+        self.episodes = list(episodes)
+        self.size = as_size(size, "size")
+        self.augment = augment
+        self.seed = seed
+        self.keep_original = keep_original
+
+    def __len__(self) -> int:
+        return len(self.episodes)
+
+    def __getitem__(self, index: int) -> dict:
+        episode = self.episodes[index]
+        generator = None
+        if self.augment is not None:
+            generator = torch.Generator().manual_seed(_derive_seed(self.seed, index))
+        query = self.dataset.load(episode.query)
+        query_label = torch.from_numpy(self.dataset.episode_mask(query.label, episode.class_id))
+        query_image, query_mask = self._prepare(query.image, query_label, generator)
+        images, masks = [], []
+        for support_id in episode.supports:
+            support = self.dataset.load(support_id)
+            support_label = torch.from_numpy(self.dataset.episode_mask(support.label, episode.class_id))
+            image, mask = self._prepare(support.image, support_label, generator)
+            images.append(image)
+            masks.append(mask)
+        item = {
+            "query": query_image,
+            "query_mask": query_mask,
+            "support_images": torch.stack(images),
+            "support_masks": torch.stack(masks),
+            "class_id": episode.class_id,
+            "index": index,
+        }
+        if self.keep_original:
+            item["query_label"] = query_label.long()
+        return item
+
+    def _prepare(self, image: np.ndarray, mask: torch.Tensor, generator):
+        tensor = transforms.normalize(torch.from_numpy(image).permute(2, 0, 1).float().div_(255))
+        mask = mask.long()
+        if self.augment is not None:
+            return self.augment(tensor, mask, generator)
+        if tuple(tensor.shape[1:]) != self.size:
+            tensor = F.interpolate(tensor[None], size=self.size, mode="bilinear", align_corners=False)[0]
+            mask = transforms.resize_mask(mask, self.size)
+        return tensor.contiguous(), mask.contiguous()
+
+
+def collate_episodes(items: list[dict]) -> dict:
+    """Stack the fixed-size tensors of a batch; ``query_label`` (sizes differ) stays a list."""
+    batch = {}
+    for key in items[0]:
+        values = [item[key] for item in items]
+        if key == "query_label":
+            batch[key] = values
+        elif isinstance(values[0], torch.Tensor):
+            batch[key] = torch.stack(values)
+        else:
+            batch[key] = torch.tensor(values)
+    return batch
+
+
+def _seed_words(seed) -> list[int]:
+    words = [seed] if isinstance(seed, (int, np.integer)) else list(seed)
+    if not words or any(isinstance(w, bool) or not isinstance(w, (int, np.integer)) or w < 0 for w in words):
+        raise ValueError(f"seed must be a non-negative integer or a sequence of them, got {seed!r}")
+    return [int(w) for w in words]
+
+
+def _derive_seed(seed, index: int) -> int:
+    """A 63-bit torch seed from (seed words, index), well mixed so neighbouring items are unrelated."""
+    state = np.random.SeedSequence([*_seed_words(seed), index]).generate_state(1, np.uint64)[0]
+    return int(state >> np.uint64(1))
+
+
+def _sha256(payload: dict) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
