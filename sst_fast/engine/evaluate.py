@@ -1,0 +1,192 @@
+"""Few-shot evaluation: episodes -> model -> metrics, over seeds, with the protocol card."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import as_size
+from ..data.base import FewShotDataset
+from ..data.episodes import EpisodeDataset, EpisodeManifest, collate_episodes, fold_sampler
+from ..metrics import FewShotMeter, mean_ci
+from ..protocol import ProtocolCard, code_version
+
+
+@dataclass
+class EvaluationResult:
+    """Metrics of each seed, their mean ± 95% CI, the manifests and the protocol card."""
+
+    card: ProtocolCard
+    runs: list[dict]  # FewShotMeter.compute() of each seed
+    manifests: list[EpisodeManifest] = field(repr=False)
+
+    def summary(self) -> dict:
+        """``{metric: (mean, ci95 half-width)}`` for miou, fb_iou and episode_miou over the seeds."""
+        return {key: mean_ci([run[key] for run in self.runs]) for key in ("miou", "fb_iou", "episode_miou")}
+
+    def class_iou(self) -> dict[int, float]:
+        """Each class's IoU averaged over the seeds that scored it (NaN if none did)."""
+        averages = {}
+        for c in self.card.test_classes:
+            scored = [run["class_iou"][c] for run in self.runs if not math.isnan(run["class_iou"][c])]
+            averages[c] = sum(scored) / len(scored) if scored else math.nan
+        return averages
+
+    def to_dict(self) -> dict:
+        return {
+            "protocol": self.card.to_dict(),
+            "summary": {key: {"mean": mean, "ci95": ci} for key, (mean, ci) in self.summary().items()},
+            "class_iou": {str(c): iou for c, iou in self.class_iou().items()},
+            "runs": [_json_keys(run) for run in self.runs],
+        }
+
+    def table(self, class_names: Sequence[str] | None = None) -> str:
+        """A plain-text table: per-class IoU, then mIoU, FB-IoU and episode-wise IoU (mean ± 95% CI in %)."""
+        lines = [f"{'class':<24} {'IoU %':>8}"]
+        for c, iou in self.class_iou().items():
+            name = f"{c} {class_names[c - 1]}" if class_names else str(c)
+            lines.append(f"{name:<24} {_percent(iou):>8}")
+        lines.append("")
+        for label, (mean, ci) in zip(("mIoU", "FB-IoU", "episode IoU"), self.summary().values(), strict=True):
+            spread = f" ± {100 * ci:.2f}" if not math.isnan(ci) else ""
+            lines.append(f"{label:<24} {_percent(mean):>8}{spread}")
+        return "\n".join(lines)
+
+
+def evaluate(
+    model: nn.Module,
+    dataset: FewShotDataset,
+    fold,
+    shots: int = 1,
+    episodes: int = 1000,
+    seeds: Sequence[int] = (0,),
+    size=(321, 321),
+    original_size: bool = False,
+    batch_size: int = 8,
+    num_workers: int = 0,
+    manifests: Sequence[EpisodeManifest] | None = None,
+    checkpoint: str | None = None,
+    progress: bool = False,
+) -> EvaluationResult:
+    """Evaluate ``model`` on ``fold`` of ``dataset``: one run of ``episodes`` episodes per seed.
+
+    With ``manifests`` the episodes are replayed from them instead of sampled (``shots``, ``episodes``
+    and ``seeds`` then come from the manifests). ``original_size`` scores at each label's stored size
+    (logits upsampled bilinearly) instead of the network's input size.
+    """
+    split = dataset.fold_split(fold)
+    size = as_size(size, "size")
+    if manifests is None:
+        sampler = fold_sampler(dataset, fold, shots, stage="test")
+        manifests = [
+            EpisodeManifest(dataset.describe(), split.test_split, fold, shots, seed, sampler.sample(episodes, seed))
+            for seed in seeds
+        ]
+    else:
+        manifests = list(manifests)
+        if not manifests:
+            raise ValueError("manifests must hold at least one manifest")
+        _check_manifests(manifests, dataset, split)
+    runs = [
+        _run(model, dataset, split.test_classes, manifest, size, original_size, batch_size, num_workers, progress)
+        for manifest in manifests
+    ]
+    card = ProtocolCard(
+        dataset=dataset.name,
+        split_style=dataset.describe().get("style"),
+        fold=fold,
+        shots=manifests[0].shots,
+        episodes=len(manifests[0].episodes),
+        seeds=tuple(m.seed for m in manifests),
+        test_classes=tuple(split.test_classes),
+        test_split=split.test_split,
+        resolution="original" if original_size else "input",
+        input_size=size,
+        min_pixels=dataset.min_pixels,
+        checkpoint=checkpoint,
+        model=_model_summary(model),
+        manifests=tuple(m.sha256 for m in manifests),
+        code_version=code_version(),
+    )
+    return EvaluationResult(card, runs, manifests)
+
+
+def _run(model, dataset, classes, manifest, size, original_size, batch_size, num_workers, progress) -> dict:
+    loader = torch.utils.data.DataLoader(
+        EpisodeDataset(dataset, manifest.episodes, size, keep_original=original_size),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=collate_episodes,
+    )
+    parameter = next(model.parameters())
+    meter = FewShotMeter(classes)
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in _progress(loader, progress, f"seed {manifest.seed}"):
+            with torch.no_grad():
+                logits = model(
+                    batch["query"].to(parameter.device, parameter.dtype),
+                    batch["support_images"].to(parameter.device, parameter.dtype),
+                    batch["support_masks"].to(parameter.device),
+                ).logits.float()
+            if original_size:
+                for row, label in enumerate(batch["query_label"]):
+                    # Back to the label's own size: the inverse of the bilinear input resize (pixel centres).
+                    scaled = F.interpolate(
+                        logits[row : row + 1], size=label.shape, mode="bilinear", align_corners=False
+                    )
+                    meter.update(scaled.argmax(1).cpu(), label[None], batch["class_id"][row : row + 1])
+            else:
+                meter.update(logits.argmax(1).cpu(), batch["query_mask"], batch["class_id"])
+    finally:
+        model.train(was_training)
+    return meter.compute()
+
+
+def _check_manifests(manifests, dataset, split) -> None:
+    for manifest in manifests:
+        described = dataset.describe()
+        if manifest.dataset.get("dataset") != described["dataset"]:
+            raise ValueError(
+                f"manifest is for data set {manifest.dataset.get('dataset')!r}, not {described['dataset']!r}"
+            )
+        wrong = {e.class_id for e in manifest.episodes} - set(split.test_classes)
+        if wrong:
+            raise ValueError(
+                f"manifest holds classes {sorted(wrong)} outside the fold's test classes {split.test_classes}"
+            )
+        if manifest.shots != manifests[0].shots or len(manifest.episodes) != len(manifests[0].episodes):
+            raise ValueError("manifests must all have the same shots and number of episodes")
+
+
+def _model_summary(model: nn.Module) -> dict:
+    config = getattr(model, "config", None)
+    if config is None:
+        return {"class": type(model).__name__}
+    keys = ("backbone", "ssm", "aux_loss", "fusion", "tune_step", "first_order")
+    return {"class": type(model).__name__, **{k: getattr(config, k) for k in keys if hasattr(config, k)}}
+
+
+def _progress(iterable, enabled: bool, description: str):
+    if not enabled:
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, desc=description, unit="batch", leave=False)
+
+
+def _json_keys(run: dict) -> dict:
+    """JSON object keys are strings: the per-class dicts' int keys become str."""
+    return {
+        key: {str(c): v for c, v in value.items()} if isinstance(value, dict) else value for key, value in run.items()
+    }
+
+
+def _percent(value: float) -> str:
+    return "-" if math.isnan(value) else f"{100 * value:.2f}"
