@@ -28,7 +28,7 @@ from .splits import FoldSplit
 # PFENet's small-object filter: a class counts as present in an image only with >= 2*32*32 pixels.
 DEFAULT_MIN_PIXELS = 2 * 32 * 32
 IGNORE_LABEL = 255
-INDEX_FORMAT = 1
+INDEX_FORMAT = 2
 
 
 class DataError(ValueError):
@@ -111,11 +111,17 @@ def default_cache_dir() -> Path:
 
 
 def file_stats(paths) -> str:
-    """A digest of (name, size, mtime) of files: cheap, and changes whenever a file is replaced."""
+    """A digest of (name, size, mtime) of files: cheap, and changes whenever a file is replaced.
+
+    A missing file is part of the digest too (the index build then reports it by name).
+    """
     digest = hashlib.sha256()
     for path in sorted(str(p) for p in paths):
-        stat = os.stat(path)
-        digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        try:
+            stat = os.stat(path)
+            digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        except FileNotFoundError:
+            digest.update(f"{path}\0missing\n".encode())
     return digest.hexdigest()
 
 
@@ -124,11 +130,14 @@ def _sha256_json(payload) -> str:
 
 
 class DatasetIndex:
-    """Per split, per image: the pixel count of every class present. Built by :meth:`FewShotDataset.prepare`."""
+    """Per split, per image: the pixel count of every class present. Filled split by split, on demand.
 
-    def __init__(self, counts: dict[str, dict[str, dict[int, int]]], path: Path | None = None):
-        self.counts = counts
-        self.path = path
+    ``paths[split]`` is the cache file a split was read from or written to (``None``: memory only).
+    """
+
+    def __init__(self):
+        self.counts: dict[str, dict[str, dict[int, int]]] = {}
+        self.paths: dict[str, Path | None] = {}
 
     def image_classes(self, split: str, image_id: str) -> dict[int, int]:
         try:
@@ -163,7 +172,7 @@ class FewShotDataset(abc.ABC):
             raise ValueError(f"min_pixels must be a non-negative integer (0 turns the filter off), got {min_pixels!r}")
         self.min_pixels = min_pixels
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
-        self._index: DatasetIndex | None = None
+        self.index = DatasetIndex()
 
     # -- what a data set defines ---------------------------------------------------------------
     @property
@@ -184,8 +193,8 @@ class FewShotDataset(abc.ABC):
         """The classes and image splits that ``fold`` trains and tests on."""
 
     @abc.abstractmethod
-    def fingerprint(self) -> dict:
-        """JSON-able identity of the files the index is built from (changes when they change)."""
+    def fingerprint(self, split: str) -> dict:
+        """JSON-able identity of the files that ``split``'s index is built from (changes when they change)."""
 
     def class_pixels(self, image_id: str) -> dict[int, int]:
         """Pixel count of each class present in ``image_id`` (background and ignore excluded)."""
@@ -227,45 +236,50 @@ class FewShotDataset(abc.ABC):
 
     def class_images(self, split: str, class_id: int) -> list[str]:
         """Images of ``split`` in which ``class_id`` is present (at least ``min_pixels`` pixels)."""
-        self.check_split(split)
         self.check_class(class_id)
-        return self.index.class_images(split, class_id, self.min_pixels)
+        return self._indexed(split).class_images(split, class_id, self.min_pixels)
 
     def image_classes(self, split: str, image_id: str) -> dict[int, int]:
         """Pixel count of every class in ``image_id`` (unfiltered)."""
-        return self.index.image_classes(self.check_split(split), image_id)
+        return self._indexed(split).image_classes(split, image_id)
 
-    @property
-    def index(self) -> DatasetIndex:
-        if self._index is None:
-            self._index = self.prepare()
-        return self._index
+    def cache_path(self, split: str) -> Path | None:
+        """Where ``split``'s index is cached. Data sets that are cheap to index return ``None``: memory only."""
+        key = _sha256_json({"dataset": self.name, "split": split, "fingerprint": self.fingerprint(split)})[:16]
+        return (self.cache_dir or default_cache_dir()) / f"{self.name}-{split}-{key}.json"
 
-    def cache_path(self) -> Path | None:
-        """Where the index is cached. Data sets that are cheap to index return ``None``: memory only."""
-        key = _sha256_json({"dataset": self.name, "fingerprint": self.fingerprint()})[:16]
-        return (self.cache_dir or default_cache_dir()) / f"{self.name}-{key}.json"
+    def prepare(self, splits=None, force: bool = False, workers: int | None = None) -> DatasetIndex:
+        """Build (or load from the cache) the per-image class pixel counts of ``splits`` (default: all).
 
-    def prepare(self, force: bool = False, workers: int | None = None) -> DatasetIndex:
-        """Build (or load from the cache) the per-image class pixel counts of every split.
-
-        The cache file carries the data set's fingerprint and a SHA-256 of its content: a file that
-        fails the check is rebuilt with a warning, never trusted. Unreadable images abort with a
+        Each split is indexed on its own, so evaluating on one split never reads another's files.
+        A cache file carries the split's fingerprint and a SHA-256 of its content: a file that fails
+        the check is rebuilt with a warning, never trusted. Unreadable images abort with a
         :class:`DataError` listing them.
         """
-        path = self.cache_path()
-        fingerprint = self.fingerprint()
+        for split in self.splits if splits is None else splits:
+            self.check_split(split)
+            if force or split not in self.index.counts:
+                self._index_split(split, force, workers)
+        return self.index
+
+    def _indexed(self, split: str) -> DatasetIndex:
+        self.check_split(split)
+        if split not in self.index.counts:
+            self._index_split(split, force=False, workers=None)
+        return self.index
+
+    def _index_split(self, split: str, force: bool, workers: int | None) -> None:
+        path = self.cache_path(split)
+        identity = {"dataset": self.name, "split": split, "fingerprint": self.fingerprint(split)}
+        counts = None
         if path is not None and path.exists() and not force:
-            index = _read_index(path, self.name, fingerprint)
-            if index is not None:
-                self._index = index
-                return index
-        counts = {split: self._count_split(split, workers) for split in self.splits}
-        index = DatasetIndex(counts, None)
-        if path is not None:
-            index.path = _write_index(path, self.name, fingerprint, counts)
-        self._index = index
-        return index
+            counts = _read_index(path, identity)
+        if counts is None:
+            counts = self._count_split(split, workers)
+            if path is not None:
+                path = _write_index(path, identity, counts)
+        self.index.counts[split] = counts
+        self.index.paths[split] = path
 
     def _count_split(self, split: str, workers: int | None) -> dict[str, dict[int, int]]:
         image_ids = self.image_ids(split)
@@ -291,7 +305,8 @@ class FewShotDataset(abc.ABC):
         return dict(zip(image_ids, results, strict=True))
 
 
-def _read_index(path: Path, dataset: str, fingerprint: dict) -> DatasetIndex | None:
+def _read_index(path: Path, identity: dict) -> dict | None:
+    """The counts cached in ``path``, or ``None`` when they are stale (rebuilt) or damaged (rebuilt, with a warning)."""
     try:
         payload = json.loads(path.read_text())
         checksum = payload.pop("sha256")
@@ -299,25 +314,23 @@ def _read_index(path: Path, dataset: str, fingerprint: dict) -> DatasetIndex | N
     except (OSError, ValueError, KeyError, AttributeError, TypeError):
         valid = False
     if not valid:
-        warnings.warn(f"{dataset}: index cache {path} is corrupted (checksum mismatch); rebuilding it", stacklevel=3)
+        message = f"{identity['dataset']}: index cache {path} is corrupted (checksum mismatch); rebuilding it"
+        warnings.warn(message, stacklevel=4)
         return None
-    if payload.get("format") != INDEX_FORMAT or payload.get("fingerprint") != fingerprint:
+    if payload.get("format") != INDEX_FORMAT or payload.get("identity") != identity:
         return None
-    counts = {
-        split: {image: {int(c): n for c, n in classes.items()} for image, classes in images.items()}
-        for split, images in payload["counts"].items()
-    }
-    return DatasetIndex(counts, path)
+    return {image: {int(c): n for c, n in classes.items()} for image, classes in payload["counts"].items()}
 
 
-def _write_index(path: Path, dataset: str, fingerprint: dict, counts) -> Path | None:
-    payload = {"format": INDEX_FORMAT, "dataset": dataset, "fingerprint": fingerprint, "counts": counts}
+def _write_index(path: Path, identity: dict, counts) -> Path | None:
+    payload = {"format": INDEX_FORMAT, "identity": identity, "counts": counts}
     payload = json.loads(json.dumps(payload))  # int class keys -> str, as they are read back
     payload["sha256"] = _sha256_json(payload)
     try:
         write_text_atomic(path, json.dumps(payload, sort_keys=True, separators=(",", ":")))
     except OSError as error:
-        warnings.warn(f"{dataset}: cannot write index cache {path} ({error}); keeping it in memory", stacklevel=3)
+        message = f"{identity['dataset']}: cannot write index cache {path} ({error}); keeping it in memory"
+        warnings.warn(message, stacklevel=4)
         return None
     return path
 

@@ -154,14 +154,26 @@ class COCO20i(FewShotDataset):
         novel = fold_classes("coco", fold, self.style)
         return FoldSplit(tuple(base_classes("coco", fold, self.style)), tuple(novel), "train", "val")
 
-    def fingerprint(self) -> dict:
-        """The resolved root and the size and mtime of both annotation files (the index's only inputs)."""
-        paths = [self.annotation_path(split) for split in self.splits]
-        require_paths("COCO", self.root, paths, LAYOUT)
-        return {"root": str(self.root.resolve()), "annotations": file_stats(paths)}
+    def fingerprint(self, split: str) -> dict:
+        """The resolved root and the size and mtime of the split's annotation file (its index's only input)."""
+        path = self.annotation_path(split)
+        require_paths("COCO", self.root, [path], LAYOUT)
+        return {"root": str(self.root.resolve()), "annotations": file_stats([path])}
 
     def describe(self) -> dict:
         return {**super().describe(), "style": self.style}
+
+    def __getstate__(self) -> dict:
+        """Loader workers get the data set without the annotation indexes (re-read on first use) or the lock."""
+        state = self.__dict__.copy()
+        state["_apis"] = {}
+        state["_image_ids"] = {}
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     # -- annotations ---------------------------------------------------------------------------------
     def _api(self, split: str) -> COCO:
@@ -206,13 +218,22 @@ class COCO20i(FewShotDataset):
         return split, coco_id
 
     def _annotation_rle(self, api: COCO, split: str, annotation: dict):
-        """The annotation's region as RLE (polygons, uncompressed or compressed RLE); None if it is empty."""
+        """The annotation's region as RLE (polygons, uncompressed or compressed RLE); None if it is empty.
+
+        Polygons with fewer than three points (or an odd number of coordinates) cover no area and are
+        dropped: pycocotools would misread a 4-number polygon as a box, and a 2-number one fails.
+        """
         segmentation = annotation.get("segmentation")
-        if not segmentation or (isinstance(segmentation, list) and not any(segmentation)):
+        if isinstance(segmentation, list):
+            polygons = [p for p in segmentation if isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0]
+            if not polygons:
+                return None
+            annotation = {**annotation, "segmentation": polygons}
+        elif not segmentation:
             return None
         try:
             return api.annToRLE(annotation)
-        except (IndexError, KeyError, TypeError, ValueError) as error:
+        except Exception as error:  # pycocotools raises bare Exception for unsupported input
             raise DataError(
                 f"{self.annotation_path(split)}: cannot read the segmentation of annotation "
                 f"{annotation.get('id')}: {error!r}"

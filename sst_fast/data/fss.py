@@ -133,11 +133,9 @@ class FSS1000(FewShotDataset):
             raise ValueError(f"fold must be 'test' or 'val' for {self.name} (it has no numbered folds), got {fold!r}")
         return FoldSplit(self.split_classes("train"), self.split_classes(fold), "train", fold)
 
-    def fingerprint(self) -> dict:
-        """The resolved root and the size and mtime of the split files and of every mask."""
-        masks = [
-            self.root / name / f"{number}.png" for name in self._class_names for number in self._class_images(name)
-        ]
+    def fingerprint(self, split: str) -> dict:
+        """The resolved root and the size and mtime of the split files and of the split's masks."""
+        masks = [self.root / f"{image_id}.png" for image_id in self.image_ids(split)]
         return {"root": str(self.root.resolve()), "files": file_stats([*self.split_files.values(), *masks])}
 
     # -- files -----------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from .base import (
@@ -71,12 +72,12 @@ class PascalVOC(FewShotDataset):
     def fold_split(self, fold) -> FoldSplit:
         return FoldSplit(tuple(base_classes("pascal", fold)), tuple(fold_classes("pascal", fold)), "train", "val")
 
-    def fingerprint(self) -> dict:
-        lists = [p for p in (self.val_list, self.train_list) if p.exists()]
+    def fingerprint(self, split: str) -> dict:
+        ids = self.image_ids(split)
         return {
             "root": str(self.root.resolve()),
-            "lists": file_stats(lists),
-            "labels": file_stats(self.labels_dir.glob("*.png")),
+            "images": hashlib.sha256("\n".join(ids).encode()).hexdigest(),
+            "labels": file_stats(self.labels_dir / f"{image_id}.png" for image_id in ids),
         }
 
     def _path(self, folder: Path, image_id: str, suffix: str) -> Path:

@@ -343,8 +343,8 @@ class SyntheticDataset(FewShotDataset):
             test_split="val",
         )
 
-    def fingerprint(self) -> dict:
-        """The generator's parameters: they determine every image, hence the index."""
+    def fingerprint(self, split: str | None = None) -> dict:
+        """The generator's parameters: they determine every image of every split, hence the index."""
         return {
             "generator": GENERATOR_VERSION,
             "seed": self.seed,
@@ -353,9 +353,9 @@ class SyntheticDataset(FewShotDataset):
             "val_images": self.val_images,
         }
 
-    def cache_path(self):
+    def cache_path(self, split: str):
         """The index cache file under ``cache_dir``; ``None`` (in memory) when no ``cache_dir`` was given."""
-        return None if self.cache_dir is None else super().cache_path()
+        return None if self.cache_dir is None else super().cache_path(split)
 
     def describe(self) -> dict:
         """The protocol card's data part: the base entries and the generator's parameters."""

@@ -91,10 +91,10 @@ class ArrayDataset(FewShotDataset):
     def fold_split(self, fold):
         return FoldSplit(tuple(base_classes("pascal", fold)), tuple(fold_classes("pascal", fold)), "train", "val")
 
-    def fingerprint(self):
-        return {"images": sorted(self._where)}
+    def fingerprint(self, split):
+        return {"images": sorted(self.data[split])}
 
-    def cache_path(self):
+    def cache_path(self, split):
         return None
 
 

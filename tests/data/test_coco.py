@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import warnings
 
 import numpy as np
@@ -184,9 +185,9 @@ def test_small_object_filter(coco_root, cache_dir):
 def test_class_lists_keep_their_order_through_the_cache(coco_root, cache_dir):
     fresh = COCO20i(coco_root, min_pixels=0, cache_dir=cache_dir)
     lists = [fresh.class_images("val", c) for c in range(1, 81)]
-    assert fresh.index.path is not None and lists[TOOTHBRUSH - 1] == [V9, V139]
+    assert fresh.index.paths["val"] is not None and lists[TOOTHBRUSH - 1] == [V9, V139]
     cached = COCO20i(coco_root, min_pixels=0, cache_dir=cache_dir)
-    assert cached.prepare().path == fresh.index.path
+    assert cached.prepare(["val"]).paths["val"] == fresh.index.paths["val"]
     assert [cached.class_images("val", c) for c in range(1, 81)] == lists
 
 
@@ -317,21 +318,21 @@ def test_annotation_files_must_hold_the_80_categories(coco_root):
 
 def test_prepare_caches_and_a_second_instance_reads_no_annotation(coco_root, cache_dir, monkeypatch):
     index = COCO20i(coco_root, cache_dir=cache_dir).prepare()
-    assert index.path is not None and index.path.parent == cache_dir and index.path.is_file()
+    assert all(path.parent == cache_dir and path.is_file() for path in index.paths.values())
 
     def refuse(path):
         raise AssertionError(f"read {path} although the index is cached")
 
     monkeypatch.setattr(coco_module, "_build_api", refuse)
     second = COCO20i(coco_root, cache_dir=cache_dir)
-    assert second.prepare().path == index.path
+    assert second.prepare().paths == index.paths
     assert second.class_images("val", TOOTHBRUSH) == [V9]
     assert second.image_classes("val", V139) == {PERSON: 2972, TOOTHBRUSH: 100}
     assert second.image_classes("train", T3) == {BICYCLE: 4096}
 
 
 def test_tampered_cache_is_rebuilt_with_a_warning(coco_root, cache_dir):
-    path = COCO20i(coco_root, cache_dir=cache_dir).prepare().path
+    path = COCO20i(coco_root, cache_dir=cache_dir).prepare().paths["val"]
     text = path.read_text()
     assert text.count("2972") == 1
     path.write_text(text.replace("2972", "9999"))
@@ -341,14 +342,54 @@ def test_tampered_cache_is_rebuilt_with_a_warning(coco_root, cache_dir):
     assert rebuilt.image_classes("val", V139) == {PERSON: 2972, TOOTHBRUSH: 100}
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert COCO20i(coco_root, cache_dir=cache_dir).prepare().path == path
+        assert COCO20i(coco_root, cache_dir=cache_dir).prepare().paths["val"] == path
 
 
 def test_fingerprint_follows_the_annotation_files(coco_root):
     dataset = COCO20i(coco_root)
-    before = dataset.fingerprint()
+    before = dataset.fingerprint("val")
     assert before["root"] == str(coco_root.resolve())
     path = coco_root / "annotations" / "instances_val2014.json"
     stat = path.stat()
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
-    assert dataset.fingerprint() != before
+    assert dataset.fingerprint("val") != before
+
+
+def test_degenerate_polygons_are_dropped_not_misread(tmp_path):
+    root = tmp_path / "coco"
+    val = [
+        # 2 and 4 coordinates: no area (pycocotools would fail on the first and read the second as a box).
+        {"image_id": 1, "category_id": 1, "segmentation": [[3, 4]]},
+        {"image_id": 1, "category_id": 2, "segmentation": [[0, 0, 60, 60]]},
+        # One degenerate ring beside a real one: the real one is kept.
+        {"image_id": 1, "category_id": 3, "segmentation": [[1, 1, 2, 2], rectangle(0, 0, 8, 8)]},
+    ]
+    write_split(root, "val", {1: (64, 64)}, val)
+    write_split(root, "train", {2: (64, 64)}, [])
+    assert COCO20i(root, min_pixels=0, cache_dir=tmp_path / "cache").class_pixels("val/000000000001") == {CAR: 64}
+
+
+def test_an_unreadable_segmentation_names_the_annotation(tmp_path):
+    root = tmp_path / "coco"
+    write_split(root, "val", {1: (64, 64)}, [{"image_id": 1, "category_id": 1, "segmentation": {"counts": [1]}}])
+    write_split(root, "train", {2: (64, 64)}, [])
+    with pytest.raises(DataError, match="annotation 2001"):
+        COCO20i(root, cache_dir=tmp_path / "cache").load_label("val/000000000001")
+
+
+def test_evaluating_on_val_needs_no_training_annotations(coco_root, cache_dir):
+    (coco_root / "annotations" / "instances_train2014.json").unlink()
+    dataset = COCO20i(coco_root, cache_dir=cache_dir)
+    assert set(dataset.prepare(["val"]).counts) == {"val"}
+    assert dataset.class_images("val", STOP_SIGN) == [V42]
+    with pytest.raises(DataError, match="instances_train2014.json"):
+        dataset.class_images("train", BICYCLE)
+
+
+def test_a_pickled_copy_loads_like_the_original(coco_root, cache_dir):
+    dataset = COCO20i(coco_root, cache_dir=cache_dir)
+    expected = dataset.load(V42)
+    copy = pickle.loads(pickle.dumps(dataset))
+    assert copy._apis == {}  # annotation indexes are re-read in the copy, never pickled
+    sample = copy.load(V42)
+    assert np.array_equal(sample.label, expected.label) and np.array_equal(sample.image, expected.image)

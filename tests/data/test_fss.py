@@ -202,12 +202,12 @@ def test_image_without_mask(fss_root):
 
 def test_fingerprint_follows_masks(fss_root, tmp_path):
     dataset = FSS1000(fss_root, cache_dir=tmp_path / "cache")
-    before = dataset.fingerprint()
+    before = dataset.fingerprint("test")
     assert before["root"] == str(fss_root.resolve())
-    path = dataset.prepare().path
+    path = dataset.prepare().paths["test"]
     assert path is not None and path.is_file()
     write_image(fss_root, "dog", 2, gray_mask(rows=slice(0, 2)))
-    assert dataset.fingerprint() != before
+    assert dataset.fingerprint("test") != before
     assert FSS1000(fss_root, cache_dir=tmp_path / "cache").image_classes("test", "dog/2") == {DOG: 32}
 
 

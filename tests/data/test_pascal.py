@@ -136,7 +136,7 @@ def test_prepare_caches_once_and_the_cache_is_reused(voc, tmp_path, monkeypatch)
     cache = tmp_path / "cache"
     first = PascalVOC(root, cache_dir=cache)
     index = first.prepare()
-    assert index.path is not None and index.path.parent == cache
+    assert set(index.paths) == {"train", "val"} and all(path.parent == cache for path in index.paths.values())
 
     def no_reading(*_):
         raise AssertionError("the cached index must be used")
@@ -144,31 +144,31 @@ def test_prepare_caches_once_and_the_cache_is_reused(voc, tmp_path, monkeypatch)
     monkeypatch.setattr(PascalVOC, "load_label", no_reading)
     second = PascalVOC(root, cache_dir=cache)
     assert second.class_images("val", 1) == first.class_images("val", 1)
-    assert second.index.path == index.path
+    assert second.index.paths == {"val": index.paths["val"]}  # only the split asked for is read
 
 
 def test_a_tampered_cache_is_rebuilt_with_a_warning(voc, tmp_path):
     root, _, _ = voc
     cache = tmp_path / "cache"
-    path = PascalVOC(root, cache_dir=cache).prepare().path
+    path = PascalVOC(root, cache_dir=cache).prepare().paths["val"]
     payload = json.loads(path.read_text())
-    image_id = next(iter(payload["counts"]["val"]))
-    payload["counts"]["val"][image_id] = {"7": 99999}
+    image_id = next(iter(payload["counts"]))
+    payload["counts"][image_id] = {"7": 99999}
     path.write_text(json.dumps(payload))
     dataset = PascalVOC(root, cache_dir=cache)
     with pytest.warns(UserWarning, match="corrupted"):
         dataset.prepare()
-    assert "7" not in json.loads(path.read_text())["counts"]["val"][image_id]
+    assert "7" not in json.loads(path.read_text())["counts"][image_id]
 
 
 def test_a_changed_label_file_gives_a_new_index(voc, tmp_path):
     root, _, val = voc
     cache = tmp_path / "cache"
-    old = PascalVOC(root, cache_dir=cache).prepare().path
+    old = PascalVOC(root, cache_dir=cache).prepare().paths["val"]
     label = root / "SegmentationClassAug" / f"{val[0]}.png"
     stat = label.stat()
     os.utime(label, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
-    assert PascalVOC(root, cache_dir=cache).prepare().path != old
+    assert PascalVOC(root, cache_dir=cache).prepare().paths["val"] != old
 
 
 def test_an_unwritable_cache_keeps_the_index_in_memory(voc, tmp_path, monkeypatch):
@@ -181,7 +181,7 @@ def test_an_unwritable_cache_keeps_the_index_in_memory(voc, tmp_path, monkeypatc
     dataset = PascalVOC(root, cache_dir=tmp_path / "cache")
     with pytest.warns(UserWarning, match="cannot write index cache"):
         index = dataset.prepare()
-    assert index.path is None and dataset.class_images("val", 1)
+    assert index.paths == {"train": None, "val": None} and dataset.class_images("val", 1)
 
 
 @pytest.mark.parametrize(

@@ -248,17 +248,17 @@ def test_fingerprint_describe_and_cache(tmp_path):
     expected = {"generator": GENERATOR_VERSION, "seed": 3, "image_size": 64, "train_images": 8, "val_images": 4}
     assert dataset.fingerprint() == expected
     assert dataset.describe() == {"dataset": "synthetic", "min_pixels": default_min_pixels(64), **expected}
-    assert dataset.cache_path() is None
-    assert dataset.prepare().path is None
+    assert dataset.cache_path("val") is None
+    assert dataset.prepare().paths == {"train": None, "val": None}
 
     options = {"image_size": 64, "train_images": 8, "val_images": 4, "cache_dir": tmp_path}
     cached = SyntheticDataset(seed=3, **options)
-    path = cached.cache_path()
-    assert path.parent == tmp_path and path.name.startswith("synthetic-")
-    assert cached.prepare().path == path and path.exists()
+    path = cached.cache_path("val")
+    assert path.parent == tmp_path and path.name.startswith("synthetic-val-")
+    assert cached.prepare().paths["val"] == path and path.exists()
     reread = SyntheticDataset(seed=3, **options).prepare()
-    assert reread.path == path and reread.counts == dataset.index.counts
-    assert SyntheticDataset(seed=4, **options).cache_path() != path
+    assert reread.paths["val"] == path and reread.counts == dataset.index.counts
+    assert SyntheticDataset(seed=4, **options).cache_path("val") != path
 
 
 def test_the_index_does_not_depend_on_the_worker_count():
