@@ -25,6 +25,7 @@ class ProtocolCard:
     episodes: int
     seeds: tuple[int, ...]
     test_classes: tuple[int, ...]
+    data: dict = field(default_factory=dict)  # the data set's description: its parameters and filter
     split_style: str | None = None  # COCO-20i: interleaved | contiguous
     test_split: str = "val"
     resolution: str = "input"  # "input": metrics at the network's input size; "original": at the label's size
@@ -59,6 +60,7 @@ class ProtocolCard:
         small = f">= {self.min_pixels} px per class per image" if self.min_pixels else "off"
         rows = [
             ("data set", f"{self.dataset}{style}, fold {self.fold}, test images: {self.test_split}"),
+            ("data", ", ".join(f"{k}={v}" for k, v in self.data.items() if k != "dataset") or "-"),
             ("test classes", ", ".join(str(c) for c in self.test_classes)),
             ("shots", str(self.shots)),
             ("episodes", f"{self.episodes} per seed, seeds {', '.join(str(s) for s in self.seeds)}"),

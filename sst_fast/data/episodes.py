@@ -123,6 +123,38 @@ class EpisodeManifest:
     seed: int | list[int] | None
     episodes: list[Episode] = field(default_factory=list)
 
+    def __post_init__(self):
+        if self.seed is not None:  # plain ints, whatever integer type the caller used: JSON needs them
+            words = _seed_words(self.seed)
+            self.seed = words[0] if isinstance(self.seed, (int, np.integer)) else words
+
+    def check(self, dataset: FewShotDataset, fold) -> None:
+        """Refuse to replay this manifest on other data: another data set or configuration, another
+        fold, or episodes that the data set's index does not support (an image not in the split or
+        without the class, a support equal to the query, a wrong number of supports)."""
+        described = dataset.describe()
+        if self.dataset != described:
+            raise ValueError(f"manifest was drawn from {self.dataset}, not from this data set {described}")
+        split = dataset.fold_split(fold)
+        if self.fold != fold or self.split != split.test_split:
+            raise ValueError(f"manifest is for fold {self.fold!r} (split {self.split!r}), not fold {fold!r}")
+        pools: dict[int, set[str]] = {}
+        for number, episode in enumerate(self.episodes):
+            if episode.class_id not in split.test_classes:
+                raise ValueError(
+                    f"manifest episode {number}: class {episode.class_id} is not a test class of fold {fold}"
+                )
+            if len(episode.supports) != self.shots or len({episode.query, *episode.supports}) != self.shots + 1:
+                raise ValueError(f"manifest episode {number}: needs {self.shots} supports, all distinct from the query")
+            if episode.class_id not in pools:
+                pools[episode.class_id] = set(dataset.class_images(self.split, episode.class_id))
+            strangers = {episode.query, *episode.supports} - pools[episode.class_id]
+            if strangers:
+                raise ValueError(
+                    f"manifest episode {number}: {sorted(strangers)} hold no class {episode.class_id} in split "
+                    f"{self.split!r} of this data set"
+                )
+
     def content(self) -> dict:
         return {
             "format": MANIFEST_FORMAT,

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..config import as_size
-from ..data.base import FewShotDataset
+from ..data.base import FewShotDataset, write_text_atomic
 from ..data.episodes import EpisodeDataset, EpisodeManifest, collate_episodes, fold_sampler
 from ..metrics import FewShotMeter, mean_ci
 from ..protocol import ProtocolCard, code_version
@@ -44,6 +46,17 @@ class EvaluationResult:
             "class_iou": {str(c): iou for c, iou in self.class_iou().items()},
             "runs": [_json_keys(run) for run in self.runs],
         }
+
+    def save(self, directory) -> Path:
+        """Write ``metrics.json`` (card, summary, per-class and per-seed numbers), ``protocol.txt`` and each
+        seed's manifest (``manifests/seed-<seed>.json``) into ``directory``; returns the metrics file."""
+        directory = Path(directory)
+        for manifest in self.manifests:
+            manifest.save(directory / "manifests" / f"seed-{manifest.seed}.json")
+        write_text_atomic(directory / "protocol.txt", str(self.card) + "\n")
+        metrics = directory / "metrics.json"
+        write_text_atomic(metrics, json.dumps(self.to_dict(), indent=1) + "\n")
+        return metrics
 
     def table(self, class_names: Sequence[str] | None = None) -> str:
         """A plain-text table: per-class IoU, then mIoU, FB-IoU and episode-wise IoU (mean ± 95% CI in %)."""
@@ -82,6 +95,9 @@ def evaluate(
     split = dataset.fold_split(fold)
     size = as_size(size, "size")
     if manifests is None:
+        seeds = list(seeds)
+        if not seeds:
+            raise ValueError("seeds must name at least one seed")
         sampler = fold_sampler(dataset, fold, shots, stage="test")
         manifests = [
             EpisodeManifest(dataset.describe(), split.test_split, fold, shots, seed, sampler.sample(episodes, seed))
@@ -91,7 +107,10 @@ def evaluate(
         manifests = list(manifests)
         if not manifests:
             raise ValueError("manifests must hold at least one manifest")
-        _check_manifests(manifests, dataset, split)
+        for manifest in manifests:
+            manifest.check(dataset, fold)
+        if len({(m.shots, len(m.episodes)) for m in manifests}) > 1:
+            raise ValueError("manifests must all have the same shots and number of episodes")
     runs = [
         _run(model, dataset, split.test_classes, manifest, size, original_size, batch_size, num_workers, progress)
         for manifest in manifests
@@ -103,6 +122,7 @@ def evaluate(
         shots=manifests[0].shots,
         episodes=len(manifests[0].episodes),
         seeds=tuple(m.seed for m in manifests),
+        data=dataset.describe(),
         test_classes=tuple(split.test_classes),
         test_split=split.test_split,
         resolution="original" if original_size else "input",
@@ -147,22 +167,6 @@ def _run(model, dataset, classes, manifest, size, original_size, batch_size, num
     finally:
         model.train(was_training)
     return meter.compute()
-
-
-def _check_manifests(manifests, dataset, split) -> None:
-    for manifest in manifests:
-        described = dataset.describe()
-        if manifest.dataset.get("dataset") != described["dataset"]:
-            raise ValueError(
-                f"manifest is for data set {manifest.dataset.get('dataset')!r}, not {described['dataset']!r}"
-            )
-        wrong = {e.class_id for e in manifest.episodes} - set(split.test_classes)
-        if wrong:
-            raise ValueError(
-                f"manifest holds classes {sorted(wrong)} outside the fold's test classes {split.test_classes}"
-            )
-        if manifest.shots != manifests[0].shots or len(manifest.episodes) != len(manifests[0].episodes):
-            raise ValueError("manifests must all have the same shots and number of episodes")
 
 
 def _model_summary(model: nn.Module) -> dict:

@@ -1,6 +1,7 @@
 import json
-import math
+from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
@@ -60,9 +61,17 @@ def test_original_size_at_the_stored_size_equals_input_size(dataset, model):
     assert at_original.card.resolution == "original"
 
 
-def test_original_size_scores_at_the_label_size(dataset, model):
-    result = evaluate(model, dataset, fold=0, episodes=4, size=(16, 16), original_size=True)
-    assert result.runs[0]["episodes"] == 4 and not math.isnan(result.runs[0]["fb_iou"])
+def test_original_size_scores_upsampled_logits_against_the_stored_labels(dataset, model):
+    result = evaluate(model, dataset, fold=0, episodes=6, size=(16, 16), original_size=True)
+    meter = FewShotMeter(dataset.fold_split(0).test_classes)
+    for item in EpisodeDataset(dataset, result.manifests[0].episodes, (16, 16), keep_original=True):
+        with torch.no_grad():
+            logits = model(item["query"][None], item["support_images"][None], item["support_masks"][None]).logits
+        logits = torch.nn.functional.interpolate(logits, size=(24, 32), mode="bilinear", align_corners=False)
+        meter.update(logits.argmax(1), item["query_label"][None], [item["class_id"]])
+    assert result.runs[0] == meter.compute()
+    at_input = evaluate(model, dataset, fold=0, episodes=6, size=(16, 16))
+    assert at_input.runs[0]["fb_iou"] != result.runs[0]["fb_iou"]  # 16x16 masks are not the 24x32 labels
 
 
 def test_seeds_give_a_confidence_interval_and_a_complete_card(dataset, model):
@@ -85,8 +94,11 @@ def test_seeds_give_a_confidence_interval_and_a_complete_card(dataset, model):
 
 def test_a_manifest_of_another_fold_is_refused(dataset, model):
     manifests = evaluate(model, dataset, fold=0, episodes=2, size=(24, 32)).manifests
-    with pytest.raises(ValueError, match="outside the fold's test classes"):
+    with pytest.raises(ValueError, match="manifest is for fold 0"):
         evaluate(model, dataset, fold=1, size=(24, 32), manifests=manifests)
+    relabelled = [replace(manifests[0], fold=1)]
+    with pytest.raises(ValueError, match="is not a test class of fold 1"):
+        evaluate(model, dataset, fold=1, size=(24, 32), manifests=relabelled)
 
 
 def test_evaluation_restores_training_mode(dataset, model):
@@ -105,3 +117,36 @@ def test_collate_keeps_original_labels_as_a_list(dataset):
     episodes = [sst_fast.data.Episode(1, "val/01-0", ("val/01-1",))] * 2
     items = [EpisodeDataset(dataset, episodes, 16, keep_original=True)[i] for i in range(2)]
     assert collate_episodes(items)["query_label"][0].shape == (24, 32)
+
+
+def test_manifests_replay_only_on_the_data_they_were_drawn_from(dataset, model):
+    manifest = evaluate(model, dataset, fold=0, shots=2, episodes=3, size=(24, 32)).manifests[0]
+    other = ArrayDataset(random_arrays(per_class=4, size=(24, 32)), min_pixels=5)
+    with pytest.raises(ValueError, match="drawn from"):
+        evaluate(model, other, fold=0, size=(24, 32), manifests=[manifest])
+    episode = manifest.episodes[0]
+    cases = {
+        "needs 2 supports": replace(episode, supports=episode.supports[:1]),
+        "distinct from the query": replace(episode, supports=(episode.query, episode.supports[0])),
+        "hold no class": replace(episode, supports=(episode.supports[0], "val/20-0")),
+    }
+    for match, bad in cases.items():
+        broken = replace(manifest, episodes=[bad])
+        with pytest.raises(ValueError, match=match):
+            evaluate(model, dataset, fold=0, size=(24, 32), manifests=[broken])
+    with pytest.raises(ValueError, match="fold"):
+        evaluate(model, dataset, fold=0, size=(24, 32), manifests=[replace(manifest, fold=1)])
+
+
+def test_numpy_seeds_and_saving_the_result(dataset, model, tmp_path):
+    result = evaluate(model, dataset, fold=0, episodes=3, seeds=np.arange(2), size=(24, 32))
+    assert result.card.seeds == (0, 1) and all(type(seed) is int for seed in result.card.seeds)
+    metrics = result.save(tmp_path / "eval")
+    saved = json.loads(metrics.read_text())
+    assert saved["protocol"]["manifests"] == [m.sha256 for m in result.manifests]
+    assert saved["protocol"]["data"] == dataset.describe()
+    assert (tmp_path / "eval" / "protocol.txt").read_text().strip() == str(result.card)
+    replayed = [EpisodeManifest.load(tmp_path / "eval" / "manifests" / f"seed-{seed}.json") for seed in (0, 1)]
+    assert replayed == result.manifests
+    with pytest.raises(ValueError, match="seeds"):
+        evaluate(model, dataset, fold=0, episodes=3, seeds=[], size=(24, 32))
