@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import torch
 
-IGNORE_LABEL = 255
+from .data.base import IGNORE_LABEL
 
 
 class FewShotMeter:

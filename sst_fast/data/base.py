@@ -125,7 +125,8 @@ def file_stats(paths) -> str:
     return digest.hexdigest()
 
 
-def _sha256_json(payload) -> str:
+def sha256_json(payload) -> str:
+    """SHA-256 of a JSON-able value in canonical form (sorted keys, no spaces): equal content, equal hash."""
     return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
@@ -245,7 +246,7 @@ class FewShotDataset(abc.ABC):
 
     def cache_path(self, split: str) -> Path | None:
         """Where ``split``'s index is cached. Data sets that are cheap to index return ``None``: memory only."""
-        key = _sha256_json({"dataset": self.name, "split": split, "fingerprint": self.fingerprint(split)})[:16]
+        key = sha256_json({"dataset": self.name, "split": split, "fingerprint": self.fingerprint(split)})[:16]
         return (self.cache_dir or default_cache_dir()) / f"{self.name}-{split}-{key}.json"
 
     def prepare(self, splits=None, force: bool = False, workers: int | None = None) -> DatasetIndex:
@@ -310,7 +311,7 @@ def _read_index(path: Path, identity: dict) -> dict | None:
     try:
         payload = json.loads(path.read_text())
         checksum = payload.pop("sha256")
-        valid = checksum == _sha256_json(payload)
+        valid = checksum == sha256_json(payload)
     except (OSError, ValueError, KeyError, AttributeError, TypeError):
         valid = False
     if not valid:
@@ -325,7 +326,7 @@ def _read_index(path: Path, identity: dict) -> dict | None:
 def _write_index(path: Path, identity: dict, counts) -> Path | None:
     payload = {"format": INDEX_FORMAT, "identity": identity, "counts": counts}
     payload = json.loads(json.dumps(payload))  # int class keys -> str, as they are read back
-    payload["sha256"] = _sha256_json(payload)
+    payload["sha256"] = sha256_json(payload)
     try:
         write_text_atomic(path, json.dumps(payload, sort_keys=True, separators=(",", ":")))
     except OSError as error:

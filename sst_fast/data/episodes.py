@@ -9,7 +9,6 @@ same episodes.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from . import transforms
-from .base import DataError, FewShotDataset, write_text_atomic
+from ..config import as_size
+from .base import DataError, FewShotDataset, sha256_json, write_text_atomic
 
 MANIFEST_FORMAT = 1
 
@@ -168,12 +167,12 @@ class EpisodeManifest:
 
     @property
     def sha256(self) -> str:
-        return _sha256(self.content())
+        return sha256_json(self.content())
 
     def save(self, path) -> Path:
         path = Path(path)
         payload = self.content()
-        payload["sha256"] = _sha256(payload)
+        payload["sha256"] = sha256_json(payload)
         write_text_atomic(path, json.dumps(payload, indent=1, sort_keys=True) + "\n")
         return path
 
@@ -188,7 +187,7 @@ class EpisodeManifest:
         if not isinstance(payload, dict) or "sha256" not in payload or "episodes" not in payload:
             raise DataError(f"{path} is not an episode manifest (no 'episodes' / 'sha256')")
         recorded = payload.pop("sha256")
-        if recorded != _sha256(payload):
+        if recorded != sha256_json(payload):
             raise DataError(f"episode manifest {path} fails its SHA-256 check: it was modified or is corrupted")
         if payload.get("format") != MANIFEST_FORMAT:
             raise DataError(f"episode manifest {path} has format {payload.get('format')!r}, expected {MANIFEST_FORMAT}")
@@ -217,8 +216,6 @@ class EpisodeDataset(torch.utils.data.Dataset):
         seed=0,
         keep_original: bool = False,
     ):
-        from ..config import as_size
-
         self.dataset = dataset
         self.episodes = list(episodes)
         self.size = as_size(size, "size")
@@ -262,7 +259,7 @@ class EpisodeDataset(torch.utils.data.Dataset):
         if self.augment is not None:
             return self.augment(tensor, mask, generator)
         if tuple(tensor.shape[1:]) != self.size:
-            tensor = F.interpolate(tensor[None], size=self.size, mode="bilinear", align_corners=False)[0]
+            tensor = transforms.resize_image(tensor, self.size)
             mask = transforms.resize_mask(mask, self.size)
         return tensor.contiguous(), mask.contiguous()
 
@@ -292,7 +289,3 @@ def _derive_seed(seed, index: int) -> int:
     """A 63-bit torch seed from (seed words, index), well mixed so neighbouring items are unrelated."""
     state = np.random.SeedSequence([*_seed_words(seed), index]).generate_state(1, np.uint64)[0]
     return int(state >> np.uint64(1))
-
-
-def _sha256(payload: dict) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
