@@ -104,11 +104,8 @@ class FSS1000(FewShotDataset):
         return tuple(sorted(self._class_ids[name] for name in self._split_classes[self.check_split(split)]))
 
     def image_ids(self, split: str) -> list[str]:
-        """The images of the split's classes, sorted as strings (``"ab_wheel/10"`` before ``"ab_wheel/2"``).
-
-        Plain string order is the one order that every copy of the class index keeps, so that
-        seeded episodes drawn from a fresh index and from a cached one are the same.
-        """
+        """The images of the split's classes, sorted as strings (``"ab_wheel/10"`` before ``"ab_wheel/2"``),
+        the same order in which the class index lists them."""
         names = self._split_classes[self.check_split(split)]
         return sorted(f"{name}/{number}" for name in names for number in self._class_images(name))
 
