@@ -9,8 +9,9 @@ same episodes.
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,7 +44,8 @@ class EpisodeSampler:
 
     ``exclude_classes``: drop every image in which any of these classes appears at all (the
     BAM-style training filter for novel classes; by default such images are kept and the novel
-    pixels are simply background in the binary masks).
+    pixels are simply background in the binary masks). ``images``: draw only from these image ids
+    (e.g. a validation hold-out, see :func:`holdout`); ``None`` uses every image of the split.
     """
 
     def __init__(
@@ -53,6 +55,7 @@ class EpisodeSampler:
         split: str,
         shots: int,
         exclude_classes: Sequence[int] = (),
+        images: Collection[str] | None = None,
     ):
         if isinstance(shots, bool) or not isinstance(shots, int) or shots < 1:
             raise ValueError(f"shots must be a positive integer, got {shots!r}")
@@ -63,17 +66,20 @@ class EpisodeSampler:
         excluded = {dataset.check_class(c, "exclude_classes") for c in exclude_classes}
         self.dataset, self.split, self.shots, self.classes = dataset, split, shots, classes
         self.pools: dict[int, list[str]] = {}
+        allowed = None if images is None else set(images)
         for class_id in classes:
-            images = dataset.class_images(split, class_id)
+            pool = dataset.class_images(split, class_id)
             if excluded:
-                images = [i for i in images if excluded.isdisjoint(dataset.image_classes(split, i))]
-            if len(images) < shots + 1:
+                pool = [i for i in pool if excluded.isdisjoint(dataset.image_classes(split, i))]
+            if allowed is not None:
+                pool = [i for i in pool if i in allowed]
+            if len(pool) < shots + 1:
                 raise DataError(
-                    f"{dataset.name}: class {class_id} ({dataset.class_name(class_id)}) has {len(images)} image(s) in "
+                    f"{dataset.name}: class {class_id} ({dataset.class_name(class_id)}) has {len(pool)} image(s) in "
                     f"split {split!r} after filtering (min_pixels={dataset.min_pixels}); a {shots}-shot episode "
                     f"needs {shots + 1}"
                 )
-            self.pools[class_id] = images
+            self.pools[class_id] = pool
 
     def sample(self, episodes: int, seed) -> list[Episode]:
         """``episodes`` episodes from ``seed`` (an int or a sequence of ints, e.g. ``(seed, epoch)``)."""
@@ -89,21 +95,45 @@ class EpisodeSampler:
         return drawn
 
 
-def fold_sampler(dataset: FewShotDataset, fold, shots: int, stage: str, exclude_novel: bool = False) -> EpisodeSampler:
+def fold_sampler(
+    dataset: FewShotDataset,
+    fold,
+    shots: int,
+    stage: str,
+    exclude_novel: bool = False,
+    images: Collection[str] | None = None,
+) -> EpisodeSampler:
     """The sampler of a benchmark fold: ``stage="train"`` draws base classes from the training images,
     ``stage="test"`` the fold's novel classes from the test images. ``exclude_novel`` (training only)
     drops every training image that shows a novel class at all (BAM); by default they are kept and
-    their novel pixels are background.
+    their novel pixels are background. ``images`` (training only) restricts the training images,
+    e.g. to one side of a :func:`holdout`.
     """
     split = dataset.fold_split(fold)
     if stage == "train":
         excluded = split.test_classes if exclude_novel else ()
-        return EpisodeSampler(dataset, split.train_classes, split.train_split, shots, exclude_classes=excluded)
+        return EpisodeSampler(
+            dataset, split.train_classes, split.train_split, shots, exclude_classes=excluded, images=images
+        )
     if stage == "test":
-        if exclude_novel:
-            raise ValueError("exclude_novel applies to training episodes only")
+        if exclude_novel or images is not None:
+            raise ValueError("exclude_novel and images apply to training episodes only")
         return EpisodeSampler(dataset, split.test_classes, split.test_split, shots)
     raise ValueError(f"stage must be 'train' or 'test', got {stage!r}")
+
+
+def holdout(image_ids: Sequence[str], fraction: float, salt: str = "validation") -> set[str]:
+    """The ids of about ``fraction`` of ``image_ids``, chosen by a hash of each id: the same image is
+    held out whatever the order or number of the others, so the hold-out is stable as data are added."""
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction <= 1:
+        raise ValueError(f"fraction must be a number in [0, 1], got {fraction!r}")
+    threshold = int(fraction * 2**64)
+    held = set()
+    for image_id in image_ids:
+        digest = hashlib.sha256(f"{salt}:{image_id}".encode()).digest()
+        if int.from_bytes(digest[:8], "big") < threshold:
+            held.add(image_id)
+    return held
 
 
 def sample_episodes(dataset, classes, split, shots, episodes, seed, exclude_classes=()) -> list[Episode]:

@@ -16,6 +16,7 @@ from sst_fast.data import (
     fold_sampler,
     sample_episodes,
 )
+from sst_fast.data.episodes import holdout
 from tests.data.layouts import ArrayDataset, random_arrays
 
 
@@ -62,6 +63,29 @@ def test_exclude_classes_drops_images_that_contain_them():
     dataset = ArrayDataset(data)
     assert "train/01-0" in EpisodeSampler(dataset, [1], "train", 1).pools[1]
     assert "train/01-0" not in EpisodeSampler(dataset, [1], "train", 1, exclude_classes=[9]).pools[1]
+
+
+def test_a_sampler_restricted_to_images_draws_only_those(arrays):
+    allowed = {image for image in arrays.image_ids("train") if image.endswith(("-0", "-1", "-2"))}
+    sampler = EpisodeSampler(arrays, [1, 2, 3], "train", shots=2, images=allowed)
+    for episode in sampler.sample(100, seed=0):
+        assert {episode.query, *episode.supports} <= allowed
+    with pytest.raises(DataError, match="3-shot episode needs 4"):
+        EpisodeSampler(arrays, [1], "train", shots=3, images=allowed)
+    with pytest.raises(ValueError, match="training episodes only"):
+        fold_sampler(arrays, 0, 1, "test", images=allowed)
+
+
+def test_holdout_is_a_stable_fraction_chosen_by_image_id():
+    ids = [f"image-{i:05d}" for i in range(20000)]
+    held = holdout(ids, 0.1)
+    assert abs(len(held) / len(ids) - 0.1) < 0.01
+    assert holdout(list(reversed(ids)), 0.1) == held  # order does not matter
+    assert holdout(ids[:5000], 0.1) == {i for i in held if i in set(ids[:5000])}  # nor do the other images
+    assert holdout(ids, 0.1, salt="other") != held
+    assert holdout(ids, 0.0) == set() and holdout(ids, 1.0) == set(ids)
+    with pytest.raises(ValueError, match="fraction"):
+        holdout(ids, 1.5)
 
 
 def test_fold_samplers_draw_base_classes_for_training_and_novel_ones_for_testing():
