@@ -14,7 +14,7 @@ from torch import nn
 
 from ..config import as_size
 from ..data.base import FewShotDataset, write_text_atomic
-from ..data.episodes import EpisodeDataset, EpisodeManifest, collate_episodes, fold_sampler
+from ..data.episodes import Episode, EpisodeDataset, EpisodeManifest, collate_episodes, fold_sampler
 from ..metrics import FewShotMeter, mean_ci
 from ..protocol import ProtocolCard, code_version
 
@@ -112,7 +112,10 @@ def evaluate(
         if len({(m.shots, len(m.episodes)) for m in manifests}) > 1:
             raise ValueError("manifests must all have the same shots and number of episodes")
     runs = [
-        _run(model, dataset, split.test_classes, manifest, size, original_size, batch_size, num_workers, progress)
+        score_episodes(
+            model, dataset, split.test_classes, manifest.episodes, size, original_size, batch_size, num_workers,
+            progress=f"seed {manifest.seed}" if progress else None,
+        )
         for manifest in manifests
     ]
     card = ProtocolCard(
@@ -136,19 +139,32 @@ def evaluate(
     return EvaluationResult(card, runs, manifests)
 
 
-def _run(model, dataset, classes, manifest, size, original_size, batch_size, num_workers, progress) -> dict:
+def score_episodes(
+    model: nn.Module,
+    dataset: FewShotDataset,
+    classes: Sequence[int],
+    episodes: Sequence[Episode],
+    size,
+    original_size: bool = False,
+    batch_size: int = 8,
+    num_workers: int = 0,
+    progress: str | None = None,
+) -> dict:
+    """Segment the queries of ``episodes`` with ``model`` (eval mode, no gradients) and score them:
+    :meth:`FewShotMeter.compute` over ``classes``. ``progress``: the label of a progress bar, or None."""
     loader = torch.utils.data.DataLoader(
-        EpisodeDataset(dataset, manifest.episodes, size, keep_original=original_size),
+        EpisodeDataset(dataset, episodes, as_size(size, "size"), keep_original=original_size),
         batch_size=batch_size,
         num_workers=num_workers,
         collate_fn=collate_episodes,
+        generator=torch.Generator().manual_seed(0),  # leave the global torch RNG (dropout's) untouched
     )
     parameter = next(model.parameters())
     meter = FewShotMeter(classes)
     was_training = model.training
     model.eval()
     try:
-        for batch in _progress(loader, progress, f"seed {manifest.seed}"):
+        for batch in _progress(loader, progress):
             with torch.no_grad():
                 logits = model(
                     batch["query"].to(parameter.device, parameter.dtype),
@@ -177,12 +193,12 @@ def _model_summary(model: nn.Module) -> dict:
     return {"class": type(model).__name__, **{k: getattr(config, k) for k in keys if hasattr(config, k)}}
 
 
-def _progress(iterable, enabled: bool, description: str):
-    if not enabled:
+def _progress(iterable, description: str | None):
+    if description is None:
         return iterable
     from tqdm import tqdm
 
-    return tqdm(iterable, desc=description, unit="batch", leave=False)
+    return tqdm(iterable, desc=description, unit="batch", leave=False, dynamic_ncols=True)
 
 
 def _json_keys(run: dict) -> dict:

@@ -1,0 +1,1 @@
+"""Packaged run configurations (``sst-fast train --config NAME``): one YAML file per setting."""

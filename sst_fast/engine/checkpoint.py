@@ -1,0 +1,89 @@
+"""Checkpoints: written atomically, read back with a clear error, turned into a ready model.
+
+A checkpoint is one ``torch.save`` file holding the run configuration, the model's ``state_dict``
+and, for a training checkpoint, everything needed to continue exactly: optimiser, step, epoch,
+position in the epoch, RNG states, the best validation score and the log so far.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import SSTConfig
+from ..data.base import write_atomic
+
+FORMAT = 1
+KIND = "sst_fast-checkpoint"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, damaged, or not an sst_fast checkpoint."""
+
+
+def save_checkpoint(path, state: dict[str, Any]) -> Path:
+    """Write ``state`` (plus the format tag) to ``path`` atomically: a crash during the write leaves the
+    previous file intact."""
+    state = {"kind": KIND, "format": FORMAT, **state}
+    return write_atomic(path, lambda file: torch.save(state, file))
+
+
+def load_checkpoint(path, map_location="cpu") -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint`; any problem is a :class:`CheckpointError`
+    naming the file and what is wrong with it."""
+    path = Path(path)
+    if path.is_dir():
+        for candidate in (path / "checkpoints" / "best.pt", path / "checkpoints" / "last.pt"):
+            if candidate.is_file():
+                path = candidate
+                break
+        else:
+            raise CheckpointError(f"checkpoint: {path} is a folder without checkpoints/best.pt or checkpoints/last.pt")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint: {path} does not exist")
+    try:
+        # weights_only: a checkpoint is data, never code to run; it holds only tensors and plain containers.
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"checkpoint: {path} is not a readable checkpoint ({reason})") from None
+    if not isinstance(state, dict) or state.get("kind") != KIND:
+        raise CheckpointError(f"checkpoint: {path} is not an sst_fast checkpoint")
+    if state.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint: {path} has format {state.get('format')!r}; this version reads {FORMAT}")
+    for key in ("config", "model"):
+        if key not in state:
+            raise CheckpointError(f"checkpoint: {path} lacks its {key!r} entry")
+    state["path"] = str(path)
+    return state
+
+
+def model_from_checkpoint(checkpoint, device="cpu", fast: bool = True, **config_overrides) -> torch.nn.Module:
+    """The model of a checkpoint (a path, a run folder, or a state from :func:`load_checkpoint`), in eval mode.
+
+    ``config_overrides`` change settings that do not alter the parameters (e.g. ``fusion``,
+    ``tune_step``); ``fast=False`` builds the reference model instead of :class:`sst_fast.SST`.
+    """
+    from ..models import SST
+    from ..reference import SSTReference
+
+    state = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
+    values = dict(state["config"]["model"])
+    # The backbone's weights are in the state dict: never reread the original file (it may be gone).
+    values["backbone_weights"] = None
+    values.update(config_overrides)
+    try:
+        config = SSTConfig.from_dict(values)
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"checkpoint: {state.get('path', '<state>')}: {error}") from None
+    model = (SST if fast else SSTReference)(config)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[0]
+        raise CheckpointError(f"checkpoint: {state.get('path', '<state>')} does not fit its model ({first})") from None
+    return model.to(device).eval()

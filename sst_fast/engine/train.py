@@ -1,0 +1,547 @@
+"""Episodic training with a run folder, atomic checkpoints, base-class validation and exact resume.
+
+A run folder holds::
+
+    config.yaml              the resolved configuration (every default written out)
+    version.json             code version, torch, python, the command line
+    train.log                the log
+    metrics.jsonl            one JSON record per logged step and per validation
+    tensorboard/             the same scalars for TensorBoard
+    validation/manifest.json the validation episodes (base classes, held-out training images)
+    checkpoints/last.pt      the latest state (every ``run.checkpoint_every`` steps, each epoch, on Ctrl-C)
+    checkpoints/best.pt      the state with the best validation mIoU
+    curves.png               training curves
+
+Everything random is a function of ``run.seed``: the initial weights, the episodes of epoch ``e``
+(seed ``(seed, e)``), each episode's augmentation (seeded per item) and dropout (the torch RNG, saved
+in every checkpoint). Resuming from a checkpoint therefore continues the very same run: training
+N steps in one go or k steps, stop, resume, N - k steps ends with the same parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import shutil
+import signal
+import sys
+import threading
+import time
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from ..data import Augment, EpisodeDataset, EpisodeManifest, EpisodeSampler, collate_episodes, open_dataset
+from ..data.base import write_text_atomic
+from ..data.episodes import fold_sampler, holdout
+from ..models import SST
+from ..protocol import code_version
+from .checkpoint import load_checkpoint, save_checkpoint
+from .evaluate import score_episodes
+from .runconfig import ConfigError, RunConfig
+
+LOGGER_NAME = "sst_fast.train"
+HOLDOUT_SALT = "validation"
+VALIDATION_SEED = 0
+# Settings a resumed run may change: they alter neither the result nor the meaning of the run.
+RESUMABLE_OVERRIDES = (
+    "optim.epochs",
+    "data.root",
+    "data.workers",
+    "run.device",
+    "run.threads",
+    "run.log_every",
+    "run.checkpoint_every",
+)
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. the loss is no longer finite)."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+    run_dir: Path
+    status: str  # "finished", "stopped" (max_steps reached) or "interrupted" (Ctrl-C / SIGTERM)
+    step: int
+    epoch: int
+    best_miou: float | None
+    best_step: int | None
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.run_dir / "checkpoints" / "last.pt"
+
+    @property
+    def best_checkpoint(self) -> Path:
+        return self.run_dir / "checkpoints" / "best.pt"
+
+
+class Trainer:
+    """Trains :class:`sst_fast.SST` on the base classes of a fold; see the module docstring for the run folder.
+
+    ``Trainer(config, run_dir)`` starts a new run (the folder must not hold one already);
+    :meth:`Trainer.resume` continues the run in a folder from its last checkpoint.
+    """
+
+    def __init__(self, config: RunConfig, run_dir, progress: bool = True, _state: dict | None = None):
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.progress = progress
+        self.last_path = self.run_dir / "checkpoints" / "last.pt"
+        self.best_path = self.run_dir / "checkpoints" / "best.pt"
+        if _state is None and self.last_path.exists():
+            raise ConfigError(
+                f"run_dir: {self.run_dir} already holds a run; continue it with --resume or choose another folder"
+            )
+        created = not self.run_dir.exists()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self._setup(_state)
+        except BaseException:
+            if created:  # a run that could not start leaves no half-made folder behind
+                _close_logger()
+                shutil.rmtree(self.run_dir, ignore_errors=True)
+            raise
+        self._stop_reason: str | None = None
+
+    def _setup(self, _state: dict | None) -> None:
+        config = self.config
+        self.log = _run_logger(self.run_dir / "train.log")
+        if config.run.threads is not None:
+            torch.set_num_threads(config.run.threads)
+        self.device = _resolve_device(config.run.device)
+
+        self._build_data()
+        torch.manual_seed(config.run.seed)  # the initial weights
+        self.model = SST(config.model).to(self.device)
+        if config.model.backbone != "tiny" and config.model.backbone_weights is None and _state is None:
+            self.log.warning(
+                "model.backbone_weights is not set: the %s backbone starts from random weights", config.model.backbone
+            )
+        parameters = [p for p in self.model.parameters() if p.requires_grad]
+        optim = config.optim
+        if optim.optimizer == "adamw":
+            self.optimizer = torch.optim.AdamW(parameters, lr=optim.lr, weight_decay=optim.weight_decay)
+        else:
+            self.optimizer = torch.optim.SGD(
+                parameters, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay
+            )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.best_miou: float | None = None
+        self.best_step: int | None = None
+        self.history: list[dict] = []
+        if _state is not None:
+            self._restore(_state)
+        else:
+            config.save(self.run_dir / "config.yaml")
+            write_text_atomic(self.run_dir / "version.json", json.dumps(_versions(), indent=1) + "\n")
+
+    # --- construction ---------------------------------------------------------------------------
+
+    @classmethod
+    def resume(cls, run_dir, overrides=(), progress: bool = True) -> Trainer:
+        """Continue the run in ``run_dir`` from ``checkpoints/last.pt``. ``overrides`` may change only
+        settings that do not alter the run (:data:`RESUMABLE_OVERRIDES`), e.g. ``optim.epochs`` to train longer."""
+        from .runconfig import apply_overrides
+
+        run_dir = Path(run_dir)
+        last = run_dir / "checkpoints" / "last.pt"
+        if not last.exists():
+            raise ConfigError(f"resume: {run_dir} holds no checkpoints/last.pt to resume from")
+        state = load_checkpoint(last)
+        for override in overrides:
+            key = str(override).partition("=")[0].strip()
+            if key not in RESUMABLE_OVERRIDES:
+                raise ConfigError(
+                    f"resume: {key!r} cannot change in a resumed run (allowed: {', '.join(RESUMABLE_OVERRIDES)})"
+                )
+        config = RunConfig.from_dict(apply_overrides(state["config"], overrides))
+        trainer = cls(config, run_dir, progress=progress, _state=state)
+        if overrides:
+            config.save(run_dir / "config.yaml")
+        return trainer
+
+    def _build_data(self) -> None:
+        data, shots = self.config.data, self.config.model.shots
+        self.dataset = open_dataset(data.dataset, data.root, **data.options)
+        split = self.dataset.fold_split(data.fold)
+        train_images = self.dataset.image_ids(split.train_split)
+        held_out = holdout(train_images, data.val_fraction, HOLDOUT_SALT)
+        kept = [image for image in train_images if image not in held_out]
+        self.sampler = fold_sampler(self.dataset, data.fold, shots, "train", data.exclude_novel, images=kept)
+        self.episodes_per_epoch = self.config.optim.episodes_per_epoch or len(kept)
+        self.steps_per_epoch = math.ceil(self.episodes_per_epoch / self.config.optim.batch_size)
+        self.total_steps = self.config.optim.epochs * self.steps_per_epoch
+
+        # Validation: base-class episodes on the held-out training images, the same episodes every time.
+        excluded = set(split.test_classes) if data.exclude_novel else set()
+        classes = []
+        for class_id in split.train_classes:
+            pool = [i for i in self.dataset.class_images(split.train_split, class_id) if i in held_out]
+            pool = [i for i in pool if excluded.isdisjoint(self.dataset.image_classes(split.train_split, i))]
+            if len(pool) >= shots + 1:
+                classes.append(class_id)
+        if not classes:
+            raise ConfigError(
+                f"data.val_fraction={data.val_fraction} holds out too few images for {shots}-shot validation "
+                "episodes of any base class; raise it"
+            )
+        missing = sorted(set(split.train_classes) - set(classes))
+        sampler = EpisodeSampler(self.dataset, classes, split.train_split, shots, tuple(excluded), images=held_out)
+        self.val_classes = classes
+        self.val_episodes = sampler.sample(data.val_episodes, VALIDATION_SEED)
+        manifest = EpisodeManifest(
+            self.dataset.describe(), split.train_split, data.fold, shots, VALIDATION_SEED, self.val_episodes
+        )
+        manifest.save(self.run_dir / "validation" / "manifest.json")
+        self.log.info(
+            "%s fold %d: %d training images (%d held out for validation), %d base classes, %d-shot, "
+            "%d episodes/epoch = %d steps of %d",
+            data.dataset,
+            data.fold,
+            len(kept),
+            len(held_out),
+            len(split.train_classes),
+            shots,
+            self.episodes_per_epoch,
+            self.steps_per_epoch,
+            self.config.optim.batch_size,
+        )
+        if missing:
+            self.log.warning("validation leaves out base classes %s (too few held-out images)", missing)
+
+    def _lr_factor(self, step: int) -> float:
+        if self.config.optim.schedule == "poly":
+            return max(1.0 - step / self.total_steps, 0.0) ** 0.9
+        return 1.0
+
+    # --- checkpoints ----------------------------------------------------------------------------
+
+    def state(self) -> dict:
+        rng = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {
+            "config": self.config.to_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "rng": rng,
+            "best": {"miou": self.best_miou, "step": self.best_step},
+            "history": self.history,
+            "code_version": code_version(),
+        }
+
+    def _restore(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self.best_miou, self.best_step = state["best"]["miou"], state["best"]["step"]
+        self.history = list(state["history"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if self.device.type == "cuda" and "cuda" in state["rng"]:
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+        # The log on disk may run ahead of the checkpoint (a crash after it): keep what the state knows.
+        write_text_atomic(self.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.history))
+        self.log.info("resumed from %s at step %d (epoch %d)", state["path"], self.step, self.epoch)
+
+    def save(self, best: bool = False) -> None:
+        state = self.state()
+        save_checkpoint(self.last_path, state)
+        if best:
+            save_checkpoint(self.best_path, state)
+
+    # --- the loop -------------------------------------------------------------------------------
+
+    def fit(self, max_steps: int | None = None) -> TrainResult:
+        """Train to the configured number of epochs, or until global step ``max_steps`` (then checkpoint and
+        return, resumable). Ctrl-C or SIGTERM finishes the current step, checkpoints and returns."""
+        if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1):
+            raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
+        writer = _summary_writer(self.run_dir / "tensorboard", purge_step=self.step)
+        bar = _progress_bar(self.total_steps, self.step, self.progress)
+        status = "finished"
+        started, start_step = time.perf_counter(), self.step
+        try:
+            with _stop_on_signals(self._request_stop):
+                status = self._loop(max_steps, writer, bar)
+        finally:
+            bar.close()
+            if writer is not None:
+                writer.close()
+        rate = (self.step - start_step) / max(time.perf_counter() - started, 1e-9)
+        self.log.info(
+            "%s at step %d/%d (%.2f steps/s); best validation mIoU %s",
+            status,
+            self.step,
+            self.total_steps,
+            rate,
+            _percent(self.best_miou),
+        )
+        if status == "interrupted":
+            self.log.info("resume with: sst-fast train --resume %s", self.run_dir)
+        self._plot_curves()
+        return TrainResult(self.run_dir, status, self.step, self.epoch, self.best_miou, self.best_step)
+
+    def _loop(self, max_steps, writer, bar) -> str:
+        cfg = self.config
+        while self.epoch < cfg.optim.epochs:
+            for batch in self._loader(self.epoch, self.batch_in_epoch):
+                record = self.train_step(batch)
+                self.step += 1
+                self.batch_in_epoch += 1
+                bar.update(1)
+                if self.step % cfg.run.log_every == 0 or self.step == 1:
+                    self._record({"step": self.step, "epoch": self.epoch, **record}, writer)
+                    bar.set_postfix(loss=f"{record['loss']:.4f}")
+                if self.step % cfg.run.checkpoint_every == 0:
+                    self.save()
+                if self._stop_reason is not None or (max_steps is not None and self.step >= max_steps):
+                    self.save()
+                    return "interrupted" if self._stop_reason is not None else "stopped"
+            self.epoch += 1
+            self.batch_in_epoch = 0
+            improved = False
+            if self.epoch % cfg.run.val_every == 0 or self.epoch == cfg.optim.epochs:
+                improved = self.validate(writer)
+            self.save(best=improved)
+        return "finished"
+
+    def train_step(self, batch: dict) -> dict:
+        """One optimiser step on a batch of episodes; returns the losses and the learning rate used."""
+        self.model.train()
+        lr = self.optimizer.param_groups[0]["lr"]
+        out = self.model(
+            batch["query"].to(self.device, non_blocking=True),
+            batch["support_images"].to(self.device, non_blocking=True),
+            batch["support_masks"].to(self.device, non_blocking=True),
+            batch["query_mask"].to(self.device, non_blocking=True),
+        )
+        if not torch.isfinite(out.loss):
+            raise TrainingError(
+                f"the loss is {out.loss.item()} at step {self.step + 1} (optim.lr={self.config.optim.lr} too high?); "
+                f"the last checkpoint is {self.last_path}"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        if self.config.optim.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        record = {"loss": out.loss.item(), "main_loss": out.main_loss.item(), "lr": lr}
+        if out.aux_loss is not None:
+            record["aux_loss"] = out.aux_loss.item()
+        return record
+
+    def validate(self, writer=None) -> bool:
+        """Score the validation episodes; record them; True when the mIoU is the best so far."""
+        with warnings.catch_warnings():
+            # A class no validation episode scores is left out of the mIoU; that is expected, not news.
+            warnings.simplefilter("ignore", UserWarning)
+            metrics = score_episodes(
+                self.model,
+                self.dataset,
+                self.val_classes,
+                self.val_episodes,
+                self.config.model.image_size,
+                batch_size=self.config.optim.batch_size,
+                num_workers=self.config.data.workers,
+                progress="validation" if self.progress else None,
+            )
+        miou = metrics["miou"]
+        improved = not math.isnan(miou) and (self.best_miou is None or miou > self.best_miou)
+        if improved:
+            self.best_miou, self.best_step = miou, self.step
+        self._record(
+            {"step": self.step, "epoch": self.epoch, "val_miou": miou, "val_fb_iou": metrics["fb_iou"]}, writer
+        )
+        self.log.info(
+            "epoch %d step %d: validation mIoU %s, FB-IoU %s%s",
+            self.epoch,
+            self.step,
+            _percent(miou),
+            _percent(metrics["fb_iou"]),
+            " (best)" if improved else "",
+        )
+        return improved
+
+    def _loader(self, epoch: int, start_batch: int):
+        cfg = self.config
+        episodes = self.sampler.sample(self.episodes_per_epoch, (cfg.run.seed, epoch))
+        augment = Augment(cfg.model.image_size) if cfg.data.augment else None
+        dataset = EpisodeDataset(
+            self.dataset, episodes, cfg.model.image_size, augment=augment, seed=(cfg.run.seed, epoch)
+        )
+        start = min(start_batch * cfg.optim.batch_size, len(dataset))
+        return torch.utils.data.DataLoader(
+            torch.utils.data.Subset(dataset, range(start, len(dataset))),
+            batch_size=cfg.optim.batch_size,
+            num_workers=cfg.data.workers,
+            collate_fn=collate_episodes,
+            pin_memory=self.device.type == "cuda",
+            worker_init_fn=_ignore_interrupts,
+            # Its own generator: creating an iterator must not draw from the torch RNG that dropout uses.
+            generator=torch.Generator().manual_seed(0),
+            persistent_workers=False,
+        )
+
+    def _record(self, record: dict, writer) -> None:
+        self.history.append(record)
+        with open(self.run_dir / "metrics.jsonl", "a") as file:
+            file.write(json.dumps(record) + "\n")
+        if writer is not None:
+            for key, value in record.items():
+                if key not in ("step", "epoch"):
+                    writer.add_scalar(("val/" if key.startswith("val_") else "train/") + key, value, record["step"])
+        if "loss" in record:
+            self.log.debug("step %d: %s", record["step"], record)
+
+    def _request_stop(self, reason: str) -> None:
+        self._stop_reason = reason
+        self.log.warning("%s: stopping after this step and writing a checkpoint (again to abort at once)", reason)
+
+    def _plot_curves(self) -> None:
+        if not any("loss" in r or "val_miou" in r for r in self.history):
+            return
+        try:
+            from ..viz import figure_curves
+
+            figure_curves(self.history, self.run_dir / "curves.png", title=self.run_dir.name)
+        except Exception as error:  # a figure must never cost a finished run
+            self.log.warning("could not draw the training curves: %s", error)
+
+
+# --- helpers --------------------------------------------------------------------------------------
+
+
+def train(config: RunConfig, run_dir, max_steps: int | None = None, progress: bool = True) -> TrainResult:
+    """Start a run in ``run_dir`` and train it (see :class:`Trainer`)."""
+    return Trainer(config, run_dir, progress=progress).fit(max_steps)
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"run.device={name!r} but this torch has no CUDA device; use 'cpu' or 'auto'")
+    return device
+
+
+def _versions() -> dict:
+    import platform
+
+    return {
+        "code_version": code_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "command": sys.argv,
+    }
+
+
+def _ignore_interrupts(_worker_id: int) -> None:
+    # Ctrl-C reaches the whole process group: workers leave it to the main process, which stops cleanly.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@contextmanager
+def _stop_on_signals(request_stop):
+    """The first SIGINT/SIGTERM asks the loop to stop after the current step; a second SIGINT aborts at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(signum, _frame):
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        request_stop("interrupted" if signum == signal.SIGINT else "terminated")
+
+    for sig in previous:
+        signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _summary_writer(folder: Path, purge_step: int):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is a dependency; a broken install still trains, with the JSON log
+        logging.getLogger(LOGGER_NAME).warning("tensorboard is not importable: no TensorBoard scalars")
+        return None
+    # purge_step drops events a crashed run logged after its last checkpoint.
+    return SummaryWriter(str(folder), purge_step=purge_step if purge_step > 0 else None)
+
+
+class _NoBar:
+    def update(self, _n):
+        pass
+
+    def set_postfix(self, **_kwargs):
+        pass
+
+    def close(self):
+        pass
+
+
+def _progress_bar(total: int, initial: int, enabled: bool):
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)
+
+
+class _TqdmHandler(logging.Handler):
+    """Console log lines that do not tear the progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:
+            self.handleError(record)
+
+
+def _run_logger(path: Path) -> logging.Logger:
+    """The ``sst_fast.train`` logger writing to ``path`` (all records) and the console (INFO and up)."""
+    logger = _close_logger()
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    file_handler = logging.FileHandler(path)
+    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger.addHandler(file_handler)
+    console = _TqdmHandler(logging.INFO)
+    console.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(console)
+    return logger
+
+
+def _close_logger() -> logging.Logger:
+    """Detach (and close) the handlers of the ``sst_fast.train`` logger; returns the logger."""
+    logger = logging.getLogger(LOGGER_NAME)
+    for handler in list(logger.handlers):
+        handler.close()
+        logger.removeHandler(handler)
+    return logger
+
+
+def _percent(value) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}%"

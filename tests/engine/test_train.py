@@ -1,0 +1,199 @@
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from sst_fast import SST
+from sst_fast.data import open_dataset
+from sst_fast.data.episodes import holdout
+from sst_fast.engine.checkpoint import load_checkpoint, model_from_checkpoint
+from sst_fast.engine.runconfig import ConfigError
+from sst_fast.engine.train import Trainer, TrainingError, train
+
+from .tiny import TINY, tiny_config
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    """Two checkpoints hold bit-identical parameters, optimiser state, counters and RNG state."""
+    assert (a["step"], a["epoch"], a["batch_in_epoch"]) == (b["step"], b["epoch"], b["batch_in_epoch"])
+    assert a["model"].keys() == b["model"].keys()
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for index, state in a["optimizer"]["state"].items():
+        assert torch.equal(state["momentum_buffer"], b["optimizer"]["state"][index]["momentum_buffer"]), index
+    assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
+    assert a["best"] == b["best"]
+    assert a["history"] == b["history"]
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """The reference run: 2 epochs of 3 steps in one go."""
+    run_dir = tmp_path_factory.mktemp("straight")
+    result = train(tiny_config(), run_dir, progress=False)
+    return result, load_checkpoint(run_dir / "checkpoints" / "last.pt")
+
+
+def test_a_run_folder_holds_config_logs_scalars_checkpoints_and_curves(straight):
+    result, state = straight
+    run_dir = result.run_dir
+    assert result.status == "finished" and result.step == 6 and result.epoch == 2
+    for name in (
+        "config.yaml",
+        "version.json",
+        "train.log",
+        "metrics.jsonl",
+        "curves.png",
+        "validation/manifest.json",
+        "checkpoints/last.pt",
+        "checkpoints/best.pt",
+    ):
+        assert (run_dir / name).is_file(), name
+    assert any((run_dir / "tensorboard").iterdir())
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in records if "val_miou" in r] == [3, 6]
+    assert records == state["history"]
+    assert "sst_fast" in json.loads((run_dir / "version.json").read_text())["code_version"]
+
+
+def test_the_best_checkpoint_is_the_best_validation_step(straight):
+    result, state = straight
+    validations = [r for r in state["history"] if "val_miou" in r]
+    best = max(validations, key=lambda r: r["val_miou"])  # first of equal maxima, as training keeps it
+    assert result.best_step == best["step"] and result.best_miou == best["val_miou"]
+    assert load_checkpoint(result.best_checkpoint)["step"] == best["step"]
+
+
+def test_validation_uses_held_out_training_images_of_base_classes_only(straight):
+    result, _ = straight
+    manifest = json.loads((result.run_dir / "validation" / "manifest.json").read_text())
+    config = tiny_config()
+    dataset = open_dataset("synthetic", None, **config.data.options)
+    split = dataset.fold_split(0)
+    held = holdout(dataset.image_ids(split.train_split), config.data.val_fraction, "validation")
+    episodes = manifest["episodes"]
+    assert manifest["split"] == split.train_split
+    for episode in episodes:
+        assert episode["class_id"] in split.train_classes
+        assert {episode["query"], *episode["supports"]} <= held
+
+
+@pytest.mark.parametrize("stop_at", [2, 3, 4])  # mid-epoch, at an epoch's end (before validation), mid-epoch 2
+def test_stopping_and_resuming_equals_training_straight(straight, tmp_path, stop_at):
+    first = train(tiny_config(), tmp_path, max_steps=stop_at, progress=False)
+    assert first.status == "stopped" and first.step == stop_at
+    resumed = Trainer.resume(tmp_path, progress=False).fit()
+    assert resumed.status == "finished" and resumed.step == 6
+    assert_same_state(load_checkpoint(tmp_path / "checkpoints" / "last.pt"), straight[1])
+    # The log on disk is the same as well.
+    assert (tmp_path / "metrics.jsonl").read_text() == (straight[0].run_dir / "metrics.jsonl").read_text()
+
+
+def test_resume_drops_log_records_written_after_the_checkpoint(straight, tmp_path):
+    train(tiny_config(), tmp_path, max_steps=2, progress=False)
+    with open(tmp_path / "metrics.jsonl", "a") as file:  # a crash after step 2 had logged step 3
+        file.write(json.dumps({"step": 3, "epoch": 0, "loss": 123.0}) + "\n")
+    Trainer.resume(tmp_path, progress=False).fit()
+    assert (tmp_path / "metrics.jsonl").read_text() == (straight[0].run_dir / "metrics.jsonl").read_text()
+
+
+def test_resume_may_extend_training_but_not_change_it(tmp_path):
+    train(tiny_config(), tmp_path, progress=False)
+    with pytest.raises(ConfigError, match="optim.lr"):
+        Trainer.resume(tmp_path, ["optim.lr=0.1"], progress=False)
+    result = Trainer.resume(tmp_path, ["optim.epochs=3"], progress=False).fit()
+    assert result.step == 9 and result.epoch == 3
+    assert "epochs: 3" in (tmp_path / "config.yaml").read_text()
+
+
+def test_a_new_run_refuses_a_folder_that_holds_one(straight):
+    with pytest.raises(ConfigError, match="--resume"):
+        Trainer(tiny_config(), straight[0].run_dir, progress=False)
+
+
+def test_resume_needs_a_checkpoint(tmp_path):
+    with pytest.raises(ConfigError, match="last.pt"):
+        Trainer.resume(tmp_path, progress=False)
+
+
+def test_a_run_that_cannot_start_leaves_no_folder(tmp_path):
+    with pytest.raises(ValueError, match="fold"):
+        Trainer(tiny_config("data.fold=7"), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_diverging_loss_stops_with_a_clear_error(tmp_path):
+    with pytest.raises(TrainingError, match="optim.lr"):
+        train(tiny_config("optim.lr=1.0e+12", "optim.momentum=0"), tmp_path, progress=False)
+
+
+def test_adamw_poly_schedule_and_clipping_train(tmp_path):
+    config = tiny_config("optim.optimizer=adamw", "optim.lr=0.001", "optim.schedule=poly", "optim.grad_clip=1.0")
+    result = train(config, tmp_path, progress=False)
+    lrs = [r["lr"] for r in load_checkpoint(result.last_checkpoint)["history"] if "lr" in r]
+    assert lrs[0] == pytest.approx(0.001) and all(a > b for a, b in zip(lrs, lrs[1:], strict=False))
+
+
+def test_frozen_backbone_stays_unchanged(tmp_path):
+    result = train(tiny_config("model.freeze_backbone=true"), tmp_path, progress=False)
+    torch.manual_seed(0)  # the run's seed: the same initial weights
+    fresh = SST(tiny_config("model.freeze_backbone=true").model).state_dict()
+    trained = load_checkpoint(result.last_checkpoint)["model"]
+    for key, value in fresh.items():
+        if key.startswith("backbone."):
+            assert torch.equal(value, trained[key]), key
+        elif key == "embed.conv.weight":
+            assert not torch.equal(value, trained[key])
+
+
+def test_model_from_checkpoint_predicts_like_the_trained_model(straight):
+    model = model_from_checkpoint(straight[0].last_checkpoint)
+    assert not model.training and model.config.channels == 8
+    query = torch.randn(1, 3, 64, 64)
+    supports = torch.randn(1, 1, 3, 64, 64)
+    masks = torch.zeros(1, 1, 64, 64, dtype=torch.long)
+    masks[..., 10:40, 10:40] = 1
+    reference = model_from_checkpoint(straight[0].last_checkpoint, fast=False)
+    torch.testing.assert_close(model(query, supports, masks).logits, reference(query, supports, masks).logits)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_ctrl_c_checkpoints_after_the_step_and_resume_finishes_the_same_run(straight, tmp_path):
+    """A real process receives SIGINT during step 3: it finishes the step, writes a checkpoint and exits
+    130 without a traceback; resuming ends bit-identical to the uninterrupted run."""
+    run_dir = tmp_path / "run"
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        sys.path.insert(0, {os.getcwd()!r})
+        from tests.engine.tiny import tiny_config
+        from sst_fast.engine.train import Trainer
+
+        trainer = Trainer(tiny_config(), {str(run_dir)!r}, progress=False)
+        step = trainer.train_step
+        def interrupted_step(batch):
+            if trainer.step == 2:
+                os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C arrives while step 3 runs
+            return step(batch)
+        trainer.train_step = interrupted_step
+        result = trainer.fit()
+        sys.exit(130 if result.status == "interrupted" else 0)
+    """)
+    process = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert process.returncode == 130, process.stderr
+    assert "Traceback" not in process.stderr and "resume with" in process.stderr
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"] == 3
+    Trainer.resume(run_dir, progress=False).fit()
+    assert_same_state(load_checkpoint(run_dir / "checkpoints" / "last.pt"), straight[1])
+
+
+def test_training_config_knobs_are_named_in_errors():
+    with pytest.raises(ConfigError, match="optim.batch_size"):
+        tiny_config("optim.batch_size=0")
+    with pytest.raises(ConfigError, match="run.device"):
+        tiny_config("run.device=tpu")
+    assert "model.image_size=[64, 64]" in TINY
