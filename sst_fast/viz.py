@@ -1,0 +1,466 @@
+"""Figures of SST's predictions and training: mask overlays, the paper's Fig. 3 and Fig. 6, training curves.
+
+:func:`explain` runs one batch of episodes through the model's own stages and keeps what the paper's
+figures show: the query prediction before and after the self-supervised tuning, each support's
+self-segmentation with its IoU and fusion weight, and the gradient of the self-segmentation loss.
+The ``figure_*`` functions draw them (and training logs) into PNG files.
+
+matplotlib is imported lazily and only through ``Figure`` + ``FigureCanvasAgg``: no pyplot state, so
+drawing is thread-safe, never opens a window and does not depend on the session's backend.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import pathlib
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from .models.episode import check_episode
+from .models.functional import IGNORE_INDEX, downsample_mask, foreground_iou, fuse
+
+# Predictions in red, annotations (support masks, ground truth) in blue, so the two never get confused.
+PREDICTION_COLOR = (255, 40, 40)
+ANNOTATION_COLOR = (30, 144, 255)
+GRADIENT_CMAP = "magma"
+DPI = 100
+PANEL_INCHES = 2.2
+
+# figure_curves: training losses share one panel, the validation mIoU gets its own.
+TRAIN_KEYS = ("loss", "main_loss", "aux_loss")
+VAL_KEY = "val_miou"
+_LINESTYLES = {"loss": "-", "main_loss": "--", "aux_loss": ":"}
+
+
+# --- arrays and files ---------------------------------------------------------------------------
+
+
+def denormalize(images: torch.Tensor) -> np.ndarray:
+    """ImageNet-normalised float images [..., 3, H, W] -> uint8 [..., H, W, 3] (rounded, clipped to 0..255)."""
+    if isinstance(images, np.ndarray):
+        images = torch.from_numpy(images)
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images must be a torch.Tensor [..., 3, H, W], got {type(images).__name__}")
+    if images.dim() < 3 or images.shape[-3] != 3:
+        raise ValueError(f"images must be [..., 3, H, W] with 3 colour channels, got shape {list(images.shape)}")
+    if not images.is_floating_point():
+        raise ValueError(f"images must be floating point (normalised), got {images.dtype}")
+    x = images.detach().to("cpu", torch.float32)
+    mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
+    std = torch.tensor(IMAGENET_STD)[:, None, None]
+    # NaN would turn into an arbitrary byte: show it as black instead.
+    x = torch.nan_to_num((x * std + mean) * 255, nan=0.0).round_().clamp_(0, 255).to(torch.uint8)
+    return x.movedim(-3, -1).contiguous().numpy()
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, color=PREDICTION_COLOR, alpha: float = 0.5) -> np.ndarray:
+    """Blend ``color`` into the object pixels of ``image`` and draw the object's 1-px contour in full colour.
+
+    Args:
+        image: uint8 [H, W, 3].
+        mask: [H, W], bool or labels 0/1/255; only label 1 (True) is object, 255 (ignore) is not.
+        color: RGB, three integers in 0..255.
+        alpha: weight of ``color`` inside the object, in [0, 1].
+    Returns:
+        uint8 [H, W, 3], a new array.
+    """
+    _check_rgb(image, "image")
+    if isinstance(mask, torch.Tensor):
+        mask = mask.detach().cpu().numpy()
+    mask = np.asarray(mask)
+    if mask.ndim != 2 or mask.shape != image.shape[:2]:
+        raise ValueError(f"mask must be [H, W] = {list(image.shape[:2])} like image, got shape {list(mask.shape)}")
+    if mask.dtype == bool:
+        obj = mask
+    else:
+        if not np.isin(mask, (0, 1, IGNORE_INDEX)).all():
+            raise ValueError("mask must be bool or hold only 0 (background), 1 (object) and 255 (ignore)")
+        obj = mask == 1
+    rgb = _check_color(color)
+    if not (isinstance(alpha, (int, float)) and 0 <= alpha <= 1):
+        raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
+
+    out = image.astype(np.float32)
+    out[obj] = (1 - alpha) * out[obj] + alpha * rgb
+    # Contour = object pixels with a 4-neighbour outside the object. Edge padding: an object cut by the
+    # image border is not outlined along the border (it may well continue beyond the crop).
+    padded = np.pad(obj, 1, mode="edge")
+    interior = padded[1:-1, 1:-1] & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    out[obj & ~interior] = rgb
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def save_png(array: np.ndarray, path) -> pathlib.Path:
+    """Write uint8 [H, W] (grey) or [H, W, 3] (RGB) as a PNG; parents are created, the write is atomic."""
+    from PIL import Image
+
+    if not isinstance(array, np.ndarray):
+        raise TypeError(f"array must be a numpy array, got {type(array).__name__}")
+    if array.dtype != np.uint8:
+        raise ValueError(f"array must be uint8, got {array.dtype} (save binary masks as 0/255)")
+    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] == 3)) or 0 in array.shape:
+        raise ValueError(f"array must be a non-empty [H, W] or [H, W, 3] image, got shape {list(array.shape)}")
+    picture = Image.fromarray(np.ascontiguousarray(array))
+    return _atomic_write(path, lambda fh: picture.save(fh, format="PNG"))
+
+
+def _atomic_write(path, write: Callable) -> pathlib.Path:
+    """Write through a temporary file in the target's directory, then rename: readers never see half a file."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # open(..., "x") rather than mkstemp: the file gets the usual umask permissions, not 0600.
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(temporary, "xb") as fh:
+            write(fh)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return path
+
+
+# --- explain: everything Fig. 3 / Fig. 6 show, for a batch of episodes ---------------------------
+
+
+@dataclasses.dataclass(eq=False)  # numpy fields: element-wise == would make dataclass equality ambiguous
+class Explanation:
+    """One episode at the network input size: images, masks, predictions before/after tuning, gradient.
+
+    Supports are at their own input size (Hs, Ws), which is the query's unless the caller chose otherwise.
+    """
+
+    query: np.ndarray  # uint8 [H, W, 3]
+    query_mask: np.ndarray | None  # uint8 [H, W] labels 0/1/255, or None
+    supports: np.ndarray  # uint8 [K, Hs, Ws, 3]
+    support_masks: np.ndarray  # uint8 [K, Hs, Ws] labels 0/1/255
+    before: np.ndarray  # uint8 [H, W] {0,1}: prediction with the untuned prototypes p
+    after: np.ndarray  # uint8 [H, W] {0,1}: prediction with the tuned prototypes p' (the model's output)
+    support_predictions: np.ndarray  # uint8 [K, Hs, Ws] {0,1}: argmax of the self-segmentation Ssup
+    gradient: np.ndarray | None  # float32 [K, Hs, Ws] in [0, 1]: |dLsup/dRs| per shot; None with ssm=False
+    shot_weights: np.ndarray | None  # float32 [K] fusion weights; None for fusion="max"
+    support_iou: np.ndarray  # float32 [K] foreground IoU of each self-segmentation vs its mask
+
+    @property
+    def shots(self) -> int:
+        return int(self.supports.shape[0])
+
+
+def explain(
+    model,
+    query: torch.Tensor,
+    support_images: torch.Tensor,
+    support_masks: torch.Tensor,
+    query_mask: torch.Tensor | None = None,
+) -> list[Explanation]:
+    """Run the model's forward stage by stage and return one :class:`Explanation` per episode.
+
+    The forward is the model's (same stages, same batching), with the decoder run a second time on the
+    untuned prototypes, so ``after`` is exactly ``model(...).logits.argmax(1)`` in eval mode. The model is
+    put in eval mode for the call and every module's mode is restored afterwards.
+
+    Args:
+        model: an :class:`sst_fast.SST` or :class:`sst_fast.reference.SSTReference`.
+        query: [B, 3, H, W] normalised images.
+        support_images: [B, K, 3, Hs, Ws].
+        support_masks: [B, K, Hs, Ws], labels 0/1/255.
+        query_mask: [B, H, W] ground truth (only shown, never used by the model), or None.
+    """
+    missing = [
+        name for name in ("config", "encode", "tune", "relation", "shot_weights", "decoder") if not hasattr(model, name)
+    ]
+    if missing:
+        raise TypeError(f"model must be an SST / SSTReference, got {type(model).__name__} (no {', '.join(missing)})")
+    check_episode(query, support_images, support_masks, query_mask, like=next(model.parameters(), None))
+
+    # Restore each module's own flag rather than model.train(mode): a frozen backbone keeps BN in eval.
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():  # model.tune turns autograd back on for its inner gradient
+            return _explain(model, query, support_images, support_masks, query_mask)
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def _explain(model, query, support_images, support_masks, query_mask) -> list[Explanation]:
+    cfg = model.config
+    batch, shots = support_images.shape[:2]
+
+    # SSTReference.forward, stage by stage.
+    rq = model.encode(query)
+    rs = model.encode(support_images.flatten(0, 1))
+    labels = support_masks.flatten(0, 1).long()
+    mask = downsample_mask(labels, rs.shape[-2:], rs.dtype)
+    # Always tune: the figures need every support's self-segmentation, even where the model skips it.
+    tuning = model.tune(rs, mask, labels)
+    rq_per_shot = rq[:, None].expand(-1, shots, -1, -1, -1).flatten(0, 1)
+    # The model passes no tuning result when it did not run one (ssm off, no weighted K > 1 fusion).
+    weighted = cfg.fusion == "weighted" and shots > 1
+    weights = model.shot_weights(tuning if (cfg.ssm or weighted) else None, labels, batch, shots)
+
+    def predict(protos: torch.Tensor) -> torch.Tensor:
+        relations = model.relation(rq_per_shot, protos).unflatten(0, (batch, shots))
+        return model.decoder(fuse(relations, cfg.fusion, weights), query.shape[-2:]).argmax(1)
+
+    before = predict(tuning.prototypes)
+    after = predict(tuning.tuned_prototypes) if cfg.ssm else before
+
+    support_predictions = tuning.support_logits.argmax(1)  # [B*K, Hs, Ws]
+    support_iou = foreground_iou(support_predictions, labels).float()
+    gradient = None
+    if tuning.feature_gradient is not None:
+        norm = tuning.feature_gradient.float().norm(dim=1, keepdim=True)  # [B*K, 1, h, w]
+        norm = F.interpolate(norm, size=tuple(labels.shape[-2:]), mode="bilinear", align_corners=True)[:, 0]
+        # Per shot, divide by the maximum (not min-max): zero keeps meaning "no gradient here".
+        peak = norm.flatten(1).amax(1)[:, None, None]
+        gradient = torch.where(peak > 0, norm / peak.clamp_min(torch.finfo(norm.dtype).tiny), torch.zeros_like(norm))
+        gradient = gradient.clamp_(0, 1).unflatten(0, (batch, shots))
+
+    def numpy(tensor: torch.Tensor, dtype) -> np.ndarray:
+        return tensor.detach().cpu().numpy().astype(dtype)
+
+    queries, supports = denormalize(query), denormalize(support_images)
+    explanations = []
+    for b in range(batch):
+        shots_of_b = slice(b * shots, (b + 1) * shots)
+        explanations.append(
+            Explanation(
+                query=queries[b],
+                query_mask=None if query_mask is None else numpy(query_mask[b], np.uint8),
+                supports=supports[b],
+                support_masks=numpy(support_masks[b], np.uint8),
+                before=numpy(before[b], np.uint8),
+                after=numpy(after[b], np.uint8),
+                support_predictions=numpy(support_predictions[shots_of_b], np.uint8),
+                gradient=None if gradient is None else numpy(gradient[b], np.float32),
+                shot_weights=None if weights is None else numpy(weights[b], np.float32),
+                support_iou=numpy(support_iou[shots_of_b], np.float32),
+            )
+        )
+    return explanations
+
+
+# --- figures ----------------------------------------------------------------------------------------
+
+
+def figure_tuning(explanations: Sequence[Explanation], path, title: str | None = None) -> pathlib.Path:
+    """The paper's Fig. 3: per episode (first shot), support, query, truth, before/after tuning, gradient."""
+    explanations = _check_explanations(explanations)
+    columns = ("support + mask", "query", "ground truth", "before tuning", "after tuning", "gradient |dL/dRs|")
+    fig, axes = _new_figure(len(explanations), len(columns), title)
+    for row, ex in enumerate(explanations):
+        panels = axes[row]
+        panels[0].imshow(overlay(ex.supports[0], ex.support_masks[0], ANNOTATION_COLOR))
+        panels[1].imshow(ex.query)
+        if ex.query_mask is None:
+            _blank(panels[2])
+        else:
+            panels[2].imshow(overlay(ex.query, ex.query_mask, ANNOTATION_COLOR))
+        for ax, prediction in ((panels[3], ex.before), (panels[4], ex.after)):
+            ax.imshow(overlay(ex.query, prediction))
+            if ex.query_mask is not None:
+                _corner_text(ax, f"IoU {_iou(prediction, ex.query_mask):.2f}")
+        if ex.gradient is None:
+            _blank(panels[5])
+        else:
+            panels[5].imshow(ex.gradient[0], cmap=GRADIENT_CMAP, vmin=0.0, vmax=1.0)
+        if row == 0:
+            for ax, name in zip(panels, columns, strict=True):
+                ax.set_title(name, fontsize=9)
+    return _save_figure(fig, path)
+
+
+def figure_shots(explanation: Explanation, path, title: str | None = None) -> pathlib.Path:
+    """The paper's Fig. 6 for one K-shot episode: each support, its self-segmentation (IoU, weight), the query."""
+    (ex,) = _check_explanations([explanation], name="explanation")
+    fig, axes = _new_figure(2, ex.shots + 1, title)
+    for k in range(ex.shots):
+        axes[0][k].imshow(overlay(ex.supports[k], ex.support_masks[k], ANNOTATION_COLOR))
+        axes[0][k].set_title(f"support {k + 1}", fontsize=9)
+        axes[1][k].imshow(overlay(ex.supports[k], ex.support_predictions[k]))
+        caption = f"IoU {float(ex.support_iou[k]):.2f}"
+        if ex.shot_weights is not None:
+            caption += f"  w {float(ex.shot_weights[k]):.2f}"
+        axes[1][k].set_title(caption, fontsize=9)
+    last = ex.shots
+    if ex.query_mask is None:
+        axes[0][last].imshow(ex.query)
+        axes[0][last].set_title("query", fontsize=9)
+        axes[1][last].set_title("prediction", fontsize=9)
+    else:
+        axes[0][last].imshow(overlay(ex.query, ex.query_mask, ANNOTATION_COLOR))
+        axes[0][last].set_title("query + ground truth", fontsize=9)
+        axes[1][last].set_title(f"prediction  IoU {_iou(ex.after, ex.query_mask):.2f}", fontsize=9)
+    axes[1][last].imshow(overlay(ex.query, ex.after))
+    return _save_figure(fig, path)
+
+
+def figure_curves(
+    history: Sequence[dict] | Mapping[str, Sequence[dict]], path, title: str | None = None
+) -> pathlib.Path:
+    """Training curves: losses against step (one panel), validation mIoU with markers (a second panel).
+
+    ``history`` is a training log (a list of dicts with ``"step"`` and any of ``loss``, ``main_loss``,
+    ``aux_loss``, ``val_miou``; other records are ignored) or a dict ``{run_name: log}``, one line per run.
+    Returns the path of the PNG.
+    """
+    runs = _parse_history(history)
+    train_keys = [key for key in TRAIN_KEYS if any(key in series for series in runs.values())]
+    has_val = any(VAL_KEY in series for series in runs.values())
+    named = list(runs) != [""]  # a plain list is one unnamed run: label its lines by metric only
+
+    fig, axes = _new_figure(1, bool(train_keys) + has_val, title, panel=(5.0, 3.6), axis=True)
+    panels = list(axes[0])
+    if train_keys:
+        ax = panels.pop(0)
+        for index, (run, series) in enumerate(runs.items()):
+            for key in train_keys:
+                if key in series:
+                    steps, values = series[key]
+                    label = f"{run} {key}" if named else key
+                    ax.plot(steps, values, color=f"C{index % 10}", linestyle=_LINESTYLES[key], label=label)
+        _decorate(ax, "training loss", "loss")
+    if has_val:
+        ax = panels.pop(0)
+        for index, (run, series) in enumerate(runs.items()):
+            if VAL_KEY in series:
+                steps, values = series[VAL_KEY]
+                ax.plot(steps, values, color=f"C{index % 10}", marker="o", label=run if named else "val mIoU")
+        _decorate(ax, "validation", "mIoU")
+    return _save_figure(fig, path)
+
+
+def _parse_history(history) -> dict[str, dict[str, tuple[list[float], list[float]]]]:
+    """-> {run: {metric: (steps, values)}}, points sorted by step; ValueError when nothing is plottable."""
+    if isinstance(history, Mapping):
+        runs = {str(name): (f"history[{name!r}]", records) for name, records in history.items()}
+    elif isinstance(history, (str, bytes)) or not isinstance(history, Sequence):
+        raise TypeError(f"history must be a list of records or a dict of runs, got {type(history).__name__}")
+    else:
+        runs = {"": ("history", history)}
+    parsed = {}
+    for run, (where, records) in runs.items():
+        if isinstance(records, (str, bytes, Mapping)) or not isinstance(records, Sequence):
+            raise TypeError(f"{where} must be a list of records (dicts), got {type(records).__name__}")
+        points: dict[str, list[tuple[float, float]]] = {}
+        for i, record in enumerate(records):
+            if not isinstance(record, Mapping):
+                raise TypeError(f"{where}[{i}] must be a dict, got {type(record).__name__}")
+            metrics = [key for key in (*TRAIN_KEYS, VAL_KEY) if record.get(key) is not None]
+            if not metrics:
+                continue  # other events of the log (start, checkpoint, ...)
+            if record.get("step") is None:
+                raise ValueError(f"{where}[{i}]: a record with {metrics} needs a 'step'")
+            step = _number(record["step"], f"{where}[{i}]['step']")
+            for key in metrics:
+                value = _number(record[key], f"{where}[{i}][{key!r}]")
+                # A diverged loss shows as a gap rather than wrecking the axis limits.
+                points.setdefault(key, []).append((step, value if math.isfinite(value) else math.nan))
+        if points:
+            parsed[run] = {
+                key: tuple(map(list, zip(*sorted(pairs, key=lambda pair: pair[0]), strict=True)))
+                for key, pairs in points.items()
+            }
+    if not parsed:
+        raise ValueError("history: no training records to plot")
+    return parsed
+
+
+def _number(value, name: str) -> float:
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    return float(value)
+
+
+# --- drawing helpers --------------------------------------------------------------------------------
+
+
+def _new_figure(rows: int, cols: int, title: str | None, panel=(PANEL_INCHES, PANEL_INCHES), axis: bool = False):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    width, height = panel
+    fig = Figure(figsize=(cols * width, rows * height + (0.4 if title else 0.0)), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)  # attaches itself as fig.canvas: renders off-screen, no pyplot involved
+    axes = fig.subplots(rows, cols, squeeze=False)
+    if not axis:
+        for ax in axes.flat:
+            ax.set_axis_off()
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return fig, axes
+
+
+def _save_figure(fig, path) -> pathlib.Path:
+    try:
+        return _atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=DPI))
+    finally:
+        fig.clear()  # no pyplot registry to close it from; drop the artists so memory goes at once
+
+
+def _blank(ax, text: str = "n/a") -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=10, color="0.4", transform=ax.transAxes)
+
+
+def _corner_text(ax, text: str) -> None:
+    ax.text(
+        0.02,
+        0.03,
+        text,
+        ha="left",
+        va="bottom",
+        fontsize=7,
+        color="white",
+        transform=ax.transAxes,
+        bbox={"facecolor": "black", "alpha": 0.6, "pad": 1.5, "linewidth": 0},
+    )
+
+
+def _decorate(ax, title: str, ylabel: str) -> None:
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def _iou(prediction: np.ndarray, labels: np.ndarray) -> float:
+    """Foreground IoU like :func:`sst_fast.models.functional.foreground_iou`, for one numpy mask."""
+    return float(foreground_iou(torch.from_numpy(prediction[None]), torch.from_numpy(labels[None]))[0])
+
+
+def _check_explanations(explanations, name: str = "explanations") -> list[Explanation]:
+    if isinstance(explanations, Explanation):
+        explanations = [explanations]
+    if not isinstance(explanations, Sequence) or len(explanations) == 0:
+        raise ValueError(f"{name}: expected a non-empty list of Explanation (from sst_fast.viz.explain)")
+    for i, ex in enumerate(explanations):
+        if not isinstance(ex, Explanation):
+            where = name if name == "explanation" else f"{name}[{i}]"
+            raise TypeError(f"{where} must be an Explanation (from sst_fast.viz.explain), got {type(ex).__name__}")
+    return list(explanations)
+
+
+def _check_rgb(image, name: str) -> None:
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array [H, W, 3], got {type(image).__name__}")
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"{name} must be uint8 [H, W, 3], got {image.dtype} with shape {list(image.shape)}")
+
+
+def _check_color(color) -> np.ndarray:
+    values = np.asarray(color)
+    if values.shape != (3,) or not np.issubdtype(values.dtype, np.number) or values.min() < 0 or values.max() > 255:
+        raise ValueError(f"color must be three numbers in 0..255 (RGB), got {color!r}")
+    return values.astype(np.float32)

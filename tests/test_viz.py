@@ -1,0 +1,278 @@
+"""sst_fast.viz: explain (before/after tuning, self-segmentation, gradient), overlays, PNG files, figures."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import sst_fast
+from sst_fast import viz
+from sst_fast.data.transforms import normalize
+from sst_fast.models.functional import foreground_iou
+from tests.conftest import balance_classifier
+from tests.models.helpers import episode, tiny_config
+
+
+def _model(**overrides):
+    return sst_fast.SST(tiny_config(dropout=0.0, **overrides))
+
+
+def _png(path, min_size=(100, 100)):
+    """Open a written PNG and check it is a real, non-trivial image."""
+    with Image.open(path) as picture:
+        picture.load()
+        assert picture.format == "PNG"
+        assert picture.width >= min_size[0] and picture.height >= min_size[1]
+        return picture.size
+
+
+@pytest.fixture(scope="module")
+def explained():
+    """One K=3 batch with ssm on (gradient, weights) and one K=1 batch with ssm off and no ground truth."""
+    torch.manual_seed(0)
+    model = _model(fusion="weighted")
+    query, supports, masks, query_mask = episode(batch=2, shots=3)
+    balance_classifier(model, query, supports, masks)
+    tuned = viz.explain(model, query, supports, masks, query_mask)
+    model = _model(ssm=False)
+    query, supports, masks, _ = episode(batch=1, shots=1, seed=1)
+    plain = viz.explain(model, query, supports, masks)
+    return tuned, plain
+
+
+# --- explain ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ssm,fusion,shots", list(itertools.product((True, False), sst_fast.config.FUSIONS, (1, 3))))
+def test_explain_after_is_the_models_prediction(ssm, fusion, shots):
+    model = _model(ssm=ssm, fusion=fusion)
+    query, supports, masks, query_mask = episode(batch=2, shots=shots)
+    balance_classifier(model, query, supports, masks)
+    model.eval()
+    with torch.no_grad():
+        out = model(query, supports, masks)
+    explanations = viz.explain(model, query, supports, masks, query_mask)
+
+    assert len(explanations) == 2
+    prediction = out.logits.argmax(1).numpy()
+    for b, ex in enumerate(explanations):
+        np.testing.assert_array_equal(ex.after, prediction[b])
+        if not ssm:
+            np.testing.assert_array_equal(ex.before, ex.after)
+        assert (ex.gradient is None) == (not ssm)
+        assert (ex.shot_weights is None) == (fusion == "max")
+        if out.shot_weights is not None:
+            np.testing.assert_array_equal(ex.shot_weights, out.shot_weights[b].numpy())
+        if out.support_logits is not None:
+            np.testing.assert_array_equal(ex.support_predictions, out.support_logits[b].argmax(1).numpy())
+        expected_iou = foreground_iou(torch.from_numpy(ex.support_predictions), masks[b].long())
+        np.testing.assert_allclose(ex.support_iou, expected_iou.numpy(), rtol=0, atol=1e-7)
+
+
+def test_explain_shapes_and_dtypes_with_other_support_size():
+    model = _model()
+    query, supports, masks, query_mask = episode(batch=2, shots=2, size=32, support_size=24)
+    ex = viz.explain(model, query, supports, masks, query_mask)[1]
+    expected = {
+        "query": ((32, 32, 3), np.uint8),
+        "query_mask": ((32, 32), np.uint8),
+        "supports": ((2, 24, 24, 3), np.uint8),
+        "support_masks": ((2, 24, 24), np.uint8),
+        "before": ((32, 32), np.uint8),
+        "after": ((32, 32), np.uint8),
+        "support_predictions": ((2, 24, 24), np.uint8),
+        "gradient": ((2, 24, 24), np.float32),
+        "shot_weights": ((2,), np.float32),
+        "support_iou": ((2,), np.float32),
+    }
+    for name, (shape, dtype) in expected.items():
+        value = getattr(ex, name)
+        assert value.shape == shape and value.dtype == dtype, name
+    assert ex.shots == 2
+    assert set(np.unique(ex.after)) <= {0, 1} and set(np.unique(ex.support_predictions)) <= {0, 1}
+    np.testing.assert_array_equal(ex.support_masks, masks[1].numpy())
+    np.testing.assert_array_equal(ex.query_mask, query_mask[1].numpy())
+    np.testing.assert_array_equal(ex.query, viz.denormalize(query[1]))
+    # Gradient magnitudes, scaled per shot so that each shot's peak is 1.
+    assert ex.gradient.min() >= 0
+    np.testing.assert_allclose(ex.gradient.reshape(2, -1).max(1), 1.0, rtol=0, atol=1e-6)
+    assert np.isclose(ex.shot_weights.sum(), 1.0)
+
+
+def test_tuning_changes_the_prediction_with_a_large_step():
+    changed = []
+    for seed in range(4):
+        torch.manual_seed(seed)
+        model = _model(tune_step=1e4)
+        query, supports, masks, _ = episode(batch=2, shots=1, seed=seed)
+        balance_classifier(model, query, supports, masks)
+        changed += [(ex.before != ex.after).any() for ex in viz.explain(model, query, supports, masks)]
+        if any(changed):
+            break
+    assert any(changed)
+
+
+def test_explain_restores_each_modules_mode_and_leaves_no_graph():
+    model = _model(freeze_backbone=True)
+    model.train()
+    modes = {name: module.training for name, module in model.named_modules()}
+    assert not all(modes.values())  # the frozen backbone keeps its BatchNorm in eval
+    query, supports, masks, _ = episode(batch=1, shots=2)
+    viz.explain(model, query, supports, masks)
+    assert {name: module.training for name, module in model.named_modules()} == modes
+    assert all(p.grad is None for p in model.parameters())
+
+    model.eval()
+    viz.explain(model, query, supports, masks)
+    assert not any(module.training for module in model.modules())
+
+
+def test_explain_rejects_bad_input():
+    model = _model()
+    query, supports, masks, query_mask = episode(batch=2, shots=1)
+    with pytest.raises(ValueError, match="support_masks"):
+        viz.explain(model, query, supports, masks[:, :, :16])
+    with pytest.raises(ValueError, match="query_mask"):
+        viz.explain(model, query, supports, masks, query_mask[:1])
+    with pytest.raises(ValueError, match="support_images"):
+        viz.explain(model, query, supports[:1], masks)
+    with pytest.raises(TypeError, match="model"):
+        viz.explain(torch.nn.Linear(2, 2), query, supports, masks)
+
+
+# --- arrays and files -------------------------------------------------------------------------------
+
+
+def test_denormalize_round_trip():
+    pixels = torch.arange(256, dtype=torch.uint8).repeat(3, 4, 1)  # every level in every channel
+    images = torch.stack([pixels, pixels.flip(-1)])  # [2, 3, 4, 256]
+    restored = viz.denormalize(normalize(images.float() / 255))
+    assert restored.dtype == np.uint8 and restored.shape == (2, 4, 256, 3)
+    difference = np.abs(restored.astype(int) - images.permute(0, 2, 3, 1).numpy().astype(int))
+    assert difference.max() <= 1
+    # Out-of-range values are clipped, not wrapped.
+    assert viz.denormalize(torch.full((3, 2, 2), 50.0)).min() == 255
+    assert viz.denormalize(torch.full((3, 2, 2), -50.0)).max() == 0
+    with pytest.raises(ValueError, match="images"):
+        viz.denormalize(torch.zeros(4, 8, 8))
+    with pytest.raises(ValueError, match="images"):
+        viz.denormalize(torch.zeros(3, 8, 8, dtype=torch.uint8))
+
+
+def test_overlay_colours_object_contour_background_and_ignore():
+    image = np.full((10, 10, 3), 100, np.uint8)
+    mask = np.zeros((10, 10), np.uint8)
+    mask[2:8, 2:8] = 1
+    mask[0, 0:3] = 255
+    color = (200, 0, 50)
+    out = viz.overlay(image, mask, color=color, alpha=0.5)
+    assert out.dtype == np.uint8 and out.shape == image.shape
+    np.testing.assert_array_equal(out[4, 4], [150, 50, 75])  # inside: blended
+    for contour in ((2, 4), (7, 5), (4, 2), (5, 7), (2, 2)):
+        np.testing.assert_array_equal(out[contour], color)  # the 1-px outline in full colour
+    np.testing.assert_array_equal(out[0, 0:3], image[0, 0:3])  # ignore is not object
+    np.testing.assert_array_equal(out[9, 9], image[9, 9])  # background untouched
+    assert (image == 100).all()  # the input is not modified
+    # bool masks mean the same; an object filling the image has no outline along the image border.
+    np.testing.assert_array_equal(viz.overlay(image, mask == 1, color=color), out)
+    full = viz.overlay(image, np.ones((10, 10), bool), color=color, alpha=0.5)
+    assert (full == [150, 50, 75]).all()
+
+
+def test_overlay_rejects_bad_input():
+    image = np.zeros((8, 8, 3), np.uint8)
+    with pytest.raises(ValueError, match="mask"):
+        viz.overlay(image, np.zeros((8, 9), np.uint8))
+    with pytest.raises(ValueError, match="mask"):
+        viz.overlay(image, np.full((8, 8), 7, np.uint8))
+    with pytest.raises(ValueError, match="image"):
+        viz.overlay(np.zeros((8, 8, 3), np.float32), np.zeros((8, 8), np.uint8))
+    with pytest.raises(ValueError, match="image"):
+        viz.overlay(np.zeros((8, 8)), np.zeros((8, 8), np.uint8))
+    with pytest.raises(ValueError, match="alpha"):
+        viz.overlay(image, np.zeros((8, 8), np.uint8), alpha=1.5)
+    with pytest.raises(ValueError, match="color"):
+        viz.overlay(image, np.zeros((8, 8), np.uint8), color=(0, 300, 0))
+
+
+def test_save_png_round_trip_atomic(tmp_path):
+    rgb = np.random.default_rng(0).integers(0, 256, (7, 9, 3), dtype=np.uint8)
+    grey = (rgb[:, :, 0] > 127).astype(np.uint8) * 255
+    for array in (rgb, grey):
+        path = viz.save_png(array, tmp_path / "a" / "b" / "out.png")
+        assert path == tmp_path / "a" / "b" / "out.png"
+        np.testing.assert_array_equal(np.array(Image.open(path)), array)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["out.png"]  # no temporary file left
+    for bad in (rgb.astype(np.float32), rgb[:, :, :2], np.zeros((0, 4), np.uint8)):
+        with pytest.raises(ValueError, match="array"):
+            viz.save_png(bad, tmp_path / "bad.png")
+    assert not (tmp_path / "bad.png").exists()
+
+
+# --- figures ----------------------------------------------------------------------------------------
+
+
+def test_figure_tuning_writes_a_png(explained, tmp_path):
+    tuned, plain = explained
+    path = viz.figure_tuning(tuned, tmp_path / "figs" / "tuning.png", title="Fig. 3")
+    _, height = _png(path, min_size=(600, 250))
+    # ssm off and no ground truth: the 'n/a' panels; a single Explanation is accepted too.
+    assert _png(viz.figure_tuning(plain[0], tmp_path / "plain.png"))[0] >= 600
+    assert height > _png(tmp_path / "plain.png")[1]  # two rows are taller than one
+    assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == ["tuning.png"]
+
+
+def test_figure_shots_writes_a_png(explained, tmp_path):
+    tuned, plain = explained
+    width, _ = _png(viz.figure_shots(tuned[0], tmp_path / "shots.png", title="Fig. 6"), min_size=(400, 250))
+    assert width > _png(viz.figure_shots(plain[0], tmp_path / "one.png"), min_size=(200, 250))[0]
+
+
+def test_figures_reject_bad_input(explained, tmp_path):
+    with pytest.raises(ValueError, match="explanations"):
+        viz.figure_tuning([], tmp_path / "x.png")
+    with pytest.raises(TypeError, match=r"explanations\[1\]"):
+        viz.figure_tuning([explained[0][0], "nope"], tmp_path / "x.png")
+    with pytest.raises(TypeError, match="explanation"):
+        viz.figure_shots(explained[0], tmp_path / "x.png")
+    assert not (tmp_path / "x.png").exists()
+
+
+def _log(steps=20, scale=1.0, every=5):
+    records = [{"event": "start"}]
+    for step in range(1, steps + 1):
+        records.append({"step": step, "loss": scale / step, "main_loss": 0.6 * scale / step, "aux_loss": 0.4 / step})
+        if step % every == 0:
+            records.append({"step": step, "val_miou": step / (2 * steps)})
+    return records
+
+
+def test_figure_curves_single_run_and_several(tmp_path):
+    one = _png(viz.figure_curves(_log(), tmp_path / "one.png", title="run"), min_size=(400, 200))
+    runs = {"ssm": _log(), "no ssm": _log(scale=2.0), "train only": [{"step": 1, "loss": 1.0}]}
+    several = _png(viz.figure_curves(runs, tmp_path / "runs.png"), min_size=(400, 200))
+    assert one[0] == several[0]  # two panels each
+    # Only training losses (one missing key, a NaN): one panel, narrower.
+    losses = [{"step": 1, "loss": 1.0}, {"step": 2, "loss": float("nan")}, {"step": 3, "loss": 0.5, "aux_loss": 0.1}]
+    assert _png(viz.figure_curves(losses, tmp_path / "loss.png"), min_size=(300, 200))[0] < one[0]
+    # Only validation records.
+    _png(viz.figure_curves([{"step": 5, "val_miou": 0.4}], tmp_path / "val.png"), min_size=(300, 200))
+
+
+def test_figure_curves_rejects_bad_input(tmp_path):
+    for empty in ([], {}, [{"event": "start"}, {"step": 3}], {"a": []}):
+        with pytest.raises(ValueError, match="history: no training records to plot"):
+            viz.figure_curves(empty, tmp_path / "x.png")
+    with pytest.raises(ValueError, match="step"):
+        viz.figure_curves([{"loss": 1.0}], tmp_path / "x.png")
+    with pytest.raises(ValueError, match=r"history\[0\]\['loss'\]"):
+        viz.figure_curves([{"step": 1, "loss": "high"}], tmp_path / "x.png")
+    with pytest.raises(TypeError, match="history"):
+        viz.figure_curves("log.jsonl", tmp_path / "x.png")
+    with pytest.raises(TypeError, match=r"history\['a'\]\[0\]"):
+        viz.figure_curves({"a": [3]}, tmp_path / "x.png")
+    assert not (tmp_path / "x.png").exists()
