@@ -1,0 +1,404 @@
+"""``sst-fast``: train, evaluate, predict, run the demo and the ablations, show what is installed.
+
+Every failure a user can cause (a missing data folder, a wrong fold, an unknown backbone, an
+unreadable checkpoint, a bad override) ends in one line on stderr and a non-zero exit, never a
+traceback; ``SST_FAST_DEBUG=1`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        # argparse prints the whole usage block; one line with a pointer to --help reads better.
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="sst-fast", description="SST few-shot segmentation: train, evaluate, predict.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
+
+    train = commands.add_parser(
+        "train",
+        help="episodic training on the base classes of a fold",
+        description="Train SST. The configuration is a YAML file or a packaged name "
+        "(pascal, coco, fss, synthetic), then KEY=VALUE overrides, e.g. optim.lr=0.001 "
+        "data.fold=1 model.ssm=false.",
+    )
+    train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="configuration overrides (section.key=value)")
+    train.add_argument("--config", "-c", help="YAML file or packaged configuration name (default: built-in defaults)")
+    train.add_argument("--run-dir", type=Path, help="the run folder (default: runs/<dataset>-fold<fold>-<time>)")
+    train.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR exactly")
+    train.add_argument("--max-steps", type=int, help="stop (resumably) after this global step")
+    train.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
+    _progress_flag(train)
+    train.set_defaults(handler=_train)
+
+    evaluate = commands.add_parser(
+        "eval",
+        help="evaluate a checkpoint on the novel classes of a fold",
+        description="Evaluate a checkpoint (a .pt file or a run folder: its best "
+        "checkpoint). Data set and fold default to the checkpoint's training run.",
+    )
+    evaluate.add_argument("checkpoint", type=Path)
+    evaluate.add_argument("--dataset", help="pascal, coco, fss or synthetic")
+    evaluate.add_argument("--root", help="the data folder")
+    evaluate.add_argument("--fold", help="the fold (0-3; FSS-1000: test or val)")
+    evaluate.add_argument("--shots", type=int, default=1)
+    evaluate.add_argument("--episodes", type=int, default=1000)
+    evaluate.add_argument("--seeds", type=int, nargs="+", default=[0])
+    evaluate.add_argument("--manifest", type=Path, nargs="+", help="replay the episodes of these manifests")
+    evaluate.add_argument("--original-size", action="store_true", help="score at each label's own size")
+    evaluate.add_argument("--fusion", choices=("weighted", "average", "max"), help="K-shot fusion (default: trained)")
+    evaluate.add_argument("--size", type=int, nargs="+", help="network input size H [W] (default: trained)")
+    evaluate.add_argument("--batch-size", type=int, default=8)
+    evaluate.add_argument("--workers", type=int, default=0)
+    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--reference", action="store_true", help="run the plain-PyTorch reference model")
+    evaluate.add_argument("--out", type=Path, help="output folder (default: beside the checkpoint's run)")
+    _progress_flag(evaluate)
+    evaluate.set_defaults(handler=_eval)
+
+    predict = commands.add_parser("predict", help="segment a query image given annotated support images")
+    predict.add_argument("checkpoint", type=Path)
+    predict.add_argument("--query", type=Path, required=True, help="the image to segment")
+    predict.add_argument("--support", type=Path, nargs="+", required=True, help="K support images")
+    predict.add_argument(
+        "--mask",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="their masks (PNG): 0/1/255 (255 ignore), or 0/255 or 0/N binary, or with --class-id",
+    )
+    predict.add_argument("--class-id", type=int, help="the label in the masks that marks the object")
+    predict.add_argument("--out", type=Path, default=Path("prediction"), help="output folder (default: prediction)")
+    predict.add_argument("--size", type=int, nargs="+", help="network input size H [W] (default: trained)")
+    predict.add_argument("--figure", action="store_true", help="also draw the tuning figure (paper Fig. 3/6)")
+    predict.add_argument("--device", default="auto")
+    predict.set_defaults(handler=_predict)
+
+    demo = commands.add_parser("demo", help="train SST and its baseline on the synthetic data set; write a report")
+    demo.add_argument("--out", type=Path, default=Path("runs/demo"))
+    demo.add_argument("--quick", action="store_true", help="a smoke test in seconds (numbers meaningless)")
+    demo.add_argument("--episodes", type=int, help="evaluation episodes per seed (default 1000)")
+    demo.add_argument("--seeds", type=int, nargs="+", help="evaluation seeds (default 0 1 2)")
+    demo.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides of the synthetic configuration")
+    _progress_flag(demo)
+    demo.set_defaults(handler=_demo)
+
+    ablation = commands.add_parser("ablation", help="the paper's Table 1 and Table 2 as one command")
+    ablation.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    ablation.add_argument("--config", "-c", default="synthetic")
+    ablation.add_argument("--out", type=Path, required=True)
+    ablation.add_argument("--episodes", type=int, default=1000)
+    ablation.add_argument("--seeds", type=int, nargs="+", default=[0])
+    _progress_flag(ablation)
+    ablation.set_defaults(handler=_ablation)
+
+    info = commands.add_parser("info", help="versions, built op backends, devices")
+    info.set_defaults(handler=_info)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from .data import DataError
+    from .engine.checkpoint import CheckpointError
+    from .engine.demo import DemoInterrupted
+    from .engine.runconfig import ConfigError
+    from .engine.train import TrainingError
+
+    user_errors = (ConfigError, CheckpointError, DataError, TrainingError, ValueError, TypeError, OSError)
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:
+        print(f"sst-fast {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except DemoInterrupted as error:
+        print(f"sst-fast {args.command}: {error}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except user_errors as error:
+        if os.environ.get("SST_FAST_DEBUG"):
+            raise
+        print(f"sst-fast {args.command}: error: {_one_line(error)}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+# --- subcommands --------------------------------------------------------------------------------
+
+
+def _train(args) -> int:
+    from .engine.runconfig import load_run_config
+    from .engine.train import Trainer
+
+    if args.resume is not None:
+        if args.config is not None or args.run_dir is not None:
+            raise ValueError("--resume continues a run with its own configuration: drop --config/--run-dir")
+        trainer = Trainer.resume(args.resume, args.overrides, progress=args.progress)
+    else:
+        config = load_run_config(args.config, args.overrides)
+        if args.print_config:
+            print(config.to_yaml(), end="")
+            return 0
+        run_dir = args.run_dir or _default_run_dir(config)
+        trainer = Trainer(config, run_dir, progress=args.progress)
+    result = trainer.fit(max_steps=args.max_steps)
+    print(f"{result.status} at step {result.step}; run folder {result.run_dir}")
+    return EXIT_INTERRUPTED if result.status == "interrupted" else 0
+
+
+def _eval(args) -> int:
+    from .config import as_size
+    from .data import EpisodeManifest, open_dataset
+    from .engine.checkpoint import load_checkpoint, model_from_checkpoint
+    from .engine.evaluate import evaluate
+    from .engine.train import _resolve_device
+
+    state = load_checkpoint(args.checkpoint)
+    trained = state["config"]["data"]
+    dataset_name = args.dataset or trained["dataset"]
+    same_data = dataset_name == trained["dataset"]
+    root = args.root if args.root is not None else (trained.get("root") if same_data else None)
+    options = dict(trained.get("options") or {}) if same_data else {}
+    fold = _fold(args.fold) if args.fold is not None else trained["fold"]
+    overrides = {"fusion": args.fusion} if args.fusion else {}
+    model = model_from_checkpoint(state, device=_resolve_device(args.device), fast=not args.reference, **overrides)
+    size = (
+        as_size(args.size[0] if args.size and len(args.size) == 1 else args.size, "--size")
+        if args.size
+        else model.config.image_size
+    )
+    dataset = open_dataset(dataset_name, root, **options)
+    manifests = [EpisodeManifest.load(path) for path in args.manifest] if args.manifest else None
+    result = evaluate(
+        model,
+        dataset,
+        fold,
+        shots=args.shots,
+        episodes=args.episodes,
+        seeds=args.seeds,
+        size=size,
+        original_size=args.original_size,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        manifests=manifests,
+        checkpoint=state["path"],
+        progress=args.progress,
+    )
+    out = args.out or _default_eval_dir(Path(state["path"]), dataset_name, fold, result.card.shots)
+    metrics = result.save(out)
+    print(result.card)
+    print()
+    print(result.table(dataset.class_names))
+    print()
+    for manifest in result.manifests:
+        print(f"manifest seed {manifest.seed}: sha256 {manifest.sha256}")
+    print(f"results: {metrics}")
+    return 0
+
+
+def _predict(args) -> int:
+    import numpy as np
+
+    from . import viz
+    from .config import as_size
+    from .engine.checkpoint import model_from_checkpoint
+    from .engine.train import _resolve_device
+    from .predict import predict
+
+    if len(args.mask) != len(args.support):
+        raise ValueError(f"--mask: one mask per support image ({len(args.support)}), got {len(args.mask)}")
+    model = model_from_checkpoint(args.checkpoint, device=_resolve_device(args.device))
+    size = (
+        as_size(args.size[0] if len(args.size) == 1 else args.size, "--size") if args.size else model.config.image_size
+    )
+    query = _read_image(args.query, "--query")
+    supports = [_read_image(path, "--support") for path in args.support]
+    masks = [read_mask(path, args.class_id) for path in args.mask]
+    for path, image, mask in zip(args.mask, supports, masks, strict=True):
+        if mask.shape != image.shape[:2]:
+            raise ValueError(
+                f"--mask {path} is {mask.shape[1]}x{mask.shape[0]} but its support image is "
+                f"{image.shape[1]}x{image.shape[0]}"
+            )
+    prediction = predict(model, query, supports, masks, image_size=size)
+    mask_path = viz.save_png(prediction * np.uint8(255), args.out / "mask.png")
+    overlay_path = viz.save_png(viz.overlay(query, prediction), args.out / "overlay.png")
+    print(f"mask: {mask_path}\noverlay: {overlay_path}")
+    print(f"object pixels: {int(prediction.sum())} of {prediction.size} ({100 * prediction.mean():.1f}%)")
+    if args.figure:
+        figure = _prediction_figure(model, query, supports, masks, size, args.out)
+        print(f"figure: {figure}")
+    return 0
+
+
+def _demo(args) -> int:
+    from .engine.demo import demo
+
+    demo(
+        args.out,
+        quick=args.quick,
+        overrides=args.overrides,
+        episodes=args.episodes,
+        seeds=args.seeds,
+        progress=args.progress,
+    )
+    return 0
+
+
+def _ablation(args) -> int:
+    from .engine.experiments import ablation
+    from .engine.runconfig import load_run_config
+
+    config = load_run_config(args.config, args.overrides)
+    report = ablation(config, args.out, episodes=args.episodes, seeds=args.seeds, progress=args.progress)
+    print(report.read_text())
+    return 0
+
+
+def _info(_args) -> int:
+    import platform
+
+    import numpy
+    import torch
+
+    from . import ops
+    from .protocol import code_version
+
+    print(f"sst_fast   {code_version()}")
+    print(f"python     {platform.python_version()} ({platform.platform()})")
+    print(f"torch      {torch.__version__} (CUDA {torch.version.cuda or 'none'})")
+    print(f"numpy      {numpy.__version__}")
+    print(f"op backends built: {', '.join(ops.backends())}; in use: {ops.current_backend()}")
+    print(f"cpu threads: {torch.get_num_threads()}")
+    if torch.cuda.is_available():
+        for index in range(torch.cuda.device_count()):
+            properties = torch.cuda.get_device_properties(index)
+            print(
+                f"cuda:{index}     {properties.name}, {properties.total_memory / 2**30:.0f} GiB, "
+                f"sm_{properties.major}{properties.minor}"
+            )
+    else:
+        print("device     cpu (no CUDA device)")
+    return 0
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def read_mask(path: Path, class_id: int | None = None):
+    """A support mask file -> uint8 [H, W] labels 0/1/255.
+
+    With ``class_id``: pixels of that label are the object, 255 stays ignore, everything else is
+    background (a VOC class-label PNG). Without: 0/1/255 masks are taken as they are; a mask with one
+    non-zero value (0/255 or 0/N, as image editors save them) marks the object with that value.
+    """
+    import numpy as np
+
+    array = _read_single_channel(path)
+    if class_id is not None:
+        labels = np.where(array == class_id, 1, np.where(array == 255, 255, 0)).astype(np.uint8)
+        if not (labels == 1).any():
+            raise ValueError(f"--mask {path} holds no pixel of --class-id {class_id} (values {_values(array)})")
+        return labels
+    values = set(np.unique(array).tolist())
+    if 1 in values and values <= {0, 1, 255}:
+        return array.astype(np.uint8)
+    if len(values - {0}) == 1:
+        return (array != 0).astype(np.uint8)
+    raise ValueError(f"--mask {path} holds several labels {_values(array)}: pass --class-id to pick the object")
+
+
+def _read_single_channel(path: Path):
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode in ("RGB", "RGBA"):
+                array = np.asarray(image.convert("RGB"))
+                if not ((array[..., 0] == array[..., 1]) & (array[..., 1] == array[..., 2])).all():
+                    raise ValueError(f"--mask {path} is a colour image; a mask needs one channel (mode L or P)")
+                return array[..., 0]
+            return np.asarray(image if image.mode in ("L", "P", "1", "I", "I;16") else image.convert("L"))
+    except (UnidentifiedImageError, OSError) as error:
+        raise ValueError(f"--mask {path} is not a readable image ({_one_line(error)})") from None
+
+
+def _read_image(path: Path, flag: str):
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as error:
+        raise ValueError(f"{flag} {path} is not a readable image ({_one_line(error)})") from None
+
+
+def _prediction_figure(model, query, supports, masks, size, out: Path) -> Path:
+    import torch
+
+    from . import viz
+    from .data.transforms import image_to_tensor, mask_to_tensor, normalize, resize_image, resize_mask
+
+    parameter = next(model.parameters())
+    query_batch = normalize(resize_image(image_to_tensor(query), size))[None]
+    support_batch = torch.stack([normalize(resize_image(image_to_tensor(s), size)) for s in supports])[None]
+    mask_batch = torch.stack([resize_mask(mask_to_tensor(m), size) for m in masks])[None]
+    (explanation,) = viz.explain(
+        model, query_batch.to(parameter.device), support_batch.to(parameter.device), mask_batch.to(parameter.device)
+    )
+    if explanation.shots > 1:
+        return viz.figure_shots(explanation, out / "figure.png")
+    return viz.figure_tuning([explanation], out / "figure.png")
+
+
+def _default_run_dir(config) -> Path:
+    import time
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{config.data.dataset}-fold{config.data.fold}-{config.model.shots}shot-{stamp}"
+
+
+def _default_eval_dir(checkpoint: Path, dataset: str, fold, shots: int) -> Path:
+    name = f"{dataset}-fold{fold}-{shots}shot"
+    if checkpoint.parent.name == "checkpoints":  # inside a run folder: keep results with the run
+        return checkpoint.parent.parent / "eval" / name
+    return Path("eval") / name
+
+
+def _fold(text: str):
+    return int(text) if text.isdigit() else text
+
+
+def _values(array) -> str:
+    import numpy as np
+
+    values = np.unique(array)
+    shown = ", ".join(str(v) for v in values[:8].tolist())
+    return "{" + shown + (", ..." if len(values) > 8 else "") + "}"
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip()
+    if isinstance(error, KeyError) and text.startswith("'"):
+        text = text.strip("'")
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _progress_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

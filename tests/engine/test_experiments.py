@@ -1,0 +1,103 @@
+import json
+
+import pytest
+import torch
+
+from sst_fast.cli import main
+from sst_fast.engine.checkpoint import load_checkpoint
+from sst_fast.engine.demo import demo
+from sst_fast.engine.experiments import TABLE1_VARIANTS, ablation
+
+from .tiny import TINY, tiny_config
+
+pytestmark = pytest.mark.filterwarnings("ignore:classes .* have no IoU")
+
+
+def test_cli_train_stop_and_resume_equal_one_straight_run(tmp_path, capsys):
+    straight, pieces = tmp_path / "straight", tmp_path / "pieces"
+    assert main(["train", "--config", "synthetic", *TINY, "--run-dir", str(straight), "--no-progress"]) == 0
+    assert (
+        main(["train", "--config", "synthetic", *TINY, "--run-dir", str(pieces), "--max-steps", "4", "--no-progress"])
+        == 0
+    )
+    assert "stopped at step 4" in capsys.readouterr().out
+    assert main(["train", "--resume", str(pieces), "--no-progress"]) == 0
+    assert "finished at step 6" in capsys.readouterr().out
+    a = load_checkpoint(straight / "checkpoints" / "last.pt")
+    b = load_checkpoint(pieces / "checkpoints" / "last.pt")
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    assert a["history"] == b["history"]
+
+
+def test_cli_train_refuses_resume_with_a_new_config(tmp_path, capsys):
+    assert main(["train", "--resume", str(tmp_path), "--config", "synthetic"]) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_ablation_trains_the_four_variants_and_writes_both_tables(tmp_path):
+    config = tiny_config("optim.epochs=1")
+    report = ablation(config, tmp_path, episodes=6, seeds=(0, 1), progress=False, log=lambda *_: None)
+    text = report.read_text()
+    assert "Table 1" in text and "Table 2" in text
+    for variant in TABLE1_VARIANTS:
+        assert f"| {variant} |" in text
+        saved = load_checkpoint(tmp_path / "runs" / variant.replace("+", "plus-") / "checkpoints" / "last.pt")
+        assert saved["config"]["model"]["ssm"] == TABLE1_VARIANTS[variant]["ssm"]
+        assert saved["config"]["model"]["aux_loss"] == TABLE1_VARIANTS[variant]["aux_loss"]
+    for fusion in ("max", "average", "weighted"):
+        assert f"| {fusion} |" in text
+    results = json.loads((tmp_path / "ablation.json").read_text())
+    assert len(results["evaluations"]) == 4 * 1 + 4 * 3  # 1-shot per variant, 5-shot x fusions per variant
+    # Every variant was scored on the same episodes (paired comparison).
+    hashes = {tuple(e["protocol"]["manifests"]) for e in results["evaluations"] if e["shots"] == 1}
+    assert len(hashes) == 1
+
+
+def test_an_experiment_reuses_finished_runs_and_refuses_a_changed_one(tmp_path):
+    config = tiny_config("optim.epochs=1")
+    messages = []
+    ablation(config, tmp_path, episodes=4, progress=False, log=messages.append)
+    messages.clear()
+    ablation(config, tmp_path, episodes=4, progress=False, log=messages.append)
+    assert sum("already trained" in m for m in messages) == 4
+    with pytest.raises(ValueError, match="another configuration"):
+        ablation(
+            tiny_config("optim.epochs=1", "optim.lr=0.1"), tmp_path, episodes=4, progress=False, log=messages.append
+        )
+
+
+def test_quick_demo_writes_the_report_with_table_card_and_figures(tmp_path, capsys):
+    assert main(["demo", "--quick", "--out", str(tmp_path), "--episodes", "6", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "| baseline |" in printed and "| sst |" in printed
+    report = (tmp_path / "report.md").read_text()
+    for needle in (
+        "1-shot mIoU",
+        "5-shot mIoU",
+        "Paired difference",
+        "Protocol",
+        "figures/tuning.png",
+        "figures/shots.png",
+        "figures/curves.png",
+    ):
+        assert needle in report, needle
+    for figure in ("tuning.png", "shots.png", "curves.png"):
+        assert (tmp_path / "figures" / figure).stat().st_size > 1000
+
+
+def test_demo_resumes_an_interrupted_training(tmp_path):
+    config_overrides = ["optim.episodes_per_epoch=16"]
+    # A first demo stopped after baseline's first steps: simulate by training baseline partly by hand.
+    from sst_fast.engine.demo import QUICK
+    from sst_fast.engine.experiments import TABLE1_VARIANTS as variants
+    from sst_fast.engine.runconfig import RunConfig, load_run_config
+    from sst_fast.engine.train import train
+
+    config = load_run_config("synthetic", [*QUICK, *config_overrides])
+    baseline = RunConfig.from_dict({**config.to_dict(), "model": {**config.model.to_dict(), **variants["baseline"]}})
+    train(baseline, tmp_path / "runs" / "baseline", max_steps=1, progress=False)
+    messages = []
+    demo(tmp_path, quick=True, overrides=config_overrides, episodes=4, progress=False, log=messages.append)
+    assert any("baseline: resuming at step 1" in m for m in messages)
+    assert load_checkpoint(tmp_path / "runs" / "baseline" / "checkpoints" / "last.pt")["step"] == 2
