@@ -1,4 +1,4 @@
-# Two front-door targets: `make test` (and, with the product, `make demo`).
+# Two front-door targets: `make demo` and `make test`.
 # Both create .venv on first use: they reuse an importable torch, or install torch 2.13.0
 # (the CPU build) when there is none, then build this package against it.
 PYTHON ?= python3
@@ -7,7 +7,7 @@ TORCH_VERSION ?= 2.13.0
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: install test test-all lint bench clean
+.PHONY: install demo test test-all lint bench clean
 
 install: $(VENV)/.installed
 
@@ -21,6 +21,11 @@ $(VENV)/.installed: pyproject.toml setup.py CMakeLists.txt
 	$(PIP) install "setuptools>=70" wheel
 	$(PIP) install --no-build-isolation -e ".[test]"
 	@touch $@
+
+# The embedded demo: trains SST and its baseline on the synthetic data set, writes runs/demo/report.md.
+# Running it again continues an interrupted demo (finished runs are reused).
+demo: install
+	$(VENV)/bin/sst-fast demo --out runs/demo
 
 test: install
 	$(PY) -m pytest tests -q
