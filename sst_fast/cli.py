@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", "-c", help="YAML file or packaged configuration name (default: built-in defaults)")
     train.add_argument("--run-dir", type=Path, help="the run folder (default: runs/<dataset>-fold<fold>-<time>)")
     train.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR exactly")
-    train.add_argument("--max-steps", type=int, help="stop (resumably) after this global step")
+    train.add_argument("--max-steps", type=_positive_int, help="stop (resumably) after this global step")
     train.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
     _progress_flag(train)
     train.set_defaults(handler=_train)
@@ -160,7 +160,7 @@ def _eval(args) -> int:
     from .data import EpisodeManifest, open_dataset
     from .engine.checkpoint import load_checkpoint, model_from_checkpoint
     from .engine.evaluate import evaluate
-    from .engine.train import _resolve_device
+    from .engine.train import resolve_device
 
     state = load_checkpoint(args.checkpoint)
     trained = state["config"]["data"]
@@ -170,7 +170,9 @@ def _eval(args) -> int:
     options = dict(trained.get("options") or {}) if same_data else {}
     fold = _fold(args.fold) if args.fold is not None else trained["fold"]
     overrides = {"fusion": args.fusion} if args.fusion else {}
-    model = model_from_checkpoint(state, device=_resolve_device(args.device), fast=not args.reference, **overrides)
+    model = model_from_checkpoint(
+        state, device=resolve_device(args.device, "--device"), fast=not args.reference, **overrides
+    )
     size = (
         as_size(args.size[0] if args.size and len(args.size) == 1 else args.size, "--size")
         if args.size
@@ -211,12 +213,12 @@ def _predict(args) -> int:
     from . import viz
     from .config import as_size
     from .engine.checkpoint import model_from_checkpoint
-    from .engine.train import _resolve_device
+    from .engine.train import resolve_device
     from .predict import predict
 
     if len(args.mask) != len(args.support):
         raise ValueError(f"--mask: one mask per support image ({len(args.support)}), got {len(args.mask)}")
-    model = model_from_checkpoint(args.checkpoint, device=_resolve_device(args.device))
+    model = model_from_checkpoint(args.checkpoint, device=resolve_device(args.device, "--device"))
     size = (
         as_size(args.size[0] if len(args.size) == 1 else args.size, "--size") if args.size else model.config.image_size
     )
@@ -310,6 +312,8 @@ def read_mask(path: Path, class_id: int | None = None):
             raise ValueError(f"--mask {path} holds no pixel of --class-id {class_id} (values {_values(array)})")
         return labels
     values = set(np.unique(array).tolist())
+    if values == {0}:
+        raise ValueError(f"--mask {path} marks no object pixel (every pixel is 0)")
     if 1 in values and values <= {0, 1, 255}:
         return array.astype(np.uint8)
     if len(values - {0}) == 1:
@@ -340,7 +344,7 @@ def _read_image(path: Path, flag: str):
 
     try:
         with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
+            return np.array(image.convert("RGB"))  # a writable copy: torch.from_numpy wants one
     except (UnidentifiedImageError, OSError) as error:
         raise ValueError(f"{flag} {path} is not a readable image ({_one_line(error)})") from None
 
@@ -375,6 +379,12 @@ def _default_eval_dir(checkpoint: Path, dataset: str, fold, shots: int) -> Path:
     if checkpoint.parent.name == "checkpoints":  # inside a run folder: keep results with the run
         return checkpoint.parent.parent / "eval" / name
     return Path("eval") / name
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return int(text)
 
 
 def _fold(text: str):

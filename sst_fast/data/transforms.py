@@ -22,11 +22,11 @@ def image_to_tensor(image, name: str = "image") -> torch.Tensor:
     if min(array.shape[:2]) < 1:
         raise ValueError(f"{name} is empty: shape {array.shape}")
     if array.dtype == np.uint8:
-        tensor = torch.from_numpy(np.ascontiguousarray(array)).float().div_(255)
+        tensor = torch.from_numpy(_writable(array)).float().div_(255)
     elif np.issubdtype(array.dtype, np.floating):
         if not np.isfinite(array).all() or array.min() < 0 or array.max() > 1:
             raise ValueError(f"{name}: a floating-point image must hold finite values in [0, 1]")
-        tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+        tensor = torch.from_numpy(_writable(array.astype(np.float32, copy=False)))
     else:
         raise ValueError(f"{name} must be uint8 or floating point, got {array.dtype}")
     return tensor.permute(2, 0, 1).contiguous()
@@ -44,7 +44,7 @@ def mask_to_tensor(mask, name: str = "mask") -> torch.Tensor:
         raise ValueError(
             f"{name} must hold only 0 (background), 1 (object) and 255 (ignore), found {array[invalid][0]!r}"
         )
-    return torch.from_numpy(np.ascontiguousarray(array.astype(np.uint8)))
+    return torch.from_numpy(_writable(array.astype(np.uint8, copy=False)))
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
@@ -62,6 +62,12 @@ def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def resize_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """[H, W] labels -> [*size], nearest on pixel centres like :func:`resize_image` (labels are never blended)."""
     return F.interpolate(mask[None, None].float(), size=tuple(size), mode="nearest-exact")[0, 0].to(mask.dtype)
+
+
+def _writable(array: np.ndarray) -> np.ndarray:
+    """A contiguous array torch can wrap without warning: read-only arrays (np.asarray of a PIL image) are copied."""
+    array = np.ascontiguousarray(array)
+    return array if array.flags.writeable else array.copy()
 
 
 def _as_array(value, name: str, rgb: bool) -> np.ndarray:

@@ -60,14 +60,15 @@ class EvaluationResult:
 
     def table(self, class_names: Sequence[str] | None = None) -> str:
         """A plain-text table: per-class IoU, then mIoU, FB-IoU and episode-wise IoU (mean ± 95% CI in %)."""
-        lines = [f"{'class':<24} {'IoU %':>8}"]
+        names = {c: f"{c} {class_names[c - 1]}" if class_names else str(c) for c in self.card.test_classes}
+        width = max(24, *(len(name) + 2 for name in names.values()))
+        lines = [f"{'class':<{width}} {'IoU %':>8}"]
         for c, iou in self.class_iou().items():
-            name = f"{c} {class_names[c - 1]}" if class_names else str(c)
-            lines.append(f"{name:<24} {_percent(iou):>8}")
+            lines.append(f"{names[c]:<{width}} {_percent(iou):>8}")
         lines.append("")
         for label, (mean, ci) in zip(("mIoU", "FB-IoU", "episode IoU"), self.summary().values(), strict=True):
             spread = f" ± {100 * ci:.2f}" if not math.isnan(ci) else ""
-            lines.append(f"{label:<24} {_percent(mean):>8}{spread}")
+            lines.append(f"{label:<{width}} {_percent(mean):>8}{spread}")
         return "\n".join(lines)
 
 
@@ -98,6 +99,8 @@ def evaluate(
         seeds = list(seeds)
         if not seeds:
             raise ValueError("seeds must name at least one seed")
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds must be distinct, got {seeds}")
         sampler = fold_sampler(dataset, fold, shots, stage="test")
         manifests = [
             EpisodeManifest(dataset.describe(), split.test_split, fold, shots, seed, sampler.sample(episodes, seed))

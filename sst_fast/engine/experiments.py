@@ -232,9 +232,9 @@ def _best_or_last(run: TrainResult) -> Path:
 
 
 def _device(config: RunConfig) -> str:
-    from .train import _resolve_device
+    from .train import resolve_device
 
-    return str(_resolve_device(config.run.device))
+    return str(resolve_device(config.run.device))
 
 
 def _folder(name: str) -> str:

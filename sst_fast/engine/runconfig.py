@@ -155,7 +155,7 @@ class RunSettings:
     def __post_init__(self) -> None:
         _check(_is_int(self.seed) and self.seed >= 0, "run.seed", "an integer >= 0", self.seed)
         _check(
-            isinstance(self.device, str) and (self.device in ("auto", "cpu") or self.device.startswith("cuda")),
+            isinstance(self.device, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None,
             "run.device",
             "'auto', 'cpu', 'cuda' or 'cuda:N'",
             self.device,

@@ -98,14 +98,14 @@ class Trainer:
             raise ConfigError(
                 f"run_dir: {self.run_dir} already holds a run; continue it with --resume or choose another folder"
             )
-        created = not self.run_dir.exists()
+        created = _first_missing(self.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         try:
             self._setup(_state)
         except BaseException:
-            if created:  # a run that could not start leaves no half-made folder behind
+            if created is not None:  # a run that could not start leaves no half-made folder behind
                 _close_logger()
-                shutil.rmtree(self.run_dir, ignore_errors=True)
+                shutil.rmtree(created, ignore_errors=True)
             raise
         self._stop_reason: str | None = None
 
@@ -114,7 +114,7 @@ class Trainer:
         self.log = _run_logger(self.run_dir / "train.log")
         if config.run.threads is not None:
             torch.set_num_threads(config.run.threads)
-        self.device = _resolve_device(config.run.device)
+        self.device = resolve_device(config.run.device)
 
         self._build_data()
         torch.manual_seed(config.run.seed)  # the initial weights
@@ -431,13 +431,31 @@ def train(config: RunConfig, run_dir, max_steps: int | None = None, progress: bo
     return Trainer(config, run_dir, progress=progress).fit(max_steps)
 
 
-def _resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, setting: str = "run.device") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; anything unusable is a :class:`ConfigError` naming ``setting``."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"{setting} must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {name!r}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"{setting} must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {name!r}")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"run.device={name!r} but this torch has no CUDA device; use 'cpu' or 'auto'")
+        raise ConfigError(f"{setting}={name!r} but this torch has no CUDA device; use 'cpu' or 'auto'")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"{setting}={name!r} but there are {torch.cuda.device_count()} CUDA device(s)")
     return device
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost folder of ``path`` that does not exist yet (what ``mkdir(parents=True)`` creates)."""
+    missing = None
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        missing = folder
+    return missing
 
 
 def _versions() -> dict:

@@ -1,0 +1,128 @@
+"""``sst-fast info``, ``eval`` (sampled and replayed episodes, K-shot fusion), ``train --print-config``, ``--help``."""
+
+import contextlib
+import io
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from sst_fast.cli import main
+from sst_fast.engine.runconfig import RunConfig, load_run_config
+from tests.engine.tiny import TINY
+
+
+def test_info_prints_versions_backends_and_device(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "sst_fast 0.1.0" in out
+    assert f"torch      {torch.__version__}" in out
+    assert "numpy" in out and "python" in out
+    assert "op backends built:" in out and "in use:" in out
+    if torch.cuda.is_available():
+        assert "cuda:0" in out
+    else:
+        assert "device     cpu" in out
+
+
+@pytest.fixture(scope="module")
+def evaluation(tiny_checkpoint, tmp_path_factory):
+    """``sst-fast eval`` of the tiny checkpoint, 8 episodes for each of seeds 0 and 1: (output folder, stdout)."""
+    out = tmp_path_factory.mktemp("eval") / "out"
+    argv = ["eval", str(tiny_checkpoint), "--episodes", "8", "--seeds", "0", "1", "--out", str(out), "--no-progress"]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(argv) == 0
+    return out, printed.getvalue()
+
+
+def test_eval_prints_card_and_table_and_writes_results(evaluation):
+    out, printed = evaluation
+    assert printed.startswith("Protocol\n")
+    assert "synthetic, fold 0" in printed and "episodes             8 per seed, seeds 0, 1" in printed
+    assert "\nmIoU " in printed and "\nFB-IoU " in printed
+    assert f"results: {out / 'metrics.json'}" in printed
+    for name in ("metrics.json", "protocol.txt", "manifests/seed-0.json", "manifests/seed-1.json"):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["protocol"]["shots"] == 1 and metrics["protocol"]["episodes"] == 8
+    assert metrics["protocol"]["seeds"] == [0, 1]
+    assert len(metrics["runs"]) == 2
+    assert set(metrics["summary"]) == {"miou", "fb_iou", "episode_miou"}
+    assert (out / "protocol.txt").read_text().startswith("Protocol\n")
+    for seed, sha256 in zip((0, 1), metrics["protocol"]["manifests"], strict=True):
+        assert f"manifest seed {seed}: sha256 {sha256}\n" in printed
+
+
+def test_eval_replaying_the_manifests_gives_identical_metrics(evaluation, tiny_checkpoint, tmp_path, capsys):
+    out, _ = evaluation
+    manifests = [str(out / "manifests" / f"seed-{seed}.json") for seed in (0, 1)]
+    replay = tmp_path / "replay"
+    code = main(["eval", str(tiny_checkpoint), "--manifest", *manifests, "--out", str(replay), "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    first = json.loads((out / "metrics.json").read_text())
+    again = json.loads((replay / "metrics.json").read_text())
+    assert again["summary"] == first["summary"]
+    assert again["runs"] == first["runs"]
+    assert again["protocol"]["manifests"] == first["protocol"]["manifests"]
+    for seed in (0, 1):
+        name = f"manifests/seed-{seed}.json"
+        assert (replay / name).read_text() == (out / name).read_text()
+
+
+def test_eval_two_shots_with_max_fusion(tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["eval", str(tiny_checkpoint), "--shots", "2", "--fusion", "max", "--episodes", "4", "--out", str(out)]
+    assert main([*argv, "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "shots                2" in printed and "fusion=max" in printed
+    protocol = json.loads((out / "metrics.json").read_text())["protocol"]
+    assert protocol["shots"] == 2 and protocol["model"]["fusion"] == "max"
+    manifest = json.loads((out / "manifests" / "seed-0.json").read_text())
+    assert manifest["shots"] == 2
+
+
+def test_eval_of_a_run_folder_writes_beside_the_run(run_copy, capsys):
+    assert main(["eval", str(run_copy), "--episodes", "4", "--no-progress"]) == 0
+    results = run_copy / "eval" / "synthetic-fold0-1shot"
+    assert f"results: {results / 'metrics.json'}" in capsys.readouterr().out
+    protocol = json.loads((results / "metrics.json").read_text())["protocol"]
+    assert protocol["checkpoint"] == str(run_copy / "checkpoints" / "best.pt")
+
+
+def test_print_config_round_trips_through_yaml(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    overrides = [*TINY, "optim.lr=5e-4", "data.fold=2", "model.ssm=false", "optim.grad_clip=null"]
+    assert main(["train", "--config", "synthetic", *overrides, "--print-config"]) == 0
+    printed = capsys.readouterr().out
+    config = RunConfig.from_dict(yaml.safe_load(printed))
+    assert config == load_run_config("synthetic", overrides)
+    assert config.optim.lr == 5e-4 and config.data.fold == 2 and config.model.ssm is False
+    assert list(tmp_path.iterdir()) == [], "--print-config must not start a run"
+
+
+def test_print_config_of_the_defaults(capsys):
+    assert main(["train", "--print-config"]) == 0
+    assert RunConfig.from_dict(yaml.safe_load(capsys.readouterr().out)) == RunConfig()
+
+
+def test_module_help_lists_the_subcommands(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "sst_fast", "--help"], cwd=tmp_path, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: sst-fast")
+    for command in ("train", "eval", "predict", "demo", "ablation", "info"):
+        assert command in result.stdout
+    assert result.stderr == ""
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "predict", "demo", "ablation", "info"])
+def test_subcommand_help(command, capsys):
+    with pytest.raises(SystemExit) as exit:
+        main([command, "--help"])
+    assert exit.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: sst-fast {command}")
