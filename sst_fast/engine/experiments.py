@@ -115,7 +115,7 @@ def run_experiment(
                     dataset,
                     config.data.fold,
                     shots=k,
-                    episodes=episodes,
+                    episodes=episodes[k] if isinstance(episodes, dict) else episodes,
                     seeds=seeds,
                     size=config.model.image_size,
                     batch_size=config.optim.batch_size,

@@ -37,7 +37,7 @@ def test_cli_train_refuses_resume_with_a_new_config(tmp_path, capsys):
 
 def test_ablation_trains_the_four_variants_and_writes_both_tables(tmp_path):
     config = tiny_config("optim.epochs=1")
-    report = ablation(config, tmp_path, episodes=6, seeds=(0, 1), progress=False, log=lambda *_: None)
+    report = ablation(config, tmp_path, episodes={1: 6, 5: 4}, seeds=(0, 1), progress=False, log=lambda *_: None)
     text = report.read_text()
     assert "Table 1" in text and "Table 2" in text
     for variant in TABLE1_VARIANTS:
@@ -52,6 +52,7 @@ def test_ablation_trains_the_four_variants_and_writes_both_tables(tmp_path):
     # Every variant was scored on the same episodes (paired comparison).
     hashes = {tuple(e["protocol"]["manifests"]) for e in results["evaluations"] if e["shots"] == 1}
     assert len(hashes) == 1
+    assert {(e["shots"], e["protocol"]["episodes"]) for e in results["evaluations"]} == {(1, 6), (5, 4)}
 
 
 def test_an_experiment_reuses_finished_runs_and_refuses_a_changed_one(tmp_path):
