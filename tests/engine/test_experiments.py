@@ -77,6 +77,7 @@ def test_quick_demo_writes_the_report_with_table_card_and_figures(tmp_path, caps
         "1-shot mIoU",
         "5-shot mIoU",
         "Paired difference",
+        "without the tuning step",
         "Protocol",
         "figures/tuning.png",
         "figures/shots.png",
