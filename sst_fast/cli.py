@@ -156,7 +156,6 @@ def _train(args) -> int:
 
 
 def _eval(args) -> int:
-    from .config import as_size
     from .data import EpisodeManifest, open_dataset
     from .engine.checkpoint import load_checkpoint, model_from_checkpoint
     from .engine.evaluate import evaluate
@@ -173,11 +172,7 @@ def _eval(args) -> int:
     model = model_from_checkpoint(
         state, device=resolve_device(args.device, "--device"), fast=not args.reference, **overrides
     )
-    size = (
-        as_size(args.size[0] if args.size and len(args.size) == 1 else args.size, "--size")
-        if args.size
-        else model.config.image_size
-    )
+    size = _size(args.size, model.config.image_size)
     dataset = open_dataset(dataset_name, root, **options)
     manifests = [EpisodeManifest.load(path) for path in args.manifest] if args.manifest else None
     result = evaluate(
@@ -211,7 +206,6 @@ def _predict(args) -> int:
     import numpy as np
 
     from . import viz
-    from .config import as_size
     from .engine.checkpoint import model_from_checkpoint
     from .engine.train import resolve_device
     from .predict import predict
@@ -219,9 +213,7 @@ def _predict(args) -> int:
     if len(args.mask) != len(args.support):
         raise ValueError(f"--mask: one mask per support image ({len(args.support)}), got {len(args.mask)}")
     model = model_from_checkpoint(args.checkpoint, device=resolve_device(args.device, "--device"))
-    size = (
-        as_size(args.size[0] if len(args.size) == 1 else args.size, "--size") if args.size else model.config.image_size
-    )
+    size = _size(args.size, model.config.image_size)
     query = _read_image(args.query, "--query")
     supports = [_read_image(path, "--support") for path in args.support]
     masks = [read_mask(path, args.class_id) for path in args.mask]
@@ -379,6 +371,15 @@ def _default_eval_dir(checkpoint: Path, dataset: str, fold, shots: int) -> Path:
     if checkpoint.parent.name == "checkpoints":  # inside a run folder: keep results with the run
         return checkpoint.parent.parent / "eval" / name
     return Path("eval") / name
+
+
+def _size(values: list[int] | None, default: tuple[int, int]) -> tuple[int, int]:
+    """``--size H [W]`` -> (H, W); the model's trained size when not given."""
+    if not values:
+        return default
+    from .config import as_size
+
+    return as_size(values[0] if len(values) == 1 else values, "--size")
 
 
 def _positive_int(text: str) -> int:

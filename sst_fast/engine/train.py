@@ -297,6 +297,8 @@ class Trainer:
 
     def _loop(self, max_steps, writer, bar) -> str:
         cfg = self.config
+        if max_steps is not None and self.step >= max_steps:
+            return "stopped"  # already there (a resumed run asked to stop at an earlier step)
         while self.epoch < cfg.optim.epochs:
             for batch in self._loader(self.epoch, self.batch_in_epoch):
                 record = self.train_step(batch)

@@ -94,6 +94,12 @@ def test_stopping_and_resuming_equals_training_straight(straight, tmp_path, stop
     assert (tmp_path / "metrics.jsonl").read_text() == (straight[0].run_dir / "metrics.jsonl").read_text()
 
 
+def test_max_steps_at_or_below_the_current_step_stops_at_once(tmp_path):
+    train(tiny_config(), tmp_path, max_steps=2, progress=False)
+    result = Trainer.resume(tmp_path, progress=False).fit(max_steps=2)
+    assert result.status == "stopped" and result.step == 2
+
+
 def test_resume_drops_log_records_written_after_the_checkpoint(straight, tmp_path):
     train(tiny_config(), tmp_path, max_steps=2, progress=False)
     with open(tmp_path / "metrics.jsonl", "a") as file:  # a crash after step 2 had logged step 3
