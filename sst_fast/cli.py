@@ -112,7 +112,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from .data import DataError
     from .engine.checkpoint import CheckpointError
-    from .engine.demo import DemoInterrupted
+    from .engine.experiments import ExperimentInterrupted
     from .engine.runconfig import ConfigError
     from .engine.train import TrainingError
 
@@ -122,7 +122,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"sst-fast {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except DemoInterrupted as error:
+    except ExperimentInterrupted as error:
         print(f"sst-fast {args.command}: {error}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except user_errors as error:

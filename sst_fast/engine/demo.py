@@ -20,6 +20,7 @@ from .checkpoint import model_from_checkpoint
 from .evaluate import EvaluationResult, evaluate
 from .experiments import (
     TABLE1_VARIANTS,
+    ExperimentInterrupted,
     ExperimentResult,
     paired_difference,
     results_table,
@@ -48,10 +49,6 @@ QUICK = [
 ]
 
 
-class DemoInterrupted(Exception):
-    """The demo stopped before it finished; running it again continues."""
-
-
 def demo(
     out_dir="runs/demo",
     quick: bool = False,
@@ -72,7 +69,7 @@ def demo(
     )
     unfinished = [name for name, run in experiment.runs.items() if run.status != "finished"]
     if unfinished:
-        raise DemoInterrupted(f"training of {unfinished[0]} stopped; run the demo again to continue")
+        raise ExperimentInterrupted(f"training of {unfinished[0]} stopped; run the demo again to continue")
     save_experiment(experiment, "results")
     untuned = _without_tuning(experiment, config, progress, log)
     figures = _figures(experiment, config, out_dir / "figures")

@@ -34,6 +34,10 @@ TABLE2_FUSIONS = ("max", "average", "weighted")
 METRICS = (("miou", "mIoU"), ("fb_iou", "FB-IoU"), ("episode_miou", "episode IoU"))
 
 
+class ExperimentInterrupted(Exception):
+    """A training run of the experiment stopped (Ctrl-C); running the experiment again continues it."""
+
+
 @dataclasses.dataclass
 class Evaluation:
     variant: str
@@ -82,6 +86,7 @@ def run_experiment(
     shots: Sequence[int] = (1,),
     fusions: Sequence[str] | None = None,
     episodes: int | dict[int, int] = 1000,
+    shots_for: dict[str, Sequence[int]] | None = None,
     seeds: Sequence[int] = (0,),
     progress: bool = True,
     log=print,
@@ -89,7 +94,7 @@ def run_experiment(
     """Train each variant (``config`` with the variant's model settings) in ``out_dir/runs/<variant>``, then
     evaluate its best checkpoint on the fold's novel classes for every K in ``shots``. ``fusions`` (for K > 1)
     evaluates the same checkpoint with each fusion; by default each model's own fusion. ``episodes``: per seed,
-    one number for every K or ``{K: episodes}``."""
+    one number for every K or ``{K: episodes}``. ``shots_for``: other K for some variants (``{name: Ks}``)."""
     out_dir = Path(out_dir)
     dataset = open_dataset(config.data.dataset, config.data.root, **config.data.options)
     runs, seconds, evaluations = {}, {}, []
@@ -104,7 +109,7 @@ def run_experiment(
     manifests = {}  # (shots) -> manifests shared by every variant: paired comparisons
     for name in variants:
         checkpoint = _best_or_last(runs[name])
-        for k in shots:
+        for k in (shots_for or {}).get(name, shots):
             for fusion in fusions if (fusions and k > 1) else (None,):
                 overrides = {"fusion": fusion} if fusion else {}
                 model = model_from_checkpoint(checkpoint, device=_device(config), **overrides)
@@ -189,15 +194,17 @@ def ablation(config: RunConfig, out_dir, episodes=1000, seeds=(0,), progress=Tru
         config,
         out_dir,
         TABLE1_VARIANTS,
-        shots=(1, 5),
+        shots=(1,),
+        shots_for={"sst": (1, 5)},
         fusions=TABLE2_FUSIONS,
         episodes=episodes,
         seeds=seeds,
         progress=progress,
         log=log,
     )
-    if any(run.status != "finished" for run in experiment.runs.values()):
-        raise KeyboardInterrupt
+    stopped = [name for name, run in experiment.runs.items() if run.status != "finished"]
+    if stopped:
+        raise ExperimentInterrupted(f"training of {stopped[0]} stopped; run the same command again to continue")
     one_shot = "\n".join(
         ["| model | SSM | aux loss | 1-shot mIoU | 1-shot FB-IoU |", "|---|---|---|---|---|"]
         + [

@@ -48,11 +48,23 @@ def test_ablation_trains_the_four_variants_and_writes_both_tables(tmp_path):
     for fusion in ("max", "average", "weighted"):
         assert f"| {fusion} |" in text
     results = json.loads((tmp_path / "ablation.json").read_text())
-    assert len(results["evaluations"]) == 4 * 1 + 4 * 3  # 1-shot per variant, 5-shot x fusions per variant
+    assert len(results["evaluations"]) == 4 + 3  # 1-shot per variant, then the SST model 5-shot with each fusion
+    assert {e["variant"] for e in results["evaluations"] if e["shots"] == 5} == {"sst"}
     # Every variant was scored on the same episodes (paired comparison).
     hashes = {tuple(e["protocol"]["manifests"]) for e in results["evaluations"] if e["shots"] == 1}
     assert len(hashes) == 1
     assert {(e["shots"], e["protocol"]["episodes"]) for e in results["evaluations"]} == {(1, 6), (5, 4)}
+
+
+def test_an_interrupted_ablation_says_how_to_continue(tmp_path, monkeypatch):
+    from sst_fast.engine import experiments
+
+    def stopped_fit(self, max_steps=None):
+        return experiments.TrainResult(self.run_dir, "interrupted", 1, 0, None, None)
+
+    monkeypatch.setattr(experiments.Trainer, "fit", stopped_fit)
+    with pytest.raises(experiments.ExperimentInterrupted, match="run the same command again"):
+        ablation(tiny_config("optim.epochs=1"), tmp_path, episodes=4, progress=False, log=lambda *_: None)
 
 
 def test_an_experiment_reuses_finished_runs_and_refuses_a_changed_one(tmp_path):
