@@ -52,14 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--dataset", help="pascal, coco, fss or synthetic")
     evaluate.add_argument("--root", help="the data folder")
     evaluate.add_argument("--fold", help="the fold (0-3; FSS-1000: test or val)")
-    evaluate.add_argument("--shots", type=int, default=1)
-    evaluate.add_argument("--episodes", type=int, default=1000)
+    evaluate.add_argument("--shots", type=_positive_int, default=1)
+    evaluate.add_argument("--episodes", type=_positive_int, default=1000)
     evaluate.add_argument("--seeds", type=int, nargs="+", default=[0])
     evaluate.add_argument("--manifest", type=Path, nargs="+", help="replay the episodes of these manifests")
     evaluate.add_argument("--original-size", action="store_true", help="score at each label's own size")
     evaluate.add_argument("--fusion", choices=("weighted", "average", "max"), help="K-shot fusion (default: trained)")
     evaluate.add_argument("--size", type=int, nargs="+", help="network input size H [W] (default: trained)")
-    evaluate.add_argument("--batch-size", type=int, default=8)
+    evaluate.add_argument("--batch-size", type=_positive_int, default=8)
     evaluate.add_argument("--workers", type=int, default=0)
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--reference", action="store_true", help="run the plain-PyTorch reference model")
@@ -88,7 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="train SST and its baseline on the synthetic data set; write a report")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"))
     demo.add_argument("--quick", action="store_true", help="a smoke test in seconds (numbers meaningless)")
-    demo.add_argument("--episodes", type=int, help="evaluation episodes per seed (default 1000)")
+    demo.add_argument(
+        "--episodes", type=_positive_int, help="evaluation episodes per seed (default: 1000 1-shot, 300 5-shot)"
+    )
     demo.add_argument("--seeds", type=int, nargs="+", help="evaluation seeds (default 0 1 2)")
     demo.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides of the synthetic configuration")
     _progress_flag(demo)
@@ -98,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     ablation.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     ablation.add_argument("--config", "-c", default="synthetic")
     ablation.add_argument("--out", type=Path, required=True)
-    ablation.add_argument("--episodes", type=int, default=1000)
+    ablation.add_argument("--episodes", type=_positive_int, default=1000)
     ablation.add_argument("--seeds", type=int, nargs="+", default=[0])
     _progress_flag(ablation)
     ablation.set_defaults(handler=_ablation)
@@ -140,8 +142,11 @@ def _train(args) -> int:
     from .engine.train import Trainer
 
     if args.resume is not None:
-        if args.config is not None or args.run_dir is not None:
-            raise ValueError("--resume continues a run with its own configuration: drop --config/--run-dir")
+        if args.config is not None or args.run_dir is not None or args.print_config:
+            raise ValueError(
+                "--resume continues a run with its own configuration (see its config.yaml): "
+                "drop --config/--run-dir/--print-config"
+            )
         trainer = Trainer.resume(args.resume, args.overrides, progress=args.progress)
     else:
         config = load_run_config(args.config, args.overrides)
@@ -190,7 +195,7 @@ def _eval(args) -> int:
         checkpoint=state["path"],
         progress=args.progress,
     )
-    out = args.out or _default_eval_dir(Path(state["path"]), dataset_name, fold, result.card.shots)
+    out = args.out or _default_eval_dir(Path(state["path"]), dataset_name, fold, result.card.shots, args, model)
     metrics = result.save(out)
     print(result.card)
     print()
@@ -366,8 +371,17 @@ def _default_run_dir(config) -> Path:
     return Path("runs") / f"{config.data.dataset}-fold{config.data.fold}-{config.model.shots}shot-{stamp}"
 
 
-def _default_eval_dir(checkpoint: Path, dataset: str, fold, shots: int) -> Path:
+def _default_eval_dir(checkpoint: Path, dataset: str, fold, shots: int, args, model) -> Path:
+    """One folder per evaluation setting, so that different settings never overwrite each other."""
     name = f"{dataset}-fold{fold}-{shots}shot"
+    if shots > 1:
+        name += f"-{model.config.fusion}"
+    if args.size:
+        name += "-{}x{}".format(*_size(args.size, model.config.image_size))
+    if args.original_size:
+        name += "-original-size"
+    if args.reference:
+        name += "-reference"
     if checkpoint.parent.name == "checkpoints":  # inside a run folder: keep results with the run
         return checkpoint.parent.parent / "eval" / name
     return Path("eval") / name

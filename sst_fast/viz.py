@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import pathlib
-import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .data.base import write_atomic
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from .models.episode import check_episode
 from .models.functional import IGNORE_INDEX, downsample_mask, foreground_iou, fuse
@@ -108,23 +107,7 @@ def save_png(array: np.ndarray, path) -> pathlib.Path:
     if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] == 3)) or 0 in array.shape:
         raise ValueError(f"array must be a non-empty [H, W] or [H, W, 3] image, got shape {list(array.shape)}")
     picture = Image.fromarray(np.ascontiguousarray(array))
-    return _atomic_write(path, lambda fh: picture.save(fh, format="PNG"))
-
-
-def _atomic_write(path, write: Callable) -> pathlib.Path:
-    """Write through a temporary file in the target's directory, then rename: readers never see half a file."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # open(..., "x") rather than mkstemp: the file gets the usual umask permissions, not 0600.
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(temporary, "xb") as fh:
-            write(fh)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, lambda fh: picture.save(fh, format="PNG"))
 
 
 # --- explain: everything Fig. 3 / Fig. 6 show, for a batch of episodes ---------------------------
@@ -404,7 +387,7 @@ def _new_figure(rows: int, cols: int, title: str | None, panel=(PANEL_INCHES, PA
 
 def _save_figure(fig, path) -> pathlib.Path:
     try:
-        return _atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=DPI))
+        return write_atomic(path, lambda fh: fig.savefig(fh, format="png", dpi=DPI))
     finally:
         fig.clear()  # no pyplot registry to close it from; drop the artists so memory goes at once
 

@@ -7,8 +7,6 @@ position in the epoch, RNG states, the best validation score and the log so far.
 
 from __future__ import annotations
 
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -48,16 +46,18 @@ def load_checkpoint(path, map_location="cpu") -> dict[str, Any]:
     try:
         # weights_only: a checkpoint is data, never code to run; it holds only tensors and plain containers.
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as error:
+    except Exception as error:  # a damaged file fails in many ways (zip, unpickler, struct, storage errors)
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckpointError(f"checkpoint: {path} is not a readable checkpoint ({reason})") from None
     if not isinstance(state, dict) or state.get("kind") != KIND:
         raise CheckpointError(f"checkpoint: {path} is not an sst_fast checkpoint")
     if state.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint: {path} has format {state.get('format')!r}; this version reads {FORMAT}")
-    for key in ("config", "model"):
-        if key not in state:
-            raise CheckpointError(f"checkpoint: {path} lacks its {key!r} entry")
+    config = state.get("config")
+    if not isinstance(state.get("model"), dict) or not isinstance(config, dict):
+        raise CheckpointError(f"checkpoint: {path} lacks its model weights or its configuration")
+    if not all(isinstance(config.get(section), dict) for section in ("data", "model", "optim", "run")):
+        raise CheckpointError(f"checkpoint: {path} has an incomplete configuration")
     state["path"] = str(path)
     return state
 

@@ -22,6 +22,7 @@ from .experiments import (
     TABLE1_VARIANTS,
     ExperimentInterrupted,
     ExperimentResult,
+    best_or_last,
     paired_difference,
     results_table,
     run_experiment,
@@ -86,7 +87,7 @@ def _without_tuning(experiment: ExperimentResult, config, progress: bool, log) -
     log("== evaluating sst, 1-shot, without the tuning step at test time")
     dataset = open_dataset(config.data.dataset, config.data.root, **config.data.options)
     tuned = experiment.find("sst", 1).result
-    model = model_from_checkpoint(_checkpoint(experiment.runs["sst"]), ssm=False)
+    model = model_from_checkpoint(best_or_last(experiment.runs["sst"]), ssm=False)
     result = evaluate(
         model,
         dataset,
@@ -101,10 +102,6 @@ def _without_tuning(experiment: ExperimentResult, config, progress: bool, log) -
     return result
 
 
-def _checkpoint(run) -> Path:
-    return run.best_checkpoint if run.best_checkpoint.exists() else run.last_checkpoint
-
-
 def _figures(experiment: ExperimentResult, config, folder: Path) -> dict[str, Path]:
     from .. import viz
 
@@ -115,7 +112,7 @@ def _figures(experiment: ExperimentResult, config, folder: Path) -> dict[str, Pa
     figures = {"curves": viz.figure_curves(histories, folder / "curves.png", title="training on the base classes")}
 
     dataset = open_dataset(config.data.dataset, config.data.root, **config.data.options)
-    model = model_from_checkpoint(_checkpoint(experiment.runs["sst"]))
+    model = model_from_checkpoint(best_or_last(experiment.runs["sst"]))
     one_shot = experiment.find("sst", 1).result.manifests[0].episodes[:FIGURE_EPISODES]
     batch = _batch(dataset, one_shot, config.model.image_size)
     explanations = viz.explain(
@@ -151,7 +148,8 @@ def _report(
     lines = [
         "# sst_fast demo: SST vs. its baseline on the synthetic data set",
         "",
-        "Both models are trained on the 15 base classes of fold 0 and tested on its 5 novel classes, "
+        f"Both models are trained on the base classes of fold {card.fold} and tested on its "
+        f"{len(card.test_classes)} novel classes, "
         "on the same episodes. *baseline*: no self-supervised tuning, no auxiliary loss (the paper's Table 1, "
         f"first row). *sst*: tuning (α = {config.model.tune_step:g}) and the auxiliary loss.",
         "",

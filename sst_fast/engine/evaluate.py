@@ -51,6 +51,8 @@ class EvaluationResult:
         """Write ``metrics.json`` (card, summary, per-class and per-seed numbers), ``protocol.txt`` and each
         seed's manifest (``manifests/seed-<seed>.json``) into ``directory``; returns the metrics file."""
         directory = Path(directory)
+        for stale in (directory / "manifests").glob("seed-*.json"):  # an earlier run's seeds must not linger
+            stale.unlink()
         for manifest in self.manifests:
             manifest.save(directory / "manifests" / f"seed-{manifest.seed}.json")
         write_text_atomic(directory / "protocol.txt", str(self.card) + "\n")

@@ -108,7 +108,7 @@ def run_experiment(
             return ExperimentResult(out_dir, runs, evaluations, seconds)  # interrupted: resumable, nothing to score
     manifests = {}  # (shots) -> manifests shared by every variant: paired comparisons
     for name in variants:
-        checkpoint = _best_or_last(runs[name])
+        checkpoint = best_or_last(runs[name])
         for k in (shots_for or {}).get(name, shots):
             for fusion in fusions if (fusions and k > 1) else (None,):
                 overrides = {"fusion": fusion} if fusion else {}
@@ -234,7 +234,7 @@ def ablation(config: RunConfig, out_dir, episodes=1000, seeds=(0,), progress=Tru
     return write_text_atomic(Path(out_dir) / "ablation.md", text)
 
 
-def _best_or_last(run: TrainResult) -> Path:
+def best_or_last(run: TrainResult) -> Path:
     return run.best_checkpoint if run.best_checkpoint.exists() else run.last_checkpoint
 
 

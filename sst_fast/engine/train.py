@@ -47,7 +47,8 @@ from .runconfig import ConfigError, RunConfig
 LOGGER_NAME = "sst_fast.train"
 HOLDOUT_SALT = "validation"
 VALIDATION_SEED = 0
-# Settings a resumed run may change: they alter neither the result nor the meaning of the run.
+# Settings a resumed run may change: where the data are, how it runs and logs, and how long it trains
+# (``optim.epochs`` only with the constant schedule: the poly schedule's length is part of every step's lr).
 RESUMABLE_OVERRIDES = (
     "optim.epochs",
     "data.root",
@@ -57,6 +58,9 @@ RESUMABLE_OVERRIDES = (
     "run.log_every",
     "run.checkpoint_every",
 )
+
+
+TRAINING_KEYS = ("optimizer", "scheduler", "step", "epoch", "batch_in_epoch", "rng", "best", "history")
 
 
 class TrainingError(RuntimeError):
@@ -99,13 +103,21 @@ class Trainer:
                 f"run_dir: {self.run_dir} already holds a run; continue it with --resume or choose another folder"
             )
         created = _first_missing(self.run_dir)
+        existing = set(self.run_dir.iterdir()) if created is None else set()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         try:
             self._setup(_state)
         except BaseException:
-            if created is not None:  # a run that could not start leaves no half-made folder behind
-                _close_logger()
+            # A run that could not start leaves nothing behind: no half-made folder, no files in the user's.
+            _close_logger()
+            if created is not None:
                 shutil.rmtree(created, ignore_errors=True)
+            elif _state is None:
+                for entry in set(self.run_dir.iterdir()) - existing:
+                    if entry.is_dir():
+                        shutil.rmtree(entry)
+                    else:
+                        entry.unlink()
             raise
         self._stop_reason: str | None = None
 
@@ -118,7 +130,10 @@ class Trainer:
 
         self._build_data()
         torch.manual_seed(config.run.seed)  # the initial weights
-        self.model = SST(config.model).to(self.device)
+        model_config = config.model
+        if _state is not None:  # the checkpoint holds the backbone: never reread a file that may have moved
+            model_config = dataclasses.replace(model_config, backbone_weights=None)
+        self.model = SST(model_config).to(self.device)
         if config.model.backbone != "tiny" and config.model.backbone_weights is None and _state is None:
             self.log.warning(
                 "model.backbone_weights is not set: the %s backbone starts from random weights", config.model.backbone
@@ -141,6 +156,9 @@ class Trainer:
         if _state is not None:
             self._restore(_state)
         else:
+            # A run that died before its first checkpoint may have left logs: a new run starts them afresh.
+            (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+            shutil.rmtree(self.run_dir / "tensorboard", ignore_errors=True)
             config.save(self.run_dir / "config.yaml")
             write_text_atomic(self.run_dir / "version.json", json.dumps(_versions(), indent=1) + "\n")
 
@@ -157,12 +175,17 @@ class Trainer:
         if not last.exists():
             raise ConfigError(f"resume: {run_dir} holds no checkpoints/last.pt to resume from")
         state = load_checkpoint(last)
+        missing = sorted(set(TRAINING_KEYS) - set(state))
+        if missing:
+            raise ConfigError(f"resume: {last} is not a training checkpoint (it lacks {missing})")
         for override in overrides:
             key = str(override).partition("=")[0].strip()
             if key not in RESUMABLE_OVERRIDES:
                 raise ConfigError(
                     f"resume: {key!r} cannot change in a resumed run (allowed: {', '.join(RESUMABLE_OVERRIDES)})"
                 )
+            if key == "optim.epochs" and state["config"]["optim"].get("schedule") == "poly":
+                raise ConfigError("resume: optim.epochs cannot change with optim.schedule=poly (it sets every lr)")
         config = RunConfig.from_dict(apply_overrides(state["config"], overrides))
         trainer = cls(config, run_dir, progress=progress, _state=state)
         if overrides:
@@ -259,9 +282,9 @@ class Trainer:
 
     def save(self, best: bool = False) -> None:
         state = self.state()
-        save_checkpoint(self.last_path, state)
-        if best:
+        if best:  # best first: a crash between the two writes leaves last.pt behind, and resuming redoes it
             save_checkpoint(self.best_path, state)
+        save_checkpoint(self.last_path, state)
 
     # --- the loop -------------------------------------------------------------------------------
 
@@ -270,7 +293,8 @@ class Trainer:
         return, resumable). Ctrl-C or SIGTERM finishes the current step, checkpoints and returns."""
         if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1):
             raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
-        writer = _summary_writer(self.run_dir / "tensorboard", purge_step=self.step)
+        # Events after the checkpoint's step were logged by a run that crashed: drop them (step+1 keeps the step's own).
+        writer = _summary_writer(self.run_dir / "tensorboard", purge_step=self.step + 1 if self.step else None)
         bar = _progress_bar(self.total_steps, self.step, self.progress)
         status = "finished"
         started, start_step = time.perf_counter(), self.step
@@ -319,6 +343,8 @@ class Trainer:
             if self.epoch % cfg.run.val_every == 0 or self.epoch == cfg.optim.epochs:
                 improved = self.validate(writer)
             self.save(best=improved)
+            if self._stop_reason is not None and self.epoch < cfg.optim.epochs:
+                return "interrupted"
         return "finished"
 
     def train_step(self, batch: dict) -> dict:
@@ -474,8 +500,10 @@ def _versions() -> dict:
 
 
 def _ignore_interrupts(_worker_id: int) -> None:
-    # Ctrl-C reaches the whole process group: workers leave it to the main process, which stops cleanly.
+    # Ctrl-C and a group-wide SIGTERM (timeout, batch schedulers) reach the workers too: they leave them to the
+    # main process, which stops cleanly and then shuts them down.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 @contextmanager
@@ -499,14 +527,13 @@ def _stop_on_signals(request_stop):
             signal.signal(sig, old)
 
 
-def _summary_writer(folder: Path, purge_step: int):
+def _summary_writer(folder: Path, purge_step: int | None):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:  # tensorboard is a dependency; a broken install still trains, with the JSON log
         logging.getLogger(LOGGER_NAME).warning("tensorboard is not importable: no TensorBoard scalars")
         return None
-    # purge_step drops events a crashed run logged after its last checkpoint.
-    return SummaryWriter(str(folder), purge_step=purge_step if purge_step > 0 else None)
+    return SummaryWriter(str(folder), purge_step=purge_step)
 
 
 class _NoBar:

@@ -2,6 +2,7 @@
 
 import contextlib
 import io
+import shutil
 import json
 import subprocess
 import sys
@@ -126,3 +127,18 @@ def test_subcommand_help(command, capsys):
         main([command, "--help"])
     assert exit.value.code == 0
     assert capsys.readouterr().out.startswith(f"usage: sst-fast {command}")
+
+
+def test_eval_into_a_used_folder_keeps_only_its_own_manifests(evaluation, tiny_checkpoint, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(evaluation[0], out)
+    assert (
+        main(["eval", str(tiny_checkpoint), "--episodes", "4", "--seeds", "0", "--out", str(out), "--no-progress"]) == 0
+    )
+    assert sorted(p.name for p in (out / "manifests").iterdir()) == ["seed-0.json"]
+
+
+def test_default_eval_folders_name_their_setting(tiny_run, capsys):
+    argv = ["eval", str(tiny_run), "--episodes", "4", "--shots", "2", "--fusion", "max", "--no-progress"]
+    assert main([*argv, "--original-size"]) == 0
+    assert (tiny_run / "eval" / "synthetic-fold0-2shot-max-original-size" / "metrics.json").is_file()

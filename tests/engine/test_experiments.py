@@ -115,3 +115,10 @@ def test_demo_resumes_an_interrupted_training(tmp_path):
     demo(tmp_path, quick=True, overrides=config_overrides, episodes=4, progress=False, log=messages.append)
     assert any("baseline: resuming at step 1" in m for m in messages)
     assert load_checkpoint(tmp_path / "runs" / "baseline" / "checkpoints" / "last.pt")["step"] == 2
+
+
+def test_cli_ablation_prints_both_tables(tmp_path, capsys):
+    argv = ["ablation", *TINY, "optim.epochs=1", "--out", str(tmp_path), "--episodes", "4", "--no-progress"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "Table 1" in printed and "Table 2" in printed and "| +ssm |" in printed

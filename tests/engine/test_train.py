@@ -14,7 +14,7 @@ from sst_fast.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from sst_fast.engine.runconfig import ConfigError
 from sst_fast.engine.train import Trainer, TrainingError, train
 
-from .tiny import TINY, tiny_config
+from .tiny import tiny_config
 
 
 def assert_same_state(a: dict, b: dict) -> None:
@@ -202,4 +202,74 @@ def test_training_config_knobs_are_named_in_errors():
         tiny_config("optim.batch_size=0")
     with pytest.raises(ConfigError, match="run.device"):
         tiny_config("run.device=tpu")
-    assert "model.image_size=[64, 64]" in TINY
+
+
+def test_a_stop_request_during_validation_stops_at_the_epoch_boundary(straight, tmp_path):
+    trainer = Trainer(tiny_config(), tmp_path, progress=False)
+    validate = trainer.validate
+
+    def interrupted_validation(writer=None):
+        trainer._request_stop("interrupted")  # Ctrl-C arrives while the epoch's validation runs
+        return validate(writer)
+
+    trainer.validate = interrupted_validation
+    result = trainer.fit()
+    assert result.status == "interrupted" and result.step == 3 and result.epoch == 1
+    Trainer.resume(tmp_path, progress=False).fit()
+    assert_same_state(load_checkpoint(tmp_path / "checkpoints" / "last.pt"), straight[1])
+
+
+def test_tensorboard_keeps_the_checkpoint_steps_scalars_after_resume(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(tiny_config(), tmp_path, max_steps=3, progress=False)  # epoch 1 ends at step 3: validated there
+    Trainer.resume(tmp_path, progress=False).fit()
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4, 5, 6]
+    assert [e.step for e in events.Scalars("val/val_miou")] == [3, 6]
+
+
+def test_a_new_run_in_a_folder_without_checkpoint_starts_its_logs_afresh(straight, tmp_path):
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 99.0}) + "\n")
+    train(tiny_config(), tmp_path, progress=False)
+    assert (tmp_path / "metrics.jsonl").read_text() == (straight[0].run_dir / "metrics.jsonl").read_text()
+
+
+def test_a_run_that_cannot_start_leaves_an_existing_folder_as_it_was(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="fold"):
+        Trainer(tiny_config("data.fold=7"), tmp_path, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_resume_does_not_reread_the_backbone_weights_file(tmp_path):
+    weights = tmp_path / "backbone.pt"
+    torch.manual_seed(0)
+    torch.save(SST(tiny_config().model).backbone.state_dict(), weights)
+    run_dir = tmp_path / "run"
+    train(tiny_config(f"model.backbone_weights={weights}"), run_dir, max_steps=2, progress=False)
+    weights.unlink()  # moved away after training started
+    assert Trainer.resume(run_dir, progress=False).fit().step == 6
+
+
+def test_resume_refuses_a_checkpoint_without_training_state(straight, tmp_path):
+    from sst_fast.engine.checkpoint import save_checkpoint
+
+    state = load_checkpoint(straight[0].last_checkpoint)
+    save_checkpoint(tmp_path / "checkpoints" / "last.pt", {"config": state["config"], "model": state["model"]})
+    with pytest.raises(ConfigError, match="not a training checkpoint"):
+        Trainer.resume(tmp_path, progress=False)
+
+
+def test_resume_cannot_lengthen_a_poly_schedule(tmp_path):
+    train(tiny_config("optim.schedule=poly"), tmp_path, max_steps=2, progress=False)
+    with pytest.raises(ConfigError, match="poly"):
+        Trainer.resume(tmp_path, ["optim.epochs=3"], progress=False)
+
+
+def test_run_files_get_the_usual_permissions(straight):
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("config.yaml", "checkpoints/last.pt", "validation/manifest.json"):
+        assert (straight[0].run_dir / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
