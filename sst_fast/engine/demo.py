@@ -21,6 +21,7 @@ from .evaluate import EvaluationResult, evaluate
 from .experiments import (
     TABLE1_VARIANTS,
     ExperimentInterrupted,
+    run_device,
     ExperimentResult,
     best_or_last,
     paired_difference,
@@ -87,7 +88,7 @@ def _without_tuning(experiment: ExperimentResult, config, progress: bool, log) -
     log("== evaluating sst, 1-shot, without the tuning step at test time")
     dataset = open_dataset(config.data.dataset, config.data.root, **config.data.options)
     tuned = experiment.find("sst", 1).result
-    model = model_from_checkpoint(best_or_last(experiment.runs["sst"]), ssm=False)
+    model = model_from_checkpoint(best_or_last(experiment.runs["sst"]), device=run_device(config), ssm=False)
     result = evaluate(
         model,
         dataset,
@@ -112,9 +113,9 @@ def _figures(experiment: ExperimentResult, config, folder: Path) -> dict[str, Pa
     figures = {"curves": viz.figure_curves(histories, folder / "curves.png", title="training on the base classes")}
 
     dataset = open_dataset(config.data.dataset, config.data.root, **config.data.options)
-    model = model_from_checkpoint(best_or_last(experiment.runs["sst"]))
+    model = model_from_checkpoint(best_or_last(experiment.runs["sst"]), device=run_device(config))
     one_shot = experiment.find("sst", 1).result.manifests[0].episodes[:FIGURE_EPISODES]
-    batch = _batch(dataset, one_shot, config.model.image_size)
+    batch = _batch(dataset, one_shot, config.model.image_size, run_device(config))
     explanations = viz.explain(
         model, batch["query"], batch["support_images"], batch["support_masks"], batch["query_mask"]
     )
@@ -122,7 +123,7 @@ def _figures(experiment: ExperimentResult, config, folder: Path) -> dict[str, Pa
         explanations, folder / "tuning.png", title="SST, 1-shot, novel classes: before and after self-supervised tuning"
     )
     five_shot = experiment.find("sst", 5).result.manifests[0].episodes[:1]
-    batch = _batch(dataset, five_shot, config.model.image_size)
+    batch = _batch(dataset, five_shot, config.model.image_size, run_device(config))
     (explanation,) = viz.explain(
         model, batch["query"], batch["support_images"], batch["support_masks"], batch["query_mask"]
     )
@@ -136,9 +137,10 @@ def _points(mean: float, ci: float) -> str:
     return f"{100 * mean:.1f}" + (f" ± {100 * ci:.1f}" if not math.isnan(ci) else "")
 
 
-def _batch(dataset, episodes, size) -> dict:
+def _batch(dataset, episodes, size, device) -> dict:
     items = EpisodeDataset(dataset, episodes, size)
-    return collate_episodes([items[i] for i in range(len(items))])
+    batch = collate_episodes([items[i] for i in range(len(items))])
+    return {key: value.to(device) if hasattr(value, "to") else value for key, value in batch.items()}
 
 
 def _report(

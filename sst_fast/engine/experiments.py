@@ -112,7 +112,7 @@ def run_experiment(
         for k in (shots_for or {}).get(name, shots):
             for fusion in fusions if (fusions and k > 1) else (None,):
                 overrides = {"fusion": fusion} if fusion else {}
-                model = model_from_checkpoint(checkpoint, device=_device(config), **overrides)
+                model = model_from_checkpoint(checkpoint, device=run_device(config), **overrides)
                 label = f"{name}, {k}-shot" + (f", {fusion}" if fusion else "")
                 log(f"== evaluating {label}")
                 result = evaluate(
@@ -238,7 +238,8 @@ def best_or_last(run: TrainResult) -> Path:
     return run.best_checkpoint if run.best_checkpoint.exists() else run.last_checkpoint
 
 
-def _device(config: RunConfig) -> str:
+def run_device(config: RunConfig) -> str:
+    """The device ``run.device`` names, resolved (``auto`` -> CUDA when available)."""
     from .train import resolve_device
 
     return str(resolve_device(config.run.device))
