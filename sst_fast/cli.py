@@ -416,8 +416,6 @@ def _values(array) -> str:
 
 def _one_line(error: BaseException) -> str:
     text = str(error).strip()
-    if isinstance(error, KeyError) and text.startswith("'"):
-        text = text.strip("'")
     return text.splitlines()[0] if text else type(error).__name__
 
 

@@ -13,9 +13,8 @@ import json
 import math
 from pathlib import Path
 
-from ..data import EpisodeDataset, collate_episodes, open_dataset
+from ..data import EpisodeDataset, collate_episodes
 from ..data.base import write_text_atomic
-from ..metrics import mean_ci
 from .checkpoint import model_from_checkpoint
 from .evaluate import EvaluationResult, evaluate
 from .experiments import (
@@ -24,6 +23,7 @@ from .experiments import (
     run_device,
     ExperimentResult,
     best_or_last,
+    format_points,
     paired_difference,
     results_table,
     run_experiment,
@@ -86,12 +86,11 @@ def _without_tuning(experiment: ExperimentResult, config, progress: bool, log) -
     """The SST weights evaluated 1-shot on the same episodes without the tuning step (prototype p, not p'):
     what the test-time tuning itself adds, apart from what training with it and the auxiliary loss did."""
     log("== evaluating sst, 1-shot, without the tuning step at test time")
-    dataset = open_dataset(config.data.dataset, config.data.root, **config.data.options)
     tuned = experiment.find("sst", 1).result
     model = model_from_checkpoint(best_or_last(experiment.runs["sst"]), device=run_device(config), ssm=False)
     result = evaluate(
         model,
-        dataset,
+        experiment.dataset,
         config.data.fold,
         size=config.model.image_size,
         batch_size=config.optim.batch_size,
@@ -112,7 +111,7 @@ def _figures(experiment: ExperimentResult, config, folder: Path) -> dict[str, Pa
         histories[name] = [json.loads(line) for line in lines if line.strip()]
     figures = {"curves": viz.figure_curves(histories, folder / "curves.png", title="training on the base classes")}
 
-    dataset = open_dataset(config.data.dataset, config.data.root, **config.data.options)
+    dataset = experiment.dataset
     model = model_from_checkpoint(best_or_last(experiment.runs["sst"]), device=run_device(config))
     one_shot = experiment.find("sst", 1).result.manifests[0].episodes[:FIGURE_EPISODES]
     batch = _batch(dataset, one_shot, config.model.image_size, run_device(config))
@@ -131,10 +130,6 @@ def _figures(experiment: ExperimentResult, config, folder: Path) -> dict[str, Pa
         explanation, folder / "shots.png", title="SST, 5-shot: each shot's self-segmentation and fusion weight"
     )
     return figures
-
-
-def _points(mean: float, ci: float) -> str:
-    return f"{100 * mean:.1f}" + (f" ± {100 * ci:.1f}" if not math.isnan(ci) else "")
 
 
 def _batch(dataset, episodes, size, device) -> dict:
@@ -171,19 +166,14 @@ def _report(
         "",
     ]
     for k in SHOTS:
-        mean, ci = paired_difference(experiment, "sst", "baseline", k)
-        spread = f" ± {100 * ci:.1f}" if not math.isnan(ci) else ""
-        lines.append(f"- {k}-shot: {100 * mean:+.1f}{spread}")
-    tuned = experiment.find("sst", 1).result
-    gains = [a["miou"] - b["miou"] for a, b in zip(tuned.runs, untuned.runs, strict=True)]
-    mean, ci = mean_ci(gains)
-    spread = f" ± {100 * ci:.2f}" if not math.isnan(ci) else ""
-    untuned_miou, untuned_ci = untuned.summary()["miou"]
+        difference = paired_difference(experiment.find("sst", k).result, experiment.find("baseline", k).result)
+        lines.append(f"- {k}-shot: {format_points(*difference, signed=True)}")
+    gain = paired_difference(experiment.find("sst", 1).result, untuned)
     lines += [
         "",
         "The tuning step's own share: the *sst* weights evaluated 1-shot on the same episodes without the tuning "
-        f"step (prototype p instead of p') score mIoU {_points(untuned_miou, untuned_ci)}; tuned − untuned: "
-        f"{100 * mean:+.2f}{spread} points.",
+        f"step (prototype p instead of p') score mIoU {format_points(*untuned.summary()['miou'])}; tuned − untuned: "
+        f"{format_points(*gain, digits=2, signed=True)} points.",
     ]
     lines += ["", "Training (base-class validation mIoU of the chosen checkpoint, time):", ""]
     for name, run in experiment.runs.items():

@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..data import open_dataset
+from ..data import FewShotDataset, open_dataset
 from ..data.base import write_text_atomic
 from ..metrics import mean_ci
 from .checkpoint import load_checkpoint, model_from_checkpoint
@@ -49,6 +49,7 @@ class Evaluation:
 @dataclasses.dataclass
 class ExperimentResult:
     out_dir: Path
+    dataset: FewShotDataset
     runs: dict[str, TrainResult]
     evaluations: list[Evaluation]
     train_seconds: dict[str, float]
@@ -105,7 +106,9 @@ def run_experiment(
         runs[name] = train_variant(variant_config, out_dir / "runs" / _folder(name), progress, log)
         seconds[name] = time.perf_counter() - started
         if runs[name].status != "finished":
-            return ExperimentResult(out_dir, runs, evaluations, seconds)  # interrupted: resumable, nothing to score
+            return ExperimentResult(
+                out_dir, dataset, runs, evaluations, seconds
+            )  # interrupted: resumable, nothing to score
     manifests = {}  # (shots) -> manifests shared by every variant: paired comparisons
     for name in variants:
         checkpoint = best_or_last(runs[name])
@@ -132,7 +135,7 @@ def run_experiment(
                 manifests[k] = result.manifests
                 result.save(out_dir / "eval" / (f"{_folder(name)}-{k}shot" + (f"-{fusion}" if fusion else "")))
                 evaluations.append(Evaluation(name, k, model.config.fusion, result))
-    return ExperimentResult(out_dir, runs, evaluations, seconds)
+    return ExperimentResult(out_dir, dataset, runs, evaluations, seconds)
 
 
 def results_table(experiment: ExperimentResult, shots: Sequence[int], metrics=("miou", "fb_iou")) -> str:
@@ -144,7 +147,7 @@ def results_table(experiment: ExperimentResult, shots: Sequence[int], metrics=("
         cells = [variant]
         for k in shots:
             summary = experiment.find(variant, k).result.summary()
-            cells += [_mean_ci(*summary[m]) for m in metrics]
+            cells += [format_points(*summary[m]) for m in metrics]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -155,15 +158,15 @@ def fusion_table(experiment: ExperimentResult, variant: str, shots: int) -> str:
     for evaluation in experiment.evaluations:
         if evaluation.variant == variant and evaluation.shots == shots:
             summary = evaluation.result.summary()
-            lines.append(f"| {evaluation.fusion} | {_mean_ci(*summary['miou'])} | {_mean_ci(*summary['fb_iou'])} |")
+            lines.append(
+                f"| {evaluation.fusion} | {format_points(*summary['miou'])} | {format_points(*summary['fb_iou'])} |"
+            )
     return "\n".join(lines)
 
 
-def paired_difference(experiment: ExperimentResult, better: str, worse: str, shots: int, metric="miou"):
-    """Mean ± 95% CI over seeds of ``better - worse`` (same episodes for both, so the difference is paired)."""
-    a = experiment.find(better, shots).result.runs
-    b = experiment.find(worse, shots).result.runs
-    return mean_ci([x[metric] - y[metric] for x, y in zip(a, b, strict=True)])
+def paired_difference(better: EvaluationResult, worse: EvaluationResult, metric="miou"):
+    """Mean ± 95% CI over seeds of ``better - worse``, two evaluations on the same manifests (a paired difference)."""
+    return mean_ci([x[metric] - y[metric] for x, y in zip(better.runs, worse.runs, strict=True)])
 
 
 def save_experiment(experiment: ExperimentResult, name: str) -> Path:
@@ -209,8 +212,8 @@ def ablation(config: RunConfig, out_dir, episodes=1000, seeds=(0,), progress=Tru
         ["| model | SSM | aux loss | 1-shot mIoU | 1-shot FB-IoU |", "|---|---|---|---|---|"]
         + [
             f"| {v} | {_tick(TABLE1_VARIANTS[v]['ssm'])} | {_tick(TABLE1_VARIANTS[v]['aux_loss'])} | "
-            f"{_mean_ci(*experiment.find(v, 1).result.summary()['miou'])} | "
-            f"{_mean_ci(*experiment.find(v, 1).result.summary()['fb_iou'])} |"
+            f"{format_points(*experiment.find(v, 1).result.summary()['miou'])} | "
+            f"{format_points(*experiment.find(v, 1).result.summary()['fb_iou'])} |"
             for v in TABLE1_VARIANTS
         ]
     )
@@ -253,10 +256,12 @@ def _describe(changes: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in changes.items()) or "as configured"
 
 
-def _mean_ci(mean: float, ci: float) -> str:
+def format_points(mean: float, ci: float, digits: int = 1, signed: bool = False) -> str:
+    """A fraction's mean ± 95% CI in percentage points, e.g. ``40.7 ± 1.4`` (``+0.02 ± 0.01`` signed); NaN is ``-``."""
     if math.isnan(mean):
         return "-"
-    return f"{100 * mean:.1f}" + (f" ± {100 * ci:.1f}" if not math.isnan(ci) else "")
+    text = f"{100 * mean:{'+' if signed else ''}.{digits}f}"
+    return text + (f" ± {100 * ci:.{digits}f}" if not math.isnan(ci) else "")
 
 
 def _tick(flag: bool) -> str:
