@@ -11,7 +11,10 @@ PIP := $(PY) -m pip
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml setup.py CMakeLists.txt
+KERNEL_SOURCES := $(wildcard csrc/build.cfg csrc/*.h csrc/*.cpp csrc/cpu/*.cpp csrc/cuda/*.cu)
+
+# Rebuilt when the build description or a kernel source changes (pip prints what it compiles).
+$(VENV)/.installed: pyproject.toml setup.py CMakeLists.txt $(KERNEL_SOURCES)
 	@if $(PYTHON) -c "import torch" 2>/dev/null; then \
 		echo "using the importable torch: $$($(PYTHON) -c 'import torch; print(torch.__version__)')"; \
 		$(PYTHON) -m venv --system-site-packages $(VENV); \
@@ -37,7 +40,7 @@ lint: install
 	$(PY) -m ruff check sst_fast tests benchmarks setup.py
 
 bench: install
-	$(PY) -m pytest benchmarks -q -o python_files='bench_*.py' --benchmark-only \
+	$(PY) -m pytest benchmarks -q -o python_files='bench_*.py' --benchmark-only --benchmark-group-by=group \
 		--benchmark-columns=min,median,mean,rounds --benchmark-sort=name
 
 clean:

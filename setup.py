@@ -1,34 +1,43 @@
-"""Build script: the Python package plus, when ``csrc/`` holds kernels, the ``sst_fast._C`` library.
+"""Build script: the Python package plus the ``sst_fast._C`` kernel library.
 
-Sources are found by one rule shared with ``CMakeLists.txt``: ``csrc/*.cpp`` and
-``csrc/cpu/*.cpp`` always, ``csrc/cuda/*.cu`` when torch has CUDA and nvcc is present
-(``SST_FAST_CUDA=0/1`` forces the choice). Build with ``pip install --no-build-isolation .``
-so that the extension is compiled against the torch that will import it.
+Sources and flags come from ``csrc/build.cfg``, which ``CMakeLists.txt`` reads too: the CPU
+sources always, the CUDA sources when torch has CUDA and nvcc is present (``SST_FAST_CUDA=0/1``
+forces the choice). Build with ``pip install --no-build-isolation .`` so that the library is
+compiled against the torch that will import it.
 """
 
 from __future__ import annotations
 
+import configparser
 import glob
 import os
 
 from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-CPU_PATTERNS = ("csrc/*.cpp", "csrc/cpu/*.cpp")
-CUDA_PATTERNS = ("csrc/cuda/*.cu",)
 
 
-def _sources(patterns: tuple[str, ...]) -> list[str]:
+def build_config() -> configparser.ConfigParser:
+    config = configparser.ConfigParser()
+    config.read(os.path.join(ROOT, "csrc", "build.cfg"))
+    return config
+
+
+def _sources(kind: str) -> list[str]:
     found: list[str] = []
-    for pattern in patterns:
+    for pattern in build_config()["sources"][kind].split():
         found += sorted(glob.glob(pattern, root_dir=ROOT))
     return found
 
 
+def _flags(kind: str) -> list[str]:
+    return build_config()["flags"][kind].split()
+
+
 def _ext_modules_and_cmdclass():
-    cpu_sources = _sources(CPU_PATTERNS)
+    cpu_sources = _sources("cpu")
     if not cpu_sources:
-        print("sst_fast: csrc/ holds no kernels yet; building the pure-Python package")
+        print("sst_fast: csrc/ holds no kernels; building the pure-Python package")
         return [], {}
 
     try:
@@ -43,14 +52,18 @@ def _ext_modules_and_cmdclass():
     want_cuda = os.environ.get("SST_FAST_CUDA")
     has_cuda = torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
     use_cuda = has_cuda if want_cuda is None else want_cuda == "1"
-    sources = cpu_sources + (_sources(CUDA_PATTERNS) if use_cuda else [])
+    if use_cuda and not os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        os.environ["TORCH_CUDA_ARCH_LIST"] = ";".join(_flags("cuda_arch"))
+    sources = cpu_sources + (_sources("cuda") if use_cuda else [])
     extension = cpp_extension.CUDAExtension if use_cuda else cpp_extension.CppExtension
-    print(f"sst_fast: building sst_fast._C ({'CPU+CUDA' if use_cuda else 'CPU'}) from {len(sources)} sources")
+    what = "CPU + CUDA" if use_cuda else "CPU only"
+    reason = "" if use_cuda else f" (torch CUDA: {torch.version.cuda}, nvcc home: {cpp_extension.CUDA_HOME})"
+    print(f"sst_fast: building sst_fast._C, {what}{reason}, from {len(sources)} sources: {' '.join(sources)}")
     module = extension(
         "sst_fast._C",
         sources,
-        extra_compile_args={"cxx": ["-O3", "-fopenmp"], "nvcc": ["-O3"]},
-        extra_link_args=["-fopenmp"],
+        extra_compile_args={"cxx": _flags("cxx"), "nvcc": _flags("nvcc")},
+        extra_link_args=_flags("link"),
         py_limited_api=False,
     )
     return [module], {"build_ext": cpp_extension.BuildExtension.with_options(no_python_abi_suffix=True)}
