@@ -277,6 +277,7 @@ def _info(_args) -> int:
     print(f"torch      {torch.__version__} (CUDA {torch.version.cuda or 'none'})")
     print(f"numpy      {numpy.__version__}")
     print(f"op backends built: {', '.join(ops.backends())}; in use: {ops.current_backend()}")
+    print(f"kernels    {ops.library_status()}")
     print(f"cpu threads: {torch.get_num_threads()}")
     if torch.cuda.is_available():
         for index in range(torch.cuda.device_count()):

@@ -2,17 +2,31 @@
 
 ``masked_avg_pool``, ``prototype_conv2d`` and ``tuned_prototype`` check their arguments
 here, once for every backend, then call the implementation chosen by
-:func:`use_backend` / ``SST_FAST_BACKEND`` / ``auto``. ``backends()`` lists what is built.
+:func:`use_backend` / ``SST_FAST_BACKEND`` / ``auto``. ``backends()`` lists what is built:
+
+* ``reference``: plain PyTorch (:mod:`sst_fast.ops.reference`), the spec; every device.
+* ``cpp`` / ``cuda``: the compiled library ``sst_fast._C`` (``torch.ops.sst_fast``).
+* ``triton``: Triton kernels (``torch.ops.sst_fast_triton``) for CUDA tensors; with
+  ``TRITON_INTERPRET=1`` also for CPU tensors (slow; for testing). Imported on first use.
+
+The backend is chosen when an op runs forward; its backward always runs on the same
+backend, whichever thread autograd uses.
+
+Autocast: ``prototype_conv2d`` runs in the autocast dtype (like ``conv2d``);
+``tuned_prototype`` runs in float32 (the tuning step is a small difference of large
+sums); ``masked_avg_pool`` runs in its inputs' dtype. Every kernel accumulates in float32.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import os
 from numbers import Real
 
 import torch
 
-from . import reference
+from . import _compiled, reference
 from ._backend import KNOWN_BACKENDS, backends, current_backend, register_backend, resolve, use_backend
 
 __all__ = [
@@ -21,6 +35,7 @@ __all__ = [
     "current_backend",
     "masked_avg_pool",
     "prototype_conv2d",
+    "library_status",
     "register_backend",
     "tuned_prototype",
     "use_backend",
@@ -34,6 +49,44 @@ register_backend(
         "tuned_prototype": reference.tuned_prototype,
     },
 )
+if _compiled.OPS is not None:
+    _compiled_ops = _compiled.backend_ops(_compiled.OPS)
+    for _device in _compiled.built_device_types():
+        register_backend("cpp" if _device == "cpu" else "cuda", _compiled_ops, device_types=(_device,))
+
+
+def _triton_device_types() -> tuple[str, ...]:
+    """Where the Triton backend can run: CUDA with a GPU, CPU under ``TRITON_INTERPRET=1``."""
+    if importlib.util.find_spec("triton") is None:
+        return ()
+    devices = ("cuda",) if torch.cuda.is_available() else ()
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        devices += ("cpu",)
+    return devices
+
+
+def _lazy_triton(op: str):
+    def call(*args):
+        from . import _triton  # the first call compiles nothing: kernels compile on launch
+
+        return _triton.BACKEND[op](*args)
+
+    return call
+
+
+if _triton_device_types():
+    register_backend(
+        "triton", {op: _lazy_triton(op) for op in _compiled.PUBLIC_OPS}, device_types=_triton_device_types()
+    )
+
+
+def library_status() -> str:
+    """One line on the compiled kernels: what is built, or why the reference serves every op."""
+    if _compiled.LOAD_ERROR is not None:
+        return f"sst_fast._C not loaded ({_compiled.LOAD_ERROR}); every op runs the reference implementation"
+    devices = ", ".join(_compiled.built_device_types()) or "no device"
+    triton = ", ".join(_triton_device_types()) or "not available"
+    return f"sst_fast._C loaded (kernels for: {devices}); Triton: {triton}"
 
 
 def masked_avg_pool(features: torch.Tensor, mask: torch.Tensor, eps: float = 5e-4) -> torch.Tensor:
@@ -49,6 +102,8 @@ def masked_avg_pool(features: torch.Tensor, mask: torch.Tensor, eps: float = 5e-
     """
     op = "masked_avg_pool"
     _check_float_tensor(op, "features", features, ndim=4)
+    if _autocast_dtype(features) is not None and isinstance(mask, torch.Tensor):
+        mask = mask.to(features.dtype)  # the features' dtype, whichever autocast produced
     mask = _as_mask(op, mask, features)
     _check_positive(op, "eps", eps)
     return resolve(op, features.device.type)(features, mask, float(eps))
@@ -78,6 +133,11 @@ def prototype_conv2d(
     """
     op = "prototype_conv2d"
     _check_float_tensor(op, "query", query, ndim=4)
+    cast = _autocast_dtype(query)
+    if cast is not None:  # the autocast dtype, like conv2d
+        query, proto, weight, bias = _cast_floating((query, proto, weight, bias), cast)
+        with torch.autocast(query.device.type, enabled=False):
+            return prototype_conv2d(query, proto, weight, bias, dilation)
     batch, channels = query.shape[:2]
     _check_float_tensor(op, "proto", proto, ndim=2, like=query)
     _check_shape(op, "proto", proto, (batch, channels), "[B, C] matching query [B, C, H, W]")
@@ -118,6 +178,10 @@ def tuned_prototype(
     """
     op = "tuned_prototype"
     _check_float_tensor(op, "delta", delta, ndim=4)
+    if _autocast_dtype(delta) is not None:  # float32: a small step off a mean of large sums
+        delta, mask, weight, proto, step = _cast_floating((delta, mask, weight, proto, step), torch.float32)
+        with torch.autocast(delta.device.type, enabled=False):
+            return tuned_prototype(delta, mask, weight, proto, step, eps, dilation)
     batch = delta.shape[0]
     mask = _as_mask(op, mask, delta)
     _check_float_tensor(op, "proto", proto, ndim=2, like=delta)
@@ -135,7 +199,26 @@ def tuned_prototype(
         raise ValueError(f"{op}: step must be a finite number, got {step!r}")
     _check_positive(op, "eps", eps)
     _check_dilation(op, dilation)
-    return resolve(op, delta.device.type)(delta, mask, weight, proto, step, float(eps), int(dilation))
+    # The compiled kernels treat the mask as a label; a mask that needs a gradient takes the reference.
+    implementation = reference.tuned_prototype if mask.requires_grad else resolve(op, delta.device.type)
+    return implementation(delta, mask, weight, proto, step, float(eps), int(dilation))
+
+
+# --- autocast ------------------------------------------------------------------------------------
+
+
+def _autocast_dtype(tensor: torch.Tensor) -> torch.dtype | None:
+    """The autocast dtype active for ``tensor``'s device, or None when autocast is off there."""
+    device_type = tensor.device.type
+    if device_type not in ("cpu", "cuda") or not torch.is_autocast_enabled(device_type):
+        return None
+    return torch.get_autocast_dtype(device_type)
+
+
+def _cast_floating(values: tuple, dtype: torch.dtype) -> tuple:
+    return tuple(
+        value.to(dtype) if isinstance(value, torch.Tensor) and value.is_floating_point() else value for value in values
+    )
 
 
 # --- argument checks shared by every backend ------------------------------------------------

@@ -14,6 +14,8 @@ import dataclasses
 import os
 from collections.abc import Callable, Iterator
 
+import torch
+
 KNOWN_BACKENDS = ("reference", "cpp", "cuda", "triton")
 ENV_VAR = "SST_FAST_BACKEND"
 # Fastest first, per device type; "reference" serves every device.
@@ -75,14 +77,22 @@ def use_backend(name: str) -> Iterator[None]:
 
 
 def resolve(op: str, device_type: str) -> Callable:
-    """The implementation of ``op`` for tensors on ``device_type`` under the current choice."""
+    """The implementation of ``op`` for tensors on ``device_type`` under the current choice.
+
+    Under ``torch.compile`` the choice is made once, when the function is traced.
+    """
+    return _registry[_serving(op, device_type)].ops[op]
+
+
+@torch.compiler.assume_constant_result
+def _serving(op: str, device_type: str) -> str:
     requested = current_backend()
     if requested == "auto":
         for name in PREFERENCE.get(device_type, ("reference",)):
             backend = _registry.get(name)
             if backend is not None and backend.serves(device_type) and op in backend.ops:
-                return backend.ops[op]
-        return _registry["reference"].ops[op]
+                return name
+        return "reference"
     backend = _registry[requested]
     if not backend.serves(device_type):
         raise RuntimeError(
@@ -91,4 +101,4 @@ def resolve(op: str, device_type: str) -> Callable:
         )
     if op not in backend.ops:
         raise RuntimeError(f"{op}: backend {requested!r} does not implement this op; use 'auto' or 'reference'")
-    return backend.ops[op]
+    return requested

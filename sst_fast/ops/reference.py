@@ -43,7 +43,14 @@ def tuned_prototype(
     eps: float = 5e-4,
     dilation: int = 1,
 ) -> torch.Tensor:
-    """``masked_avg_pool(F - step * dL/dF, mask)`` from ``delta = dL/dy`` alone (DESIGN §3, op 3).
+    """``masked_avg_pool(F - step * dL/dF, mask)`` from ``delta = dL/dy`` alone (DESIGN §3, op 3)."""
+    return proto - step * prototype_update(delta, mask, weight, eps, dilation)
+
+
+def prototype_update(
+    delta: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor, eps: float = 5e-4, dilation: int = 1
+) -> torch.Tensor:
+    """``masked_avg_pool(dL/dF, mask)``: the pooled feature gradient, [B, C].
 
     ``y = prototype_conv2d(F, masked_avg_pool(F, mask), weight)``, so ``dL/dF`` has a direct
     part, ``conv_transpose(delta, Wq)``, and a part through the prototype,
@@ -51,7 +58,7 @@ def tuned_prototype(
     ``delta`` (``S``) and k*k in-image sums of ``delta`` (``dQ``); neither the gradient map
     nor the tuned feature map is ever formed.
     """
-    channels = proto.shape[1]
+    channels = weight.shape[1] // 2
     kernel = weight.shape[-1]
     w_query = weight[:, :channels].flatten(2)  # [Co, C, k*k]
     w_proto = weight[:, channels:].flatten(2)  # [Co, C, k*k]
@@ -68,5 +75,4 @@ def tuned_prototype(
     mass = mask.sum((1, 2, 3)) + eps  # [B]
     pooled_direct = torch.einsum("oct,bot->bc", w_query, shifted_masked_sums) / mass[:, None]
     d_proto = torch.einsum("oct,bot->bc", w_proto, tap_sums)  # dp  [B, C]
-    pooled_through_proto = d_proto * (mask.square().sum((1, 2, 3)) / mass.square())[:, None]
-    return proto - step * (pooled_direct + pooled_through_proto)
+    return pooled_direct + d_proto * (mask.square().sum((1, 2, 3)) / mass.square())[:, None]
