@@ -1,0 +1,474 @@
+"""The compiled backends (``cpp`` on CPU, ``cuda`` on a GPU) against the reference, op by op.
+
+Forward and every gradient in float32 and float64, gradcheck and double backward, opcheck,
+torch.compile(fullgraph=True), shapes from 1x1 to 65x65, k in {1, 3, 5}, dilation in {1, 2},
+B up to 16, non-contiguous and channels_last inputs, empty masks, autocast, hypothesis
+properties. The Triton backend has its own file (it runs in the interpreter on CPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sst_fast import ops
+from sst_fast.ops import _compiled, reference
+from tests.conftest import assert_close
+
+COMPILED = [
+    pytest.param(
+        "cpp",
+        "cpu",
+        marks=pytest.mark.skipif("cpp" not in ops.backends(), reason="sst_fast._C (CPU) is not built"),
+        id="cpp",
+    ),
+    pytest.param(
+        "cuda",
+        "cuda",
+        marks=pytest.mark.skipif("cuda" not in ops.backends(), reason="no CUDA kernels or no GPU"),
+        id="cuda",
+    ),
+]
+TOLERANCE = {torch.float32: dict(rtol=1e-4, atol=1e-5), torch.float64: dict(rtol=1e-10, atol=1e-12)}
+
+# (batch, channels, out_channels, height, width, kernel, dilation): the edges of the ranges
+SHAPES = [
+    (1, 1, 1, 1, 1, 1, 1),
+    (1, 2, 3, 1, 1, 3, 2),
+    (2, 3, 4, 5, 7, 3, 1),
+    (3, 4, 2, 6, 1, 5, 2),
+    (16, 3, 5, 4, 9, 3, 2),
+    (2, 5, 3, 13, 11, 5, 1),
+    (1, 3, 2, 65, 65, 3, 2),
+    (2, 6, 4, 8, 8, 5, 2),
+]
+SHAPE_IDS = ["x".join(map(str, shape)) for shape in SHAPES]
+
+
+def make(shape, dtype, device, mask_kind="binary", seed=0):
+    batch, channels, out_channels, height, width, kernel, _ = shape
+    gen = torch.Generator().manual_seed(seed)
+
+    def randn(*size, scale=1.0):
+        return (torch.randn(*size, generator=gen, dtype=dtype) * scale).to(device)
+
+    if mask_kind == "binary":
+        mask = (torch.rand(batch, 1, height, width, generator=gen) > 0.5).to(dtype)
+    elif mask_kind == "soft":
+        mask = torch.rand(batch, 1, height, width, generator=gen, dtype=dtype)
+    else:
+        mask = torch.zeros(batch, 1, height, width, dtype=dtype)
+    return dict(
+        features=randn(batch, channels, height, width),
+        mask=mask.to(device),
+        proto=randn(batch, channels),
+        weight=randn(out_channels, 2 * channels, kernel, kernel, scale=0.3),
+        bias=randn(out_channels),
+        delta=randn(batch, out_channels, height, width),
+    )
+
+
+def run_op(name, backend, inputs, dilation, step=0.7, cotangent=None):
+    """One public op on ``backend``, plus its gradients for a fixed random cotangent."""
+    with ops.use_backend(backend):
+        if name == "masked_avg_pool":
+            args = (inputs["features"], inputs["mask"])
+            out = ops.masked_avg_pool(*args)
+        elif name == "prototype_conv2d":
+            args = (inputs["features"], inputs["proto"], inputs["weight"], inputs["bias"])
+            out = ops.prototype_conv2d(*args, dilation)
+        else:
+            args = (inputs["delta"], inputs["mask"], inputs["weight"], inputs["proto"])
+            out = ops.tuned_prototype(*args, step, 5e-4, dilation)
+    if cotangent is None:
+        cotangent = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype)
+    cotangent = torch.as_tensor(cotangent, dtype=out.dtype).expand(out.shape).to(out.device)
+    grads = torch.autograd.grad(out, args, cotangent, allow_unused=True)
+    return out, grads
+
+
+def leaf_inputs(inputs, requires_grad=True):
+    return {key: value.detach().clone().requires_grad_(requires_grad) for key, value in inputs.items()}
+
+
+OPS = ["masked_avg_pool", "prototype_conv2d", "tuned_prototype"]
+
+
+# --- forward and every gradient against the reference -------------------------------------------
+
+
+@pytest.mark.parametrize("backend, device", COMPILED)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+@pytest.mark.parametrize("name", OPS)
+def test_forward_and_gradients_match_reference(name, shape, dtype, backend, device):
+    inputs = make(shape, dtype, device, mask_kind="soft")
+    dilation = shape[-1]
+    expected, expected_grads = run_op(name, "reference", leaf_inputs(inputs), dilation)
+    actual, actual_grads = run_op(name, backend, leaf_inputs(inputs), dilation)
+    assert_close(actual, expected, **TOLERANCE[dtype], what=f"{name} forward")
+    for index, (got, want) in enumerate(zip(actual_grads, expected_grads, strict=True)):
+        assert_close(got, want, **TOLERANCE[dtype], what=f"{name} gradient of input {index}")
+
+
+@pytest.mark.parametrize("backend, device", COMPILED)
+@pytest.mark.parametrize("name", OPS)
+@pytest.mark.parametrize("mask_kind", ["empty", "binary"])
+def test_empty_and_binary_masks(name, mask_kind, backend, device):
+    inputs = make((3, 4, 3, 6, 5, 3, 2), torch.float64, device, mask_kind=mask_kind)
+    inputs["mask"][1] = 0  # one episode with an empty mask in every case
+    expected, expected_grads = run_op(name, "reference", leaf_inputs(inputs), 2)
+    actual, actual_grads = run_op(name, backend, leaf_inputs(inputs), 2)
+    assert torch.isfinite(actual).all()
+    assert_close(actual, expected, **TOLERANCE[torch.float64])
+    for got, want in zip(actual_grads, expected_grads, strict=True):
+        assert_close(got, want, **TOLERANCE[torch.float64])
+    if name == "masked_avg_pool":
+        assert torch.equal(actual[1], torch.zeros_like(actual[1]))
+
+
+@pytest.mark.parametrize("backend, device", COMPILED)
+@pytest.mark.parametrize("name", OPS)
+@pytest.mark.parametrize("layout", ["channels_last", "non_contiguous"])
+def test_layouts(name, layout, backend, device):
+    inputs = make((2, 4, 3, 7, 6, 3, 2), torch.float64, device, mask_kind="soft")
+    expected, expected_grads = run_op(name, "reference", leaf_inputs(inputs), 2)
+    strided = {}
+    for key, value in inputs.items():
+        if value.dim() == 4 and layout == "channels_last":
+            value = value.contiguous(memory_format=torch.channels_last)
+        elif layout == "non_contiguous":  # the same values, every other element of a bigger buffer
+            value = torch.stack([value, torch.full_like(value, float("nan"))], -1)[..., 0]
+        strided[key] = value.detach().requires_grad_()
+    assert not strided["features"].is_contiguous()
+    actual, actual_grads = run_op(name, backend, strided, 2)
+    assert_close(actual, expected, **TOLERANCE[torch.float64])
+    for got, want in zip(actual_grads, expected_grads, strict=True):
+        assert_close(got, want, **TOLERANCE[torch.float64])
+
+
+# --- gradcheck, double backward, opcheck ------------------------------------------------------------
+
+
+def _functions(backend, dilation):
+    """The public ops as functions of their differentiable inputs; ``backend=None`` leaves the choice to the caller."""
+
+    def chosen():
+        return ops.use_backend(backend) if backend is not None else contextlib.nullcontext()
+
+    def pool(features, mask):
+        with chosen():
+            return ops.masked_avg_pool(features, mask)
+
+    def conv(query, proto, weight, bias):
+        with chosen():
+            return ops.prototype_conv2d(query, proto, weight, bias, dilation)
+
+    def tuned(delta, mask, weight, proto, step):
+        with chosen():
+            return ops.tuned_prototype(delta, mask, weight, proto, step, 5e-4, dilation)
+
+    return {"masked_avg_pool": pool, "prototype_conv2d": conv, "tuned_prototype": tuned}
+
+
+def _gradcheck_args(name, inputs):
+    step = torch.tensor(0.7, dtype=torch.float64, device=inputs["mask"].device)
+    return {
+        "masked_avg_pool": (inputs["features"], inputs["mask"]),
+        "prototype_conv2d": (inputs["features"], inputs["proto"], inputs["weight"], inputs["bias"]),
+        "tuned_prototype": (inputs["delta"], inputs["mask"], inputs["weight"], inputs["proto"], step),
+    }[name]
+
+
+@pytest.mark.parametrize("backend, device", COMPILED)
+@pytest.mark.parametrize("name", OPS)
+@pytest.mark.parametrize("shape", [(2, 2, 3, 5, 4, 3, 2), (1, 3, 2, 3, 3, 1, 1), (2, 2, 2, 2, 3, 5, 1)])
+def test_gradcheck_and_gradgradcheck(name, shape, backend, device):
+    inputs = make(shape, torch.float64, device, mask_kind="soft")
+    args = tuple(arg.detach().requires_grad_() for arg in _gradcheck_args(name, inputs))
+    function = _functions(backend, shape[-1])[name]
+    assert torch.autograd.gradcheck(function, args)
+    assert torch.autograd.gradgradcheck(function, args)
+
+
+@pytest.mark.parametrize("backend, device", COMPILED)
+def test_second_order_path_of_the_reference_model(backend, device):
+    """SSTReference's path: proto = pool(F), y = conv(F, proto), dL/dF with create_graph, pooled, outer loss.
+
+    The prototype depends on the query it is compared with, so double backward must take partial
+    derivatives; every parameter's second-order gradient equals the reference's.
+    """
+
+    def outer_gradients(name):
+        inputs = leaf_inputs(make((3, 3, 4, 6, 5, 3, 2), torch.float64, device, mask_kind="soft"))
+        features, mask, weight, bias = (inputs[k] for k in ("features", "mask", "weight", "bias"))
+        with ops.use_backend(name):
+            proto = ops.masked_avg_pool(features, mask)
+            inner = ops.prototype_conv2d(features, proto, weight, bias, 2).sigmoid().square().mean()
+            (grad,) = torch.autograd.grad(inner, features, create_graph=True)
+            tuned = ops.masked_avg_pool(features - 0.7 * grad, mask)
+            outer = ops.prototype_conv2d(features, tuned, weight, bias, 2).tanh().sum()
+        return torch.autograd.grad(outer, (features, mask, weight, bias))
+
+    for got, want in zip(outer_gradients(backend), outer_gradients("reference"), strict=False):
+        assert_close(got, want, **TOLERANCE[torch.float64])
+
+
+def _op_samples(device):
+    inputs = make((2, 3, 4, 5, 6, 3, 2), torch.float32, device, mask_kind="soft")
+    f, m, p, w, b, d = (inputs[k] for k in ("features", "mask", "proto", "weight", "bias", "delta"))
+    grad_pool, grad_update = torch.randn(2, 3, device=device), torch.randn(2, 3, device=device)
+    return [
+        ("masked_avg_pool", (f, m, 5e-4)),
+        ("masked_avg_pool_backward", (grad_pool, f, m, 5e-4, [True, True])),
+        ("masked_avg_pool_backward", (grad_pool, f, m, 5e-4, [True, False])),
+        ("prototype_conv2d", (f, p, w, b, 2)),
+        ("prototype_conv2d", (f, p, w, None, 1)),
+        ("prototype_conv2d_backward", (d, f, p, w, 2, [True, True, True, True])),
+        ("prototype_conv2d_backward", (d, f, p, w, 1, [False, True, False, True])),
+        ("prototype_update", (d, m, w, 5e-4, 2)),
+        ("prototype_update_backward", (grad_update, d, m, w, 5e-4, 2, [True, True])),
+        ("prototype_update_backward", (grad_update, d, m, w, 5e-4, 1, [False, True])),
+    ]
+
+
+@pytest.mark.parametrize("backend, device", COMPILED)
+def test_opcheck(backend, device):
+    for name, args in _op_samples(device):
+        # forward ops get inputs that require grad (prototype_update's mask is a label); backward ops get plain ones
+        wants_grad = [name in _compiled.FORWARD_OPS and not (name == "prototype_update" and i == 1) for i in range(9)]
+        args = tuple(
+            a.detach().requires_grad_(wants_grad[i]) if isinstance(a, torch.Tensor) else a for i, a in enumerate(args)
+        )
+        torch.library.opcheck(getattr(torch.ops.sst_fast, name).default, args)
+
+
+@pytest.mark.parametrize("backend, device", COMPILED)
+@pytest.mark.parametrize("name", OPS)
+def test_torch_compile_fullgraph(name, backend, device):
+    torch._dynamo.reset()
+    inputs = make((2, 3, 4, 6, 5, 3, 2), torch.float32, device, mask_kind="soft")
+    function = _functions(None, 2)[name]
+    args = tuple(a.float().detach().requires_grad_() for a in _gradcheck_args(name, inputs))
+    compiled = torch.compile(function, fullgraph=True, backend="aot_eager")
+    with ops.use_backend(backend):
+        expected = function(*args)
+        actual = compiled(*args)
+    assert_close(actual, expected, **TOLERANCE[torch.float32])
+    cotangent = torch.randn_like(expected)
+    for got, want in zip(
+        torch.autograd.grad(actual, args, cotangent, allow_unused=True),
+        torch.autograd.grad(expected, args, cotangent, allow_unused=True),
+        strict=False,
+    ):
+        assert_close(got, want, **TOLERANCE[torch.float32])
+
+
+@pytest.mark.parametrize("backend, device", COMPILED)
+def test_torch_compile_inductor(backend, device):
+    """The whole stack (dynamo + AOT + inductor) around the ops, forward and backward."""
+    torch._dynamo.reset()
+    inputs = leaf_inputs(make((2, 3, 4, 6, 5, 3, 2), torch.float32, device, mask_kind="soft"))
+
+    def head(features, mask, weight, bias, delta):
+        proto = ops.masked_avg_pool(features, mask)
+        y = ops.prototype_conv2d(features, proto, weight, bias, 2).relu()
+        tuned = ops.tuned_prototype(delta, mask, weight, proto, 0.5, 5e-4, 2)
+        return y.mean() + tuned.square().sum()
+
+    args = tuple(inputs[k] for k in ("features", "mask", "weight", "bias", "delta"))
+    with ops.use_backend(backend):
+        expected = head(*args)
+        actual = torch.compile(head, fullgraph=True)(*args)
+    assert_close(actual, expected, rtol=1e-5, atol=1e-6)
+    for got, want in zip(torch.autograd.grad(actual, args), torch.autograd.grad(expected, args), strict=False):
+        assert_close(got, want, **TOLERANCE[torch.float32])
+
+
+# --- backend choice, autocast, errors ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend, device", COMPILED)
+def test_backward_runs_on_the_forward_backend_in_any_thread(backend, device):
+    """The backend is picked in forward: a backward outside the use_backend block, in another thread, keeps it."""
+    inputs = leaf_inputs(make((2, 3, 4, 5, 5, 3, 1), torch.float32, device))
+    with ops.use_backend(backend):
+        out = ops.prototype_conv2d(inputs["features"], inputs["proto"], inputs["weight"], inputs["bias"], 1)
+    assert "sst_fast" in out.grad_fn.name()
+    errors = []
+
+    def backward():
+        try:
+            with ops.use_backend("reference"):
+                out.sum().backward()
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=backward)
+    thread.start()
+    thread.join()
+    assert not errors
+    _, expected_grads = run_op("prototype_conv2d", "reference", leaf_inputs(inputs), 1, cotangent=1.0)
+    for key, want in zip(("features", "proto", "weight", "bias"), expected_grads, strict=True):
+        assert_close(inputs[key].grad, want, **TOLERANCE[torch.float32], what=key)
+
+
+@pytest.mark.parametrize("backend, device", COMPILED)
+def test_autocast(backend, device):
+    dtype = torch.bfloat16
+    inputs = make((2, 8, 4, 9, 9, 3, 2), torch.float32, device, mask_kind="soft")
+    with ops.use_backend(backend), torch.autocast(device, dtype=dtype):
+        conv = ops.prototype_conv2d(inputs["features"], inputs["proto"], inputs["weight"], inputs["bias"], 2)
+        tuned = ops.tuned_prototype(inputs["delta"].to(dtype), inputs["mask"], inputs["weight"], inputs["proto"])
+        pooled = ops.masked_avg_pool(inputs["features"].to(dtype), inputs["mask"])
+    assert conv.dtype == dtype and tuned.dtype == torch.float32 and pooled.dtype == dtype
+    with ops.use_backend("reference"):
+        expected_conv = ops.prototype_conv2d(inputs["features"], inputs["proto"], inputs["weight"], inputs["bias"], 2)
+        expected_tuned = ops.tuned_prototype(
+            inputs["delta"].to(dtype).float(), inputs["mask"], inputs["weight"], inputs["proto"]
+        )
+        expected_pool = ops.masked_avg_pool(inputs["features"], inputs["mask"])
+    assert_close(conv.float(), expected_conv, rtol=3e-2, atol=3e-2)
+    assert_close(tuned, expected_tuned, **TOLERANCE[torch.float32])
+    assert_close(pooled.float(), expected_pool, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("backend, device", COMPILED)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_reduced_precision_accumulates_in_float32(dtype, backend, device):
+    inputs = make((2, 16, 4, 21, 21, 3, 2), torch.float32, device, mask_kind="soft")
+    low = {k: v.to(dtype) for k, v in inputs.items()}
+    for name in OPS:
+        expected, _ = run_op(name, "reference", leaf_inputs(low), 2)
+        actual, _ = run_op(name, backend, leaf_inputs(low), 2)
+        exact, _ = run_op(name, "reference", leaf_inputs({k: v.double() for k, v in low.items()}), 2)
+        assert actual.dtype == dtype
+        # no worse than the reference in the same dtype, against the float64 result
+        error, reference_error = (actual.double() - exact).abs().max(), (expected.double() - exact).abs().max()
+        assert error <= 1.5 * reference_error + 1e-3 * exact.abs().max(), (name, error, reference_error)
+
+
+@pytest.mark.parametrize("backend, device", COMPILED)
+@pytest.mark.parametrize(
+    "name, args, message",
+    [
+        ("masked_avg_pool", lambda t: (t["features"], t["mask"][:, :, :2], 5e-4), "mask must be"),
+        ("masked_avg_pool", lambda t: (t["features"], t["mask"].double(), 5e-4), "mask has dtype"),
+        ("masked_avg_pool", lambda t: (t["features"], t["mask"], -1.0), "eps must be"),
+        ("masked_avg_pool", lambda t: (t["features"][0], t["mask"], 5e-4), "features must have 4 dimensions"),
+        ("prototype_conv2d", lambda t: (t["features"], t["proto"][:1], t["weight"], None, 1), "proto must be"),
+        ("prototype_conv2d", lambda t: (t["features"], t["proto"], t["weight"][:, :3], None, 1), "weight must be"),
+        ("prototype_conv2d", lambda t: (t["features"], t["proto"], t["weight"][..., :2], None, 1), "odd size"),
+        ("prototype_conv2d", lambda t: (t["features"], t["proto"], t["weight"], t["bias"][:1], 1), "bias must be"),
+        ("prototype_conv2d", lambda t: (t["features"], t["proto"], t["weight"], None, 0), "dilation must be"),
+        ("prototype_update", lambda t: (t["delta"][:, :1], t["mask"], t["weight"], 5e-4, 1), "delta must have"),
+        ("prototype_update", lambda t: (t["delta"], t["mask"], t["weight"].int(), 5e-4, 1), "floating-point"),
+    ],
+)
+def test_direct_op_calls_check_their_arguments(name, args, message, backend, device):
+    inputs = make((2, 3, 4, 5, 5, 3, 1), torch.float32, device)
+    with pytest.raises(RuntimeError, match=message):
+        getattr(torch.ops.sst_fast, name)(*args(inputs))
+
+
+def test_package_falls_back_to_the_reference_without_the_library(tmp_path):
+    """With sst_fast._C unimportable the package works on the reference ops and says so."""
+    script = (
+        "import sys; sys.modules['sst_fast._C'] = None\n"
+        "import torch, sst_fast\n"
+        "from sst_fast import ops\n"
+        "assert ops.backends() == ['reference'], ops.backends()\n"
+        "print(ops.library_status())\n"
+        "x = torch.randn(1, 2, 3, 3)\n"
+        "print(ops.masked_avg_pool(x, torch.ones(1, 1, 3, 3)).shape)\n"
+        "from sst_fast.cli import main\n"
+        "main(['info'])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "not loaded" in result.stdout and "reference implementation" in result.stdout
+
+
+def test_info_names_the_compiled_kernels():
+    result = subprocess.run(
+        [sys.executable, "-m", "sst_fast", "info"], capture_output=True, text=True, check=True, env=os.environ
+    )
+    assert ops.library_status() in result.stdout
+
+
+# --- hypothesis: random shapes, masks and layouts ------------------------------------------------------
+
+PROPERTY_SETTINGS = settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
+)
+
+
+@st.composite
+def cases(draw):
+    kernel = draw(st.sampled_from([1, 3, 5]))
+    shape = (
+        draw(st.integers(1, 4)),
+        draw(st.integers(1, 5)),
+        draw(st.integers(1, 4)),
+        draw(st.integers(1, 12)),
+        draw(st.integers(1, 12)),
+        kernel,
+        draw(st.sampled_from([1, 2])),
+    )
+    return shape, draw(st.sampled_from(["binary", "soft", "empty"])), draw(st.booleans()), draw(st.integers(0, 2**16))
+
+
+def _property(name, case):
+    shape, mask_kind, channels_last, seed = case
+    inputs = make(shape, torch.float64, "cpu", mask_kind=mask_kind, seed=seed)
+    if channels_last:
+        inputs = {k: v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v for k, v in inputs.items()}
+    expected, expected_grads = run_op(name, "reference", leaf_inputs(inputs), shape[-1])
+    actual, actual_grads = run_op(name, "cpp", leaf_inputs(inputs), shape[-1])
+    assert_close(actual, expected, **TOLERANCE[torch.float64])
+    for got, want in zip(actual_grads, expected_grads, strict=True):
+        assert_close(got, want, **TOLERANCE[torch.float64])
+
+
+needs_cpp = pytest.mark.skipif("cpp" not in ops.backends(), reason="sst_fast._C (CPU) is not built")
+
+
+@needs_cpp
+@PROPERTY_SETTINGS
+@given(cases())
+def test_property_masked_avg_pool(case):
+    _property("masked_avg_pool", case)
+
+
+@needs_cpp
+@PROPERTY_SETTINGS
+@given(cases())
+def test_property_prototype_conv2d(case):
+    _property("prototype_conv2d", case)
+
+
+@needs_cpp
+@PROPERTY_SETTINGS
+@given(cases())
+def test_property_tuned_prototype(case):
+    _property("tuned_prototype", case)
+
+
+def test_reference_prototype_update_is_the_pooled_feature_gradient():
+    """prototype_update = masked_avg_pool(dL/dF) by autograd through the relation conv (DESIGN §3)."""
+    inputs = make((2, 3, 4, 6, 7, 3, 2), torch.float64, "cpu", mask_kind="soft")
+    features = inputs["features"].requires_grad_()
+    proto = reference.masked_avg_pool(features, inputs["mask"])
+    y = reference.prototype_conv2d(features, proto, inputs["weight"], inputs["bias"], 2)
+    (grad,) = torch.autograd.grad(y, features, inputs["delta"])
+    expected = reference.masked_avg_pool(grad, inputs["mask"])
+    actual = reference.prototype_update(inputs["delta"], inputs["mask"], inputs["weight"], 5e-4, 2)
+    assert_close(actual, expected, **TOLERANCE[torch.float64])
