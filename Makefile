@@ -23,6 +23,7 @@ $(VENV)/.installed: pyproject.toml setup.py CMakeLists.txt $(KERNEL_SOURCES)
 	fi
 	$(PIP) install "setuptools>=70" wheel
 	$(PIP) install --no-build-isolation -e ".[test]"
+	@$(PY) -c "from sst_fast import ops; print(ops.library_status())"
 	@touch $@
 
 # The embedded demo: trains SST and its baseline on the synthetic data set, writes runs/demo/report.md.
