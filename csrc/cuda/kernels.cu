@@ -118,6 +118,29 @@ __device__ __forceinline__ void load_mask_plane(acc_t* dst, const scalar_t* __re
   __syncthreads();
 }
 
+// The mask plane of batch element b, read from shared memory (kSmem: loaded here by the whole
+// block, hence a barrier) or through L1; mval(p) is m[b, p] in the accumulation type.
+template <typename scalar_t, bool kSmem>
+struct MaskPlane {
+  using acc_t = at::opmath_type<scalar_t>;
+  const scalar_t* global;
+  const acc_t* shared;
+  __device__ __forceinline__ acc_t operator()(int p) const {
+    if constexpr (kSmem) return shared[p];
+    else return static_cast<acc_t>(global[p]);
+  }
+};
+
+template <typename scalar_t, bool kMask, bool kSmem>
+__device__ __forceinline__ MaskPlane<scalar_t, kSmem> mask_plane(const scalar_t* mask, int64_t b, int HW,
+                                                                 unsigned char* smem) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const scalar_t* plane = kMask ? mask + b * HW : nullptr;
+  acc_t* shared = reinterpret_cast<acc_t*>(smem);
+  if constexpr (kSmem) load_mask_plane(shared, plane, HW);
+  return {plane, shared};
+}
+
 // ---------------------------------------------------------------------------------------------
 // masked_avg_pool: out[b, c] = sum_p f[b, c, p] m[b, p] / (sum_p m[b, p] + eps)
 //
@@ -267,13 +290,7 @@ __global__ void __launch_bounds__(kBlock) window_sums_kernel(
 
   const int64_t b = blockIdx.x / chunks;
   const int chunk = blockIdx.x % chunks;
-  const scalar_t* mb = kMask ? mask + b * g.HW : nullptr;
-  acc_t* ms = reinterpret_cast<acc_t*>(smem);
-  if constexpr (kSmem) load_mask_plane(ms, mb, g.HW);
-  auto mval = [&](int idx) -> acc_t {
-    if constexpr (kSmem) return ms[idx];
-    else return static_cast<acc_t>(mb[idx]);
-  };
+  const auto mval = mask_plane<scalar_t, kMask, kSmem>(mask, b, g.HW, smem);
 
   for (int64_t tile = chunk; tile < ntiles; tile += chunks) {  // uniform over the block
     const int64_t o = tile * blockDim.y + threadIdx.y;
@@ -333,13 +350,7 @@ __global__ void __launch_bounds__(kBlock) window_expand_kernel(
 
   const int64_t b = blockIdx.x / chunks;
   const int chunk = blockIdx.x % chunks;
-  const scalar_t* mb = kMask ? mask + b * g.HW : nullptr;
-  acc_t* ms = reinterpret_cast<acc_t*>(smem);
-  if constexpr (kSmem) load_mask_plane(ms, mb, g.HW);
-  auto mval = [&](int idx) -> acc_t {
-    if constexpr (kSmem) return ms[idx];
-    else return static_cast<acc_t>(mb[idx]);
-  };
+  const auto mval = mask_plane<scalar_t, kMask, kSmem>(mask, b, g.HW, smem);
 
   for (int64_t tile = chunk; tile < ntiles; tile += chunks) {
     const int64_t o = tile * blockDim.y + threadIdx.y;
