@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from sst_fast import ops
 from sst_fast.ops import _compiled, reference
 from tests.conftest import assert_close
+from tests.ops.helpers import random_inputs
 
 COMPILED = [
     pytest.param(
@@ -54,26 +55,7 @@ SHAPE_IDS = ["x".join(map(str, shape)) for shape in SHAPES]
 
 
 def make(shape, dtype, device, mask_kind="binary", seed=0):
-    batch, channels, out_channels, height, width, kernel, _ = shape
-    gen = torch.Generator().manual_seed(seed)
-
-    def randn(*size, scale=1.0):
-        return (torch.randn(*size, generator=gen, dtype=dtype) * scale).to(device)
-
-    if mask_kind == "binary":
-        mask = (torch.rand(batch, 1, height, width, generator=gen) > 0.5).to(dtype)
-    elif mask_kind == "soft":
-        mask = torch.rand(batch, 1, height, width, generator=gen, dtype=dtype)
-    else:
-        mask = torch.zeros(batch, 1, height, width, dtype=dtype)
-    return dict(
-        features=randn(batch, channels, height, width),
-        mask=mask.to(device),
-        proto=randn(batch, channels),
-        weight=randn(out_channels, 2 * channels, kernel, kernel, scale=0.3),
-        bias=randn(out_channels),
-        delta=randn(batch, out_channels, height, width),
-    )
+    return random_inputs(shape, dtype, device, mask_kind=mask_kind, seed=seed)
 
 
 def run_op(name, backend, inputs, dilation, step=0.7, cotangent=None):

@@ -35,6 +35,7 @@ try:
     from sst_fast import ops
     from sst_fast.ops import _triton, reference
     from tests.conftest import assert_close
+    from tests.ops.helpers import random_inputs
 finally:
     if _SET_HERE:
         del os.environ["TRITON_INTERPRET"]
@@ -91,27 +92,8 @@ SHAPE_IDS = ["x".join(map(str, shape)) for shape in SHAPES]
 
 def make(shape, dtype=f64, mask_kind="binary", seed=0):
     """Random inputs for every op: features/query, mask, proto, weight, bias, delta, grads."""
-    batch, channels, out_channels, height, width, kernel, _ = shape
-    gen = torch.Generator().manual_seed(seed)
-
-    def randn(*size):
-        return torch.randn(*size, generator=gen, dtype=dtype).to(DEVICE)
-
-    if mask_kind == "binary":
-        mask = (torch.rand(batch, 1, height, width, generator=gen) > 0.4).to(dtype)
-    elif mask_kind == "soft":
-        mask = torch.rand(batch, 1, height, width, generator=gen, dtype=dtype)
-    else:
-        mask = torch.zeros(batch, 1, height, width, dtype=dtype)
-    return dict(
-        features=randn(batch, channels, height, width),
-        mask=mask.to(DEVICE),
-        proto=randn(batch, channels),
-        weight=randn(out_channels, 2 * channels, kernel, kernel) / kernel,
-        bias=randn(out_channels),
-        delta=randn(batch, out_channels, height, width),
-        grad_proto=randn(batch, channels),
-        grad_map=randn(batch, out_channels, height, width),
+    return random_inputs(
+        shape, dtype, DEVICE, mask_kind=mask_kind, seed=seed, foreground=0.6, weight_scale=1 / shape[5], cotangents=True
     )
 
 
