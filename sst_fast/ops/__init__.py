@@ -74,10 +74,9 @@ def _lazy_triton(op: str):
     return call
 
 
-if _triton_device_types():
-    register_backend(
-        "triton", {op: _lazy_triton(op) for op in _compiled.PUBLIC_OPS}, device_types=_triton_device_types()
-    )
+_triton_devices = _triton_device_types()
+if _triton_devices:
+    register_backend("triton", {op: _lazy_triton(op) for op in _compiled.PUBLIC_OPS}, device_types=_triton_devices)
 
 
 def library_status() -> str:
