@@ -157,7 +157,7 @@ def explain(
         query_mask: [B, H, W] ground truth (only shown, never used by the model), or None.
     """
     missing = [
-        name for name in ("config", "encode", "tune", "relation", "shot_weights", "decoder") if not hasattr(model, name)
+        name for name in ("config", "encode", "tune", "relate", "shot_weights", "decoder") if not hasattr(model, name)
     ]
     if missing:
         raise TypeError(f"model must be an SST / SSTReference, got {type(model).__name__} (no {', '.join(missing)})")
@@ -184,14 +184,13 @@ def _explain(model, query, support_images, support_masks, query_mask) -> list[Ex
     labels = support_masks.flatten(0, 1).long()
     mask = downsample_mask(labels, rs.shape[-2:], rs.dtype)
     # Always tune: the figures need every support's self-segmentation, even where the model skips it.
-    tuning = model.tune(rs, mask, labels)
-    rq_per_shot = rq[:, None].expand(-1, shots, -1, -1, -1).flatten(0, 1)
+    tuning = model.tune(rs, mask, labels, feature_gradient=True)
     # The model passes no tuning result when it did not run one (ssm off, no weighted K > 1 fusion).
     weighted = cfg.fusion == "weighted" and shots > 1
     weights = model.shot_weights(tuning if (cfg.ssm or weighted) else None, labels, batch, shots)
 
     def predict(protos: torch.Tensor) -> torch.Tensor:
-        relations = model.relation(rq_per_shot, protos).unflatten(0, (batch, shots))
+        relations = model.relate(rq, protos.unflatten(0, (batch, shots)))
         return model.decoder(fuse(relations, cfg.fusion, weights), query.shape[-2:]).argmax(1)
 
     before = predict(tuning.prototypes)

@@ -93,6 +93,47 @@ def check_episode(
             )
 
 
+def check_features(
+    query_features: torch.Tensor,
+    support_features: torch.Tensor,
+    support_masks: torch.Tensor,
+    query_mask: torch.Tensor | None,
+    channels: int,
+    like: torch.Tensor | None = None,
+) -> None:
+    """:func:`check_episode` for backbone features: [B, Cb, h, w] and [B, K, Cb, hs, ws] with Cb = ``channels``."""
+    for name, features, ndim, layout in (
+        ("query_features", query_features, 4, "[B, Cb, h, w]"),
+        ("support_features", support_features, 5, "[B, K, Cb, h, w]"),
+    ):
+        if not isinstance(features, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor {layout}, got {type(features).__name__}")
+        if features.dim() != ndim or features.shape[-3] != channels:
+            raise ValueError(
+                f"{name} must be {layout} with Cb = {channels} (the backbone's), got {list(features.shape)}"
+            )
+        if not features.is_floating_point():
+            raise ValueError(f"{name} must be a floating-point tensor, got {features.dtype}")
+        if like is not None and features.device != like.device:
+            raise ValueError(f"{name} is on {features.device} but the model is on {like.device}")
+    batch, shots = support_features.shape[:2]
+    if batch != query_features.shape[0]:
+        raise ValueError(
+            f"support_features must hold B = {query_features.shape[0]} episodes like query_features, "
+            f"got shape {list(support_features.shape)}"
+        )
+    _check_labels("support_masks", support_masks, ndim=4, layout="[B, K, H, W]", device=query_features.device)
+    if tuple(support_masks.shape[:2]) != (batch, shots):
+        raise ValueError(
+            f"support_masks must be [B, K, H, W] with B = {batch}, K = {shots} as support_features, "
+            f"got shape {list(support_masks.shape)}"
+        )
+    if query_mask is not None:
+        _check_labels("query_mask", query_mask, ndim=3, layout="[B, H, W]", device=query_features.device)
+        if query_mask.shape[0] != batch:
+            raise ValueError(f"query_mask must be [B, H, W] with B = {batch}, got {list(query_mask.shape)}")
+
+
 def _check_images(name: str, images, ndim: int, layout: str) -> None:
     if not isinstance(images, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor {layout}, got {type(images).__name__}")

@@ -1,14 +1,59 @@
-"""SST: the model users instantiate."""
+"""SST: the model users instantiate, the reference's algebra on the fused ops (DESIGN §3)."""
 
 from __future__ import annotations
 
-from ..reference.model import SSTReference
+import torch
+
+from .. import ops
+from ..models.functional import per_image_cross_entropy
+from ..reference.model import SSTReference, TuningResult
 
 
 class SST(SSTReference):
-    """Self-Supervised Tuning for few-shot segmentation.
+    """Self-Supervised Tuning for few-shot segmentation, on the fused ops.
 
-    Same modules, parameter names and outputs as :class:`sst_fast.reference.SSTReference`, so
-    ``state_dict()`` moves freely between the two. It currently runs the reference stages; the
-    fused-op path replaces :meth:`tune` and the relation calls behind the same interface.
+    Same modules, parameter names, inputs and outputs as :class:`sst_fast.reference.SSTReference`
+    (``state_dict()`` moves freely between the two) and the same numbers to floating-point
+    tolerance. What differs is how the two stages that carry SST's cost are computed:
+
+    * every relation call (Eq. 12-13) is ``ops.prototype_conv2d``: the prototype's half of the
+      first relation convolution acts on a constant map, so it is a k x k table of GEMVs added
+      to the query half's convolution; the tile and the concatenation are never formed;
+    * the tuning step (Eq. 11-12) stops the inner gradient at the relation convolution's output,
+      ``delta = dLsup/dy``, and ``ops.tuned_prototype`` pools ``Rs - alpha dLsup/dRs`` from
+      ``delta`` in closed form: neither the transposed convolution that would give ``dLsup/dRs``
+      nor the tuned feature map ``R's`` is ever computed. Second order, ``delta`` keeps its graph
+      and the outer loss differentiates through it.
     """
+
+    def pool(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return ops.masked_avg_pool(features, mask, self.config.eps)
+
+    def relate(self, rq: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
+        batch, shots = protos.shape[:2]
+        rq_per_shot = rq if shots == 1 else rq[:, None].expand(-1, shots, -1, -1, -1).flatten(0, 1)
+        return self.relation.refine(self._score(rq_per_shot, protos.flatten(0, 1))).unflatten(0, (batch, shots))
+
+    def _score(self, features: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
+        """The relation's first convolution on ``cat(features, tile(protos))``, fused."""
+        conv = self.relation.conv
+        return ops.prototype_conv2d(features, protos, conv.weight, conv.bias, conv.dilation[0])
+
+    def _tune(self, rs, mask, labels, outer_grad: bool, feature_gradient: bool) -> TuningResult:
+        if feature_gradient:  # the full map is wanted (paper Fig. 3): the reference forms it
+            return super()._tune(rs, mask, labels, outer_grad, feature_gradient)
+        cfg = self.config
+        proto = self.pool(rs, mask)  # Eq. 12, pool(Rs * Ts): [N, C]
+        y = self._score(rs, proto)  # the relation's first convolution, Eq. 13
+        support_logits = self.decoder(self.relation.refine(y), labels.shape[-2:])  # Eq. 8-9
+        support_loss = per_image_cross_entropy(support_logits, labels)  # Eq. 10: [N]
+        if not cfg.ssm:
+            return TuningResult(support_logits, support_loss, proto, None, None)
+        second_order = outer_grad and not cfg.first_order
+        (delta,) = torch.autograd.grad(support_loss.sum(), y, create_graph=second_order, retain_graph=outer_grad)
+        # First order the inner gradient is a constant: no path back through delta or the weight.
+        weight = self.relation.conv.weight if second_order else self.relation.conv.weight.detach()
+        tuned_proto = ops.tuned_prototype(  # Eq. 11 then Eq. 12, pool(Rs - alpha dLsup/dRs)
+            delta, mask, weight, proto, self.tuning.step(), cfg.eps, self.relation.conv.dilation[0]
+        )
+        return TuningResult(support_logits, support_loss, proto, tuned_proto, None)

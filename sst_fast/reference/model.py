@@ -16,7 +16,7 @@ from ..config import SSTConfig
 from ..models.backbones import build_backbone
 from ..models.decoder import Decoder
 from ..models.encoder import Encoder
-from ..models.episode import SSTOutput, check_episode
+from ..models.episode import SSTOutput, check_episode, check_features
 from ..models.functional import (
     downsample_mask,
     foreground_iou,
@@ -77,11 +77,46 @@ class SSTReference(nn.Module):
         cfg = self.config
         if cfg.check_inputs:
             check_episode(query, support_images, support_masks, query_mask, like=self.embed.conv.weight)
-        batch, shots = support_images.shape[:2]
-        training_loss = query_mask is not None
-
         rq = self.encode(query)  # [B, C, h, w]
         rs = self.encode(support_images.flatten(0, 1))  # [B*K, C, hs, ws]
+        return self.segment(rq, rs.unflatten(0, support_images.shape[:2]), support_masks, query_mask, query.shape[-2:])
+
+    def head(
+        self,
+        query_features: torch.Tensor,
+        support_features: torch.Tensor,
+        support_masks: torch.Tensor,
+        query_mask: torch.Tensor | None = None,
+        size: tuple[int, int] | None = None,
+    ) -> SSTOutput:
+        """:meth:`forward` from the backbone's outputs on: embedding, tuning, relation, decoder.
+
+        For training on cached features of a frozen backbone. ``query_features`` [B, Cb, h, w] and
+        ``support_features`` [B, K, Cb, hs, ws] are what ``self.backbone`` returns for the images;
+        ``size`` is the query images' (H, W) (default: ``query_mask``'s size, else the support masks').
+        """
+        if self.config.check_inputs:
+            check_features(query_features, support_features, support_masks, query_mask, self.backbone.out_channels,
+                           like=self.embed.conv.weight)
+        if size is None:
+            size = (query_mask if query_mask is not None else support_masks).shape[-2:]
+        rq = self.embed(query_features)
+        rs = self.embed(support_features.flatten(0, 1)).unflatten(0, support_features.shape[:2])
+        return self.segment(rq, rs, support_masks, query_mask, tuple(size))
+
+    def segment(
+        self,
+        rq: torch.Tensor,
+        rs: torch.Tensor,
+        support_masks: torch.Tensor,
+        query_mask: torch.Tensor | None,
+        size: tuple[int, int],
+    ) -> SSTOutput:
+        """Everything after the encoder: rq [B, C, h, w], rs [B, K, C, hs, ws] -> logits at ``size``."""
+        cfg = self.config
+        batch, shots = rs.shape[:2]
+        training_loss = query_mask is not None
+        rs = rs.flatten(0, 1)  # [B*K, C, hs, ws]
         support_labels = support_masks.flatten(0, 1).long()  # [B*K, Hs, Ws]
         mask = downsample_mask(support_labels, rs.shape[-2:], rs.dtype)  # [B*K, 1, hs, ws]
 
@@ -91,14 +126,12 @@ class SSTReference(nn.Module):
             tuning = self.tune(rs, mask, support_labels)
             protos = tuning.tuned_prototypes if cfg.ssm else tuning.prototypes
         else:
-            protos = masked_avg_pool(rs, mask, cfg.eps)  # [B*K, C]
+            protos = self.pool(rs, mask)  # [B*K, C]
 
-        # Eq. 13 for every shot at once: each query's features meet each of its K prototypes.
-        rq_per_shot = rq[:, None].expand(-1, shots, -1, -1, -1).flatten(0, 1)  # [B*K, C, h, w]
-        relations = self.relation(rq_per_shot, protos).unflatten(0, (batch, shots))  # [B, K, C, h, w]
+        relations = self.relate(rq, protos.unflatten(0, (batch, shots)))  # [B, K, C, h, w]
         weights = self.shot_weights(tuning, support_labels, batch, shots)  # [B, K] or None
         fused = fuse(relations, cfg.fusion, weights)  # Eq. 14: M [B, C, h, w]
-        logits = self.decoder(fused, query.shape[-2:])  # Eq. 7: S [B, 2, H, W]
+        logits = self.decoder(fused, size)  # Eq. 7: S [B, 2, H, W]
 
         out = SSTOutput(
             logits=logits,
@@ -116,32 +149,49 @@ class SSTReference(nn.Module):
         # The inner loop always runs with autograd on; under no_grad nothing returned keeps a graph.
         return out if torch.is_grad_enabled() else out.detach()
 
-    def tune(self, rs: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> TuningResult:
+    def pool(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Eq. 12's ``pool(R * T)``: [N, C, h, w], [N, 1, h, w] -> prototypes [N, C]."""
+        return masked_avg_pool(features, mask, self.config.eps)
+
+    def relate(self, rq: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
+        """Eq. 13 for every shot at once: rq [B, C, h, w] meets its K prototypes [B, K, C] -> [B, K, C, h, w]."""
+        batch, shots = protos.shape[:2]
+        rq_per_shot = rq[:, None].expand(-1, shots, -1, -1, -1).flatten(0, 1)  # [B*K, C, h, w]
+        return self.relation(rq_per_shot, protos.flatten(0, 1)).unflatten(0, (batch, shots))
+
+    def tune(self, rs: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor, feature_gradient: bool = False):
         """§4.2: the supports segment themselves (Eq. 8-10) and their features take one gradient step (Eq. 11).
 
+        rs [N, C, h, w] (N = B*K), mask [N, 1, h, w], labels [N, Hs, Ws] -> :class:`TuningResult`.
         Each support image's loss is its own per-image mean, so the sum over the batch gives every
         image exactly the gradient of its own loss. The gradient is taken with autograd enabled
         even under ``torch.no_grad()`` and ``torch.inference_mode()`` (evaluation tunes too); it is
         part of the outer graph (second order) only when gradients are on and ``first_order`` is off.
+        ``feature_gradient``: return the full gradient map dLsup/dRs too (paper Fig. 3); the
+        reference forms it anyway, :class:`sst_fast.SST` only when asked.
         """
         if torch.is_inference_mode_enabled():
             # enable_grad cannot lift inference mode: step out of it, with ordinary copies of the inputs.
             with torch.inference_mode(False), torch.no_grad():
-                return self.tune(rs.clone(), mask.clone(), labels.clone())
-        cfg = self.config
+                return self.tune(rs.clone(), mask.clone(), labels.clone(), feature_gradient)
         outer_grad = torch.is_grad_enabled()
         with torch.enable_grad():
             rs = rs if rs.requires_grad else rs.detach().requires_grad_()
-            proto = masked_avg_pool(rs, mask, cfg.eps)  # Eq. 12, pool(Rs * Ts): [N, C]
-            support_logits = self.decoder(self.relation(rs, proto), labels.shape[-2:])  # Eq. 8-9
-            support_loss = per_image_cross_entropy(support_logits, labels)  # Eq. 10: [N]
-            if not cfg.ssm:
-                return TuningResult(support_logits, support_loss, proto, None, None)
-            (gradient,) = torch.autograd.grad(
-                support_loss.sum(), rs, create_graph=outer_grad and not cfg.first_order, retain_graph=outer_grad
-            )
-            tuned = rs - self.tuning.step() * gradient  # Eq. 11: R's [N, C, h, w]
-            tuned_proto = masked_avg_pool(tuned, mask, cfg.eps)  # Eq. 12, pool(R's * Ts)
+            return self._tune(rs, mask, labels, outer_grad, feature_gradient)
+
+    def _tune(self, rs, mask, labels, outer_grad: bool, feature_gradient: bool) -> TuningResult:
+        """Eq. 8-12 literally: autograd down to the full feature map, the step, then the pooling."""
+        cfg = self.config
+        proto = self.pool(rs, mask)  # Eq. 12, pool(Rs * Ts): [N, C]
+        support_logits = self.decoder(self.relation(rs, proto), labels.shape[-2:])  # Eq. 8-9
+        support_loss = per_image_cross_entropy(support_logits, labels)  # Eq. 10: [N]
+        if not cfg.ssm:
+            return TuningResult(support_logits, support_loss, proto, None, None)
+        (gradient,) = torch.autograd.grad(
+            support_loss.sum(), rs, create_graph=outer_grad and not cfg.first_order, retain_graph=outer_grad
+        )
+        tuned = rs - self.tuning.step() * gradient  # Eq. 11: R's [N, C, h, w]
+        tuned_proto = self.pool(tuned, mask)  # Eq. 12, pool(R's * Ts)
         return TuningResult(support_logits, support_loss, proto, tuned_proto, gradient)
 
     def shot_weights(self, tuning: TuningResult | None, labels: torch.Tensor, batch: int, shots: int):

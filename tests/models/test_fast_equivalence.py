@@ -1,0 +1,172 @@
+"""sst_fast.SST (fused ops, closed-form tuning) against sst_fast.reference.SSTReference, the spec.
+
+Same weights, same inputs, same random stream: every output and every parameter gradient must
+agree, in float64 to ~1e-10 and in float32 to ~1e-4 relative, for every switch of the model.
+"""
+
+import itertools
+
+import pytest
+import torch
+
+import sst_fast
+from sst_fast.reference import SSTReference
+from tests.models.helpers import episode, tiny_config
+
+FUSIONS = ("weighted", "average", "max")
+TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-4}
+OUTPUTS = (
+    "logits",
+    "loss",
+    "main_loss",
+    "aux_loss",
+    "support_logits",
+    "shot_weights",
+    "prototypes",
+    "tuned_prototypes",
+)
+
+
+def assert_equivalent(actual, expected, dtype, what):
+    """Relative to the tensor's scale: |a - e| <= tol * (|e| + max|e|)."""
+    if expected is None:
+        assert actual is None, f"{what}: the reference has none"
+        return
+    assert actual is not None, f"{what}: missing"
+    tol = TOLERANCE[dtype]
+    scale = expected.abs().max().item()
+    torch.testing.assert_close(actual, expected, rtol=tol, atol=tol * scale, msg=lambda m: f"{what}: {m}")
+
+
+def unbalanced_threshold(model, query, supports, masks, query_mask=None):
+    """Move the classifier's threshold into the supports' margins (not onto one: no argmax ties),
+    so that the IoU fusion weights are unequal and depend on the self-segmentation."""
+    model.eval()
+    with torch.no_grad():
+        out = model(query, supports, masks, query_mask)
+        logits = (out.support_logits if out.support_logits is not None else out.logits[:, None]).flatten(0, 1)
+        margin = (logits[:, 1] - logits[:, 0]).float().quantile(0.4).item()
+        model.decoder.classifier.bias[1] -= margin
+    return model
+
+
+def pair(dtype, **overrides):
+    config = tiny_config(tune_step=20.0, learnable_step=True, **overrides)
+    fast = sst_fast.SST(config).to(dtype)
+    reference = SSTReference(config).to(dtype)
+    reference.load_state_dict(fast.state_dict())
+    return fast, reference
+
+
+def run(model, inputs, mode, seed=7):
+    model.train(mode == "train")
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(seed)  # the same dropout masks for both models
+    out = model(*inputs)
+    out.loss.backward()
+    grads = {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
+    return out, grads
+
+
+CASES = list(
+    itertools.product(
+        (torch.float64, torch.float32), (1, 5), FUSIONS, (True, False), (True, False), (False, True), ("train", "eval")
+    )
+)
+
+
+@pytest.mark.parametrize(
+    "dtype,shots,fusion,ssm,aux_loss,first_order,mode",
+    CASES,
+    ids=[
+        f"{str(d)[6:]}-{k}shot-{f}-ssm{int(s)}-aux{int(a)}-{'first' if o else 'second'}-{m}"
+        for d, k, f, s, a, o, m in CASES
+    ],
+)
+def test_fast_model_equals_reference(dtype, shots, fusion, ssm, aux_loss, first_order, mode):
+    fast, reference = pair(
+        dtype, shots=shots, fusion=fusion, ssm=ssm, aux_loss=aux_loss, first_order=first_order, dropout=0.3
+    )
+    inputs = episode(batch=2, shots=shots, dtype=dtype, seed=shots)
+    fast = unbalanced_threshold(fast, *inputs)
+    reference.load_state_dict(fast.state_dict())
+
+    out, grads = run(fast, inputs, mode)
+    expected, expected_grads = run(reference, inputs, mode)
+    for name in OUTPUTS:
+        assert_equivalent(getattr(out, name), getattr(expected, name), dtype, name)
+    assert grads.keys() == expected_grads.keys()
+    for name, grad in expected_grads.items():
+        assert_equivalent(grads[name], grad, dtype, f"d loss / d {name}")
+    if fusion == "weighted" and shots > 1:
+        assert (expected.shot_weights - 1 / shots).abs().max() > 0.01, "the check needs unequal fusion weights"
+    if ssm:
+        moved = (expected.tuned_prototypes - expected.prototypes).abs().max()
+        assert moved > 1e-2 * expected.prototypes.abs().max(), "the tuning step must matter here"
+
+
+@pytest.mark.parametrize("grad_mode", ["no_grad", "inference_mode"])
+@pytest.mark.parametrize("shots", [1, 5])
+def test_fast_evaluation_equals_reference(grad_mode, shots):
+    fast, reference = pair(torch.float64)
+    inputs = episode(batch=3, shots=shots, dtype=torch.float64)[:3]
+    fast = unbalanced_threshold(fast, *inputs)
+    reference.load_state_dict(fast.state_dict())
+    context = torch.no_grad if grad_mode == "no_grad" else torch.inference_mode
+    with context():
+        out, expected = fast.eval()(*inputs), reference.eval()(*inputs)
+    for name in OUTPUTS:
+        assert_equivalent(getattr(out, name), getattr(expected, name), torch.float64, name)
+    assert not out.logits.requires_grad
+
+
+def test_fast_tuning_never_forms_the_feature_gradient_unless_asked():
+    fast, reference = pair(torch.float64, channels=6)
+    rs = torch.randn(4, 6, 8, 8, dtype=torch.float64)
+    labels = (torch.rand(4, 32, 32) > 0.5).long()
+    mask = sst_fast.models.functional.downsample_mask(labels, (8, 8), torch.float64)
+    with torch.no_grad():
+        quick = fast.tune(rs, mask, labels)
+        full = fast.tune(rs, mask, labels, feature_gradient=True)
+        spec = reference.tune(rs, mask, labels)
+    assert quick.feature_gradient is None
+    assert_equivalent(full.feature_gradient, spec.feature_gradient, torch.float64, "dLsup/dRs")
+    assert_equivalent(quick.tuned_prototypes, spec.tuned_prototypes, torch.float64, "tuned prototypes")
+
+
+def test_head_on_backbone_features_equals_forward():
+    """``head`` is ``forward`` after the backbone: the same outputs and gradients on cached features."""
+    fast, _ = pair(torch.float64, freeze_backbone=True)
+    query, supports, masks, query_mask = episode(batch=2, shots=2, dtype=torch.float64)
+    expected, expected_grads = run(fast, (query, supports, masks, query_mask), "eval")
+    with torch.no_grad():
+        query_features = fast.backbone(query)
+        support_features = fast.backbone(supports.flatten(0, 1)).unflatten(0, (2, 2))
+    fast.zero_grad(set_to_none=True)
+    out = fast.head(query_features, support_features, masks, query_mask)
+    out.loss.backward()
+    for name in OUTPUTS:
+        assert_equivalent(getattr(out, name), getattr(expected, name), torch.float64, name)
+    for name, p in fast.named_parameters():
+        if p.requires_grad:
+            assert_equivalent(p.grad, expected_grads[name], torch.float64, f"d loss / d {name}")
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (lambda q, s, m: (q[:, :3], s, m), "query_features must be"),
+        (lambda q, s, m: (q, s[:, :, :5], m), "support_features must be"),
+        (lambda q, s, m: (q[:1], s, m), "support_features must hold B = 1"),
+        (lambda q, s, m: (q, s, m[:, :1]), "support_masks must be"),
+        (lambda q, s, m: (q.long(), s, m), "query_features must be a floating-point"),
+    ],
+)
+def test_head_names_the_bad_argument(change, message):
+    model = sst_fast.SST(tiny_config()).eval()
+    query, supports, masks, _ = episode(batch=2, shots=2)
+    with torch.no_grad():
+        q = model.backbone(query)
+        s = model.backbone(supports.flatten(0, 1)).unflatten(0, (2, 2))
+    with pytest.raises(ValueError, match=message):
+        model.head(*change(q, s, masks))
