@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--workers", type=int, default=0)
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--reference", action="store_true", help="run the plain-PyTorch reference model")
+    evaluate.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off", help="mixed precision (autocast)")
     evaluate.add_argument("--out", type=Path, help="output folder (default: beside the checkpoint's run)")
     _progress_flag(evaluate)
     evaluate.set_defaults(handler=_eval)
@@ -194,6 +195,7 @@ def _eval(args) -> int:
         manifests=manifests,
         checkpoint=state["path"],
         progress=args.progress,
+        amp=args.amp,
     )
     out = args.out or _default_eval_dir(Path(state["path"]), dataset_name, fold, result.card.shots, args, model)
     metrics = result.save(out)

@@ -17,6 +17,7 @@ from ..data.base import FewShotDataset, write_text_atomic
 from ..data.episodes import Episode, EpisodeDataset, EpisodeManifest, collate_episodes, fold_sampler
 from ..metrics import FewShotMeter, mean_ci
 from ..protocol import ProtocolCard, code_version
+from .speed import AMP_DTYPES, autocast
 
 
 @dataclass
@@ -88,13 +89,17 @@ def evaluate(
     manifests: Sequence[EpisodeManifest] | None = None,
     checkpoint: str | None = None,
     progress: bool = False,
+    amp: str = "off",
 ) -> EvaluationResult:
     """Evaluate ``model`` on ``fold`` of ``dataset``: one run of ``episodes`` episodes per seed.
 
     With ``manifests`` the episodes are replayed from them instead of sampled (``shots``, ``episodes``
     and ``seeds`` then come from the manifests). ``original_size`` scores at each label's stored size
-    (logits upsampled bilinearly) instead of the network's input size.
+    (logits upsampled bilinearly) instead of the network's input size. ``amp``: ``off``, ``bf16`` or
+    ``fp16`` autocast (written on the protocol card).
     """
+    if amp not in AMP_DTYPES:
+        raise ValueError(f"amp must be one of {sorted(AMP_DTYPES)}, got {amp!r}")
     split = dataset.fold_split(fold)
     size = as_size(size, "size")
     if manifests is None:
@@ -120,6 +125,7 @@ def evaluate(
         score_episodes(
             model, dataset, split.test_classes, manifest.episodes, size, original_size, batch_size, num_workers,
             progress=f"seed {manifest.seed}" if progress else None,
+            amp=amp,
         )
         for manifest in manifests
     ]
@@ -137,7 +143,7 @@ def evaluate(
         input_size=size,
         min_pixels=dataset.min_pixels,
         checkpoint=checkpoint,
-        model=_model_summary(model),
+        model={**_model_summary(model), **({"amp": amp} if amp != "off" else {})},
         manifests=tuple(m.sha256 for m in manifests),
         code_version=code_version(),
     )
@@ -154,9 +160,11 @@ def score_episodes(
     batch_size: int = 8,
     num_workers: int = 0,
     progress: str | None = None,
+    amp: str = "off",
 ) -> dict:
     """Segment the queries of ``episodes`` with ``model`` (eval mode, no gradients) and score them:
-    :meth:`FewShotMeter.compute` over ``classes``. ``progress``: the label of a progress bar, or None."""
+    :meth:`FewShotMeter.compute` over ``classes``. ``progress``: the label of a progress bar, or None;
+    ``amp``: ``off``, ``bf16`` or ``fp16`` autocast."""
     loader = torch.utils.data.DataLoader(
         EpisodeDataset(dataset, episodes, as_size(size, "size"), keep_original=original_size),
         batch_size=batch_size,
@@ -170,7 +178,7 @@ def score_episodes(
     model.eval()
     try:
         for batch in _progress(loader, progress):
-            with torch.no_grad():
+            with torch.no_grad(), autocast(parameter.device, amp):
                 logits = model(
                     batch["query"].to(parameter.device, parameter.dtype),
                     batch["support_images"].to(parameter.device, parameter.dtype),

@@ -143,6 +143,8 @@ class RunSettings:
     log_every: steps between training-loss records.
     checkpoint_every: steps between checkpoints (one is also written after every epoch).
     val_every: epochs between validations.
+    amp: mixed precision, ``off``, ``bf16`` or ``fp16`` (autocast; :mod:`sst_fast.engine.speed`).
+    channels_last: keep weights and feature maps in the channels-last layout.
     """
 
     seed: int = 0
@@ -151,9 +153,13 @@ class RunSettings:
     log_every: int = 20
     checkpoint_every: int = 500
     val_every: int = 1
+    amp: str = "off"
+    channels_last: bool = False
 
     def __post_init__(self) -> None:
         _check(_is_int(self.seed) and self.seed >= 0, "run.seed", "an integer >= 0", self.seed)
+        _check(self.amp in ("off", "bf16", "fp16"), "run.amp", "'off', 'bf16' or 'fp16'", self.amp)
+        _check(isinstance(self.channels_last, bool), "run.channels_last", "true or false", self.channels_last)
         _check(
             isinstance(self.device, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None,
             "run.device",

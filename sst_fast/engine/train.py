@@ -43,6 +43,7 @@ from ..protocol import code_version
 from .checkpoint import load_checkpoint, save_checkpoint
 from .evaluate import score_episodes
 from .runconfig import ConfigError, RunConfig
+from .speed import autocast, grad_scaler, set_memory_format
 
 LOGGER_NAME = "sst_fast.train"
 HOLDOUT_SALT = "validation"
@@ -57,6 +58,7 @@ RESUMABLE_OVERRIDES = (
     "run.threads",
     "run.log_every",
     "run.checkpoint_every",
+    "run.channels_last",
 )
 
 
@@ -133,7 +135,7 @@ class Trainer:
         model_config = config.model
         if _state is not None:  # the checkpoint holds the backbone: never reread a file that may have moved
             model_config = dataclasses.replace(model_config, backbone_weights=None)
-        self.model = SST(model_config).to(self.device)
+        self.model = set_memory_format(SST(model_config).to(self.device), config.run.channels_last)
         if config.model.backbone != "tiny" and config.model.backbone_weights is None and _state is None:
             self.log.warning(
                 "model.backbone_weights is not set: the %s backbone starts from random weights", config.model.backbone
@@ -147,6 +149,7 @@ class Trainer:
                 parameters, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay
             )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self.scaler = grad_scaler(self.device, config.run.amp)
         self.step = 0
         self.epoch = 0
         self.batch_in_epoch = 0
@@ -257,6 +260,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
             "step": self.step,
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
@@ -270,6 +274,8 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):  # empty (and absent in older checkpoints) unless run.amp is fp16
+            self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         self.best_miou, self.best_step = state["best"]["miou"], state["best"]["step"]
         self.history = list(state["history"])
@@ -351,22 +357,25 @@ class Trainer:
         """One optimiser step on a batch of episodes; returns the losses and the learning rate used."""
         self.model.train()
         lr = self.optimizer.param_groups[0]["lr"]
-        out = self.model(
-            batch["query"].to(self.device, non_blocking=True),
-            batch["support_images"].to(self.device, non_blocking=True),
-            batch["support_masks"].to(self.device, non_blocking=True),
-            batch["query_mask"].to(self.device, non_blocking=True),
-        )
+        with autocast(self.device, self.config.run.amp):
+            out = self.model(
+                batch["query"].to(self.device, non_blocking=True),
+                batch["support_images"].to(self.device, non_blocking=True),
+                batch["support_masks"].to(self.device, non_blocking=True),
+                batch["query_mask"].to(self.device, non_blocking=True),
+            )
         if not torch.isfinite(out.loss):
             raise TrainingError(
                 f"the loss is {out.loss.item()} at step {self.step + 1} (optim.lr={self.config.optim.lr} too high?); "
                 f"the last checkpoint is {self.last_path}"
             )
         self.optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
+        self.scaler.scale(out.loss).backward()
         if self.config.optim.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.grad_clip)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.scheduler.step()
         record = {"loss": out.loss.item(), "main_loss": out.main_loss.item(), "lr": lr}
         if out.aux_loss is not None:
@@ -387,6 +396,7 @@ class Trainer:
                 batch_size=self.config.optim.batch_size,
                 num_workers=self.config.data.workers,
                 progress="validation" if self.progress else None,
+                amp=self.config.run.amp,
             )
         miou = metrics["miou"]
         improved = not math.isnan(miou) and (self.best_miou is None or miou > self.best_miou)

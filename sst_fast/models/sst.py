@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .. import ops
@@ -50,10 +52,27 @@ class SST(SSTReference):
         if not cfg.ssm:
             return TuningResult(support_logits, support_loss, proto, None, None)
         second_order = outer_grad and not cfg.first_order
-        (delta,) = torch.autograd.grad(support_loss.sum(), y, create_graph=second_order, retain_graph=outer_grad)
+        # Under float16 autocast dLsup/dy (~1/pixels per pixel) would underflow: scale the loss by a power
+        # of two near the pixel count, so that the gradient is O(1) in float16, and unscale it exactly.
+        scale = _inner_loss_scale(y, labels)
+        (delta,) = torch.autograd.grad(
+            support_loss.sum() * scale if scale != 1 else support_loss.sum(),
+            y,
+            create_graph=second_order,
+            retain_graph=outer_grad,
+        )
+        if scale != 1:
+            delta = delta.float() / scale
         # First order the inner gradient is a constant: no path back through delta or the weight.
         weight = self.relation.conv.weight if second_order else self.relation.conv.weight.detach()
         tuned_proto = ops.tuned_prototype(  # Eq. 11 then Eq. 12, pool(Rs - alpha dLsup/dRs)
             delta, mask, weight, proto, self.tuning.step(), cfg.eps, self.relation.conv.dilation[0]
         )
         return TuningResult(support_logits, support_loss, proto, tuned_proto, None)
+
+
+def _inner_loss_scale(y: torch.Tensor, labels: torch.Tensor) -> float:
+    """1, or under float16 autocast the power of two nearest the support label's pixel count."""
+    if y.dtype != torch.float16:
+        return 1.0
+    return float(2 ** round(math.log2(labels.shape[-2] * labels.shape[-1])))

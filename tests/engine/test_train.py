@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import subprocess
 import sys
@@ -284,3 +285,16 @@ def test_run_files_get_the_usual_permissions(straight):
     os.umask(umask)
     for name in ("config.yaml", "checkpoints/last.pt", "validation/manifest.json"):
         assert (straight[0].run_dir / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_channels_last_training_resumes_exactly(tmp_path, amp):
+    """run.amp and run.channels_last train, and the loss scaler's state survives a resume."""
+    settings = (f"run.amp={amp}", "run.channels_last=true", "optim.grad_clip=5.0")
+    straight = train(tiny_config(*settings), tmp_path / "straight", progress=False)
+    train(tiny_config(*settings), tmp_path / "pieces", max_steps=2, progress=False)
+    Trainer.resume(tmp_path / "pieces", progress=False).fit()
+    state = load_checkpoint(straight.last_checkpoint)
+    assert all(math.isfinite(r["loss"]) for r in state["history"] if "loss" in r)
+    assert bool(state["scaler"]) == (amp == "fp16"), "the scaler is on for float16 only"
+    assert_same_state(load_checkpoint(tmp_path / "pieces" / "checkpoints" / "last.pt"), state)

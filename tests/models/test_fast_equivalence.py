@@ -51,7 +51,7 @@ def unbalanced_threshold(model, query, supports, masks, query_mask=None):
 
 
 def pair(dtype, **overrides):
-    config = tiny_config(tune_step=20.0, learnable_step=True, **overrides)
+    config = tiny_config(**{"tune_step": 20.0, "learnable_step": True, **overrides})
     fast = sst_fast.SST(config).to(dtype)
     reference = SSTReference(config).to(dtype)
     reference.load_state_dict(fast.state_dict())
@@ -170,3 +170,23 @@ def test_head_names_the_bad_argument(change, message):
         s = model.backbone(supports.flatten(0, 1)).unflatten(0, (2, 2))
     with pytest.raises(ValueError, match=message):
         model.head(*change(q, s, masks))
+
+
+def test_training_runs_end_at_the_same_parameters():
+    """300 SGD steps of each model from the same seed on the same episodes: the same weights at the end."""
+    fast, reference = pair(torch.float64, channels=6, dropout=0.2, tune_step=5.0)
+    initial = {name: p.detach().clone() for name, p in fast.named_parameters()}
+    optimizers = [torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9) for m in (fast, reference)]
+    episodes = [episode(batch=2, shots=1 + step % 3, size=24, dtype=torch.float64, seed=step) for step in range(300)]
+    for model, optimizer in zip((fast, reference), optimizers, strict=True):
+        model.train()
+        torch.manual_seed(11)
+        for inputs in episodes:
+            optimizer.zero_grad(set_to_none=True)
+            model(*inputs).loss.backward()
+            optimizer.step()
+    moved = 0.0
+    for (name, p), q in zip(fast.named_parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-8, atol=1e-8 * q.abs().max().item(), msg=lambda m, n=name: f"{n}: {m}")
+        moved = max(moved, (p - initial[name]).abs().max().item())
+    assert moved > 1e-2, "the runs must have trained"
