@@ -284,14 +284,25 @@ class EpisodeDataset(torch.utils.data.Dataset):
         return item
 
     def _prepare(self, image: np.ndarray, mask: torch.Tensor, generator):
-        tensor = transforms.normalize(torch.from_numpy(image).permute(2, 0, 1).float().div_(255))
-        mask = mask.long()
         if self.augment is not None:
-            return self.augment(tensor, mask, generator)
-        if tuple(tensor.shape[1:]) != self.size:
-            tensor = transforms.resize_image(tensor, self.size)
-            mask = transforms.resize_mask(mask, self.size)
-        return tensor.contiguous(), mask.contiguous()
+            return self.augment(network_input(image), mask.long(), generator)
+        return network_input(image, self.size), network_mask(mask, self.size)
+
+
+def network_input(image: np.ndarray, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """An [H, W, 3] uint8 image -> the normalised [3, H, W] float tensor, resized bilinearly to ``size``."""
+    tensor = transforms.normalize(torch.from_numpy(image).permute(2, 0, 1).float().div_(255))
+    if size is not None and tuple(tensor.shape[1:]) != tuple(size):
+        tensor = transforms.resize_image(tensor, size)
+    return tensor.contiguous()
+
+
+def network_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """An episode mask [H, W] -> long, resized (nearest) to ``size``."""
+    mask = mask.long()
+    if tuple(mask.shape) != tuple(size):
+        mask = transforms.resize_mask(mask, size)
+    return mask.contiguous()
 
 
 def collate_episodes(items: list[dict]) -> dict:

@@ -48,6 +48,9 @@ class DataConfig:
     val_fraction: share of the training images held out for validation on base-class episodes
         (the best checkpoint is chosen on them, never on the test fold).
     val_episodes: episodes of each validation.
+    feature_cache: train on the frozen backbone's features of the un-augmented images, computed once
+        and kept on disk in float16 (:mod:`sst_fast.engine.features`); needs ``augment: false`` and
+        ``model.freeze_backbone: true``.
     """
 
     dataset: str = "pascal"
@@ -59,6 +62,7 @@ class DataConfig:
     workers: int = 2
     val_fraction: float = 0.05
     val_episodes: int = 1000
+    feature_cache: bool = False
 
     def __post_init__(self) -> None:
         _check(self.dataset in DATASETS, "data.dataset", f"one of {sorted(DATASETS)}", self.dataset)
@@ -72,6 +76,9 @@ class DataConfig:
         _check(isinstance(self.options, dict), "data.options", "a mapping", self.options)
         _check(isinstance(self.exclude_novel, bool), "data.exclude_novel", "true or false", self.exclude_novel)
         _check(isinstance(self.augment, bool), "data.augment", "true or false", self.augment)
+        _check(isinstance(self.feature_cache, bool), "data.feature_cache", "true or false", self.feature_cache)
+        if self.feature_cache and self.augment:
+            raise ConfigError("data.feature_cache caches un-augmented images: set data.augment=false with it")
         _check(_is_int(self.workers) and self.workers >= 0, "data.workers", "an integer >= 0", self.workers)
         _check(
             _is_number(self.val_fraction) and 0 < self.val_fraction < 1,

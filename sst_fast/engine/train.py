@@ -42,6 +42,7 @@ from ..models import SST
 from ..protocol import code_version
 from .checkpoint import load_checkpoint, save_checkpoint
 from .evaluate import score_episodes
+from .features import CachedEpisodeDataset, FeatureCache
 from .runconfig import ConfigError, RunConfig
 from .speed import autocast, grad_scaler, set_memory_format
 
@@ -139,6 +140,14 @@ class Trainer:
         if config.model.backbone != "tiny" and config.model.backbone_weights is None and _state is None:
             self.log.warning(
                 "model.backbone_weights is not set: the %s backbone starts from random weights", config.model.backbone
+            )
+        self.feature_cache = None
+        if config.data.feature_cache:
+            if not self.model.config.freeze_backbone:
+                raise ConfigError("data.feature_cache needs a frozen backbone: set model.freeze_backbone=true")
+            images = sorted(set().union(*self.sampler.pools.values()))
+            self.feature_cache = FeatureCache.open_or_build(
+                self.model.backbone, self.dataset, images, model_config.image_size, log=self.log
             )
         parameters = [p for p in self.model.parameters() if p.requires_grad]
         optim = config.optim
@@ -358,12 +367,22 @@ class Trainer:
         self.model.train()
         lr = self.optimizer.param_groups[0]["lr"]
         with autocast(self.device, self.config.run.amp):
-            out = self.model(
-                batch["query"].to(self.device, non_blocking=True),
-                batch["support_images"].to(self.device, non_blocking=True),
-                batch["support_masks"].to(self.device, non_blocking=True),
-                batch["query_mask"].to(self.device, non_blocking=True),
-            )
+            if "query_features" in batch:  # data.feature_cache: the backbone ran once, ahead of training
+                dtype = self.model.embed.conv.weight.dtype
+                out = self.model.head(
+                    batch["query_features"].to(self.device, dtype, non_blocking=True),
+                    batch["support_features"].to(self.device, dtype, non_blocking=True),
+                    batch["support_masks"].to(self.device, non_blocking=True),
+                    batch["query_mask"].to(self.device, non_blocking=True),
+                    size=self.config.model.image_size,
+                )
+            else:
+                out = self.model(
+                    batch["query"].to(self.device, non_blocking=True),
+                    batch["support_images"].to(self.device, non_blocking=True),
+                    batch["support_masks"].to(self.device, non_blocking=True),
+                    batch["query_mask"].to(self.device, non_blocking=True),
+                )
         if not torch.isfinite(out.loss):
             raise TrainingError(
                 f"the loss is {out.loss.item()} at step {self.step + 1} (optim.lr={self.config.optim.lr} too high?); "
@@ -419,9 +438,12 @@ class Trainer:
         cfg = self.config
         episodes = self.sampler.sample(self.episodes_per_epoch, (cfg.run.seed, epoch))
         augment = Augment(cfg.model.image_size) if cfg.data.augment else None
-        dataset = EpisodeDataset(
-            self.dataset, episodes, cfg.model.image_size, augment=augment, seed=(cfg.run.seed, epoch)
-        )
+        if self.feature_cache is not None:
+            dataset = CachedEpisodeDataset(self.dataset, episodes, cfg.model.image_size, self.feature_cache)
+        else:
+            dataset = EpisodeDataset(
+                self.dataset, episodes, cfg.model.image_size, augment=augment, seed=(cfg.run.seed, epoch)
+            )
         start = min(start_batch * cfg.optim.batch_size, len(dataset))
         return torch.utils.data.DataLoader(
             torch.utils.data.Subset(dataset, range(start, len(dataset))),
