@@ -143,7 +143,7 @@ def evaluate(
         input_size=size,
         min_pixels=dataset.min_pixels,
         checkpoint=checkpoint,
-        model={**_model_summary(model), **({"amp": amp} if amp != "off" else {})},
+        model=_model_summary(model, amp),
         manifests=tuple(m.sha256 for m in manifests),
         code_version=code_version(),
     )
@@ -198,12 +198,15 @@ def score_episodes(
     return meter.compute()
 
 
-def _model_summary(model: nn.Module) -> dict:
+def _model_summary(model: nn.Module, amp: str = "off") -> dict:
+    summary = {"class": type(model).__name__}
     config = getattr(model, "config", None)
-    if config is None:
-        return {"class": type(model).__name__}
-    keys = ("backbone", "ssm", "aux_loss", "fusion", "tune_step", "first_order")
-    return {"class": type(model).__name__, **{k: getattr(config, k) for k in keys if hasattr(config, k)}}
+    if config is not None:
+        keys = ("backbone", "ssm", "aux_loss", "fusion", "tune_step", "first_order")
+        summary.update({k: getattr(config, k) for k in keys if hasattr(config, k)})
+    if amp != "off":
+        summary["amp"] = amp
+    return summary
 
 
 def _progress(iterable, description: str | None):

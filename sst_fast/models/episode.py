@@ -73,19 +73,13 @@ def check_episode(
             f"support_images must match query's dtype and device ({query.dtype}, {query.device}), "
             f"got ({support_images.dtype}, {support_images.device})"
         )
-    _check_labels("support_masks", support_masks, ndim=4, layout="[B, K, H, W]", device=query.device)
-    if tuple(support_masks.shape[:2]) != (batch, shots):
-        raise ValueError(
-            f"support_masks must be [B, K, H, W] with B = {batch}, K = {shots} as support_images, "
-            f"got shape {list(support_masks.shape)}"
-        )
+    _check_masks(support_masks, query_mask, batch, shots, query.device, "support_images")
     if support_masks.shape[-2:] != support_images.shape[-2:]:
         raise ValueError(
             f"support_masks must have the support images' size {list(support_images.shape[-2:])}, "
             f"got {list(support_masks.shape[-2:])}"
         )
     if query_mask is not None:
-        _check_labels("query_mask", query_mask, ndim=3, layout="[B, H, W]", device=query.device)
         if query_mask.shape[0] != batch or query_mask.shape[-2:] != query.shape[-2:]:
             raise ValueError(
                 f"query_mask must be [B, H, W] = {[batch, *query.shape[-2:]]} like query, "
@@ -122,16 +116,21 @@ def check_features(
             f"support_features must hold B = {query_features.shape[0]} episodes like query_features, "
             f"got shape {list(support_features.shape)}"
         )
-    _check_labels("support_masks", support_masks, ndim=4, layout="[B, K, H, W]", device=query_features.device)
+    _check_masks(support_masks, query_mask, batch, shots, query_features.device, "support_features")
+    if query_mask is not None and query_mask.shape[0] != batch:
+        raise ValueError(f"query_mask must be [B, H, W] with B = {batch}, got {list(query_mask.shape)}")
+
+
+def _check_masks(support_masks, query_mask, batch: int, shots: int, device: torch.device, supports: str) -> None:
+    """The label checks shared by images and features: masks of B episodes of K shots, on ``device``."""
+    _check_labels("support_masks", support_masks, ndim=4, layout="[B, K, H, W]", device=device)
     if tuple(support_masks.shape[:2]) != (batch, shots):
         raise ValueError(
-            f"support_masks must be [B, K, H, W] with B = {batch}, K = {shots} as support_features, "
+            f"support_masks must be [B, K, H, W] with B = {batch}, K = {shots} as {supports}, "
             f"got shape {list(support_masks.shape)}"
         )
     if query_mask is not None:
-        _check_labels("query_mask", query_mask, ndim=3, layout="[B, H, W]", device=query_features.device)
-        if query_mask.shape[0] != batch:
-            raise ValueError(f"query_mask must be [B, H, W] with B = {batch}, got {list(query_mask.shape)}")
+        _check_labels("query_mask", query_mask, ndim=3, layout="[B, H, W]", device=device)
 
 
 def _check_images(name: str, images, ndim: int, layout: str) -> None:

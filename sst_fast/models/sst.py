@@ -31,10 +31,8 @@ class SST(SSTReference):
     def pool(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return ops.masked_avg_pool(features, mask, self.config.eps)
 
-    def relate(self, rq: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
-        batch, shots = protos.shape[:2]
-        rq_per_shot = rq if shots == 1 else rq[:, None].expand(-1, shots, -1, -1, -1).flatten(0, 1)
-        return self.relation.refine(self._score(rq_per_shot, protos.flatten(0, 1))).unflatten(0, (batch, shots))
+    def relation_map(self, features: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
+        return self.relation.refine(self._score(features, protos))
 
     def _score(self, features: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
         """The relation's first convolution on ``cat(features, tile(protos))``, fused."""

@@ -157,7 +157,11 @@ class SSTReference(nn.Module):
         """Eq. 13 for every shot at once: rq [B, C, h, w] meets its K prototypes [B, K, C] -> [B, K, C, h, w]."""
         batch, shots = protos.shape[:2]
         rq_per_shot = rq[:, None].expand(-1, shots, -1, -1, -1).flatten(0, 1)  # [B*K, C, h, w]
-        return self.relation(rq_per_shot, protos.flatten(0, 1)).unflatten(0, (batch, shots))
+        return self.relation_map(rq_per_shot, protos.flatten(0, 1)).unflatten(0, (batch, shots))
+
+    def relation_map(self, features: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
+        """fm (Eq. 12-13): features [N, C, h, w] scored against prototypes [N, C] -> [N, C, h, w]."""
+        return self.relation(features, protos)
 
     def tune(self, rs: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor, feature_gradient: bool = False):
         """§4.2: the supports segment themselves (Eq. 8-10) and their features take one gradient step (Eq. 11).

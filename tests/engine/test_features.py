@@ -8,7 +8,7 @@ import torch
 
 from sst_fast import SST, SSTConfig
 from sst_fast.data import EpisodeDataset, open_dataset
-from sst_fast.data.episodes import fold_sampler
+from sst_fast.data.episodes import fold_sampler, network_input
 from sst_fast.engine.checkpoint import load_checkpoint
 from sst_fast.engine.features import CachedEpisodeDataset, FeatureCache, cache_key
 from sst_fast.engine.runconfig import ConfigError
@@ -32,8 +32,7 @@ def test_the_cache_holds_the_backbone_outputs_in_float16(dataset, tmp_path):
     net = backbone()
     ids = dataset.image_ids("train")[:10]
     cache = FeatureCache.open_or_build(net, dataset, ids, SIZE, root=tmp_path, batch_size=4)
-    loader = EpisodeDataset(dataset, [], SIZE)
-    images = torch.stack([loader._prepare(dataset.load(i).image, torch.zeros(1, 1), None)[0] for i in ids[7:]])
+    images = torch.stack([network_input(dataset.load(i).image, SIZE) for i in ids[7:]])
     with torch.no_grad():
         expected = net(images)
     cached = cache[ids[7:]]
