@@ -3,6 +3,9 @@
 Every failure a user can cause (a missing data folder, a wrong fold, an unknown backbone, an
 unreadable checkpoint, a bad override) ends in one line on stderr and a non-zero exit, never a
 traceback; ``SST_FAST_DEBUG=1`` shows the traceback instead.
+
+``train`` and ``eval`` also run as several processes under ``torchrun`` (one per GPU, or CPU
+processes with ``gloo``): see :mod:`sst_fast.engine.distributed`.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from pathlib import Path
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
+# The subcommands that run as several processes under torchrun (the others would only repeat their work).
+DISTRIBUTED_COMMANDS = ("train", "eval")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -119,9 +124,16 @@ def main(argv=None) -> int:
     from .engine.runconfig import ConfigError
     from .engine.train import TrainingError
 
+    from .engine import distributed
+
     user_errors = (ConfigError, CheckpointError, DataError, TrainingError, ValueError, TypeError, OSError)
     try:
-        return args.handler(args)
+        if distributed.launched() and args.command not in DISTRIBUTED_COMMANDS:
+            raise ValueError(
+                f"{args.command} runs as one process; only {' and '.join(DISTRIBUTED_COMMANDS)} run under torchrun"
+            )
+        with distributed.process_group():
+            return args.handler(args)
     except KeyboardInterrupt:
         print(f"sst-fast {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -139,6 +151,7 @@ def main(argv=None) -> int:
 
 
 def _train(args) -> int:
+    from .engine import distributed
     from .engine.runconfig import load_run_config
     from .engine.train import Trainer
 
@@ -154,15 +167,18 @@ def _train(args) -> int:
         if args.print_config:
             print(config.to_yaml(), end="")
             return 0
-        run_dir = args.run_dir or _default_run_dir(config)
+        # Rank 0's folder (the default one is named after the time) for every rank.
+        run_dir = distributed.broadcast(args.run_dir or _default_run_dir(config), distributed.current())
         trainer = Trainer(config, run_dir, progress=args.progress)
     result = trainer.fit(max_steps=args.max_steps)
-    print(f"{result.status} at step {result.step}; run folder {result.run_dir}")
+    if trainer.world.main:
+        print(f"{result.status} at step {result.step}; run folder {result.run_dir}")
     return EXIT_INTERRUPTED if result.status == "interrupted" else 0
 
 
 def _eval(args) -> int:
     from .data import EpisodeManifest, open_dataset
+    from .engine import distributed
     from .engine.checkpoint import load_checkpoint, model_from_checkpoint
     from .engine.evaluate import evaluate
     from .engine.train import resolve_device
@@ -197,6 +213,8 @@ def _eval(args) -> int:
         progress=args.progress,
         amp=args.amp,
     )
+    if not distributed.current().main:  # every rank has the same result: rank 0 writes and prints it
+        return 0
     out = args.out or _default_eval_dir(Path(state["path"]), dataset_name, fold, result.card.shots, args, model)
     metrics = result.save(out)
     print(result.card)

@@ -17,6 +17,7 @@ from ..data.base import FewShotDataset, write_text_atomic
 from ..data.episodes import Episode, EpisodeDataset, EpisodeManifest, collate_episodes, fold_sampler
 from ..metrics import FewShotMeter, mean_ci
 from ..protocol import ProtocolCard, code_version
+from . import distributed
 from .speed import AMP_DTYPES, autocast
 
 
@@ -164,20 +165,31 @@ def score_episodes(
 ) -> dict:
     """Segment the queries of ``episodes`` with ``model`` (eval mode, no gradients) and score them:
     :meth:`FewShotMeter.compute` over ``classes``. ``progress``: the label of a progress bar, or None;
-    ``amp``: ``off``, ``bf16`` or ``fp16`` autocast."""
+    ``amp``: ``off``, ``bf16`` or ``fp16`` autocast.
+
+    In a process group (:mod:`sst_fast.engine.distributed`) every rank must call it: the batches are dealt
+    to the ranks and the result, the same on every rank, equals a single process's exactly."""
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    world = distributed.current()
+    data = EpisodeDataset(dataset, episodes, as_size(size, "size"), keep_original=original_size)
+    # The same batches as a single process, whole batches dealt to the ranks: each batch's numbers are the same.
+    batches = [list(range(first, min(first + batch_size, len(data)))) for first in range(0, len(data), batch_size)]
+    mine = list(distributed.deal(len(batches), world))
     loader = torch.utils.data.DataLoader(
-        EpisodeDataset(dataset, episodes, as_size(size, "size"), keep_original=original_size),
-        batch_size=batch_size,
+        data,
+        batch_sampler=[batches[index] for index in mine],
         num_workers=num_workers,
         collate_fn=collate_episodes,
         generator=torch.Generator().manual_seed(0),  # leave the global torch RNG (dropout's) untouched
     )
     parameter = next(model.parameters())
-    meter = FewShotMeter(classes)
+    meters = {}
     was_training = model.training
     model.eval()
     try:
-        for batch in _progress(loader, progress):
+        for index, batch in zip(mine, _progress(loader, progress if world.main else None), strict=True):
+            meters[index] = meter = FewShotMeter(classes)
             with torch.no_grad(), autocast(parameter.device, amp):
                 logits = model(
                     batch["query"].to(parameter.device, parameter.dtype),
@@ -195,7 +207,12 @@ def score_episodes(
                 meter.update(logits.argmax(1).cpu(), batch["query_mask"], batch["class_id"])
     finally:
         model.train(was_training)
-    return meter.compute()
+    total = FewShotMeter(classes)
+    for gathered in distributed.all_gather(meters, world):
+        meters.update(gathered)
+    for index in range(len(batches)):  # in batch order: the episode-wise mean sums in the same order
+        total.merge(meters[index])
+    return total.compute()
 
 
 def _model_summary(model: nn.Module, amp: str = "off") -> dict:

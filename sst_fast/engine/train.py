@@ -40,6 +40,7 @@ from ..data.base import write_text_atomic
 from ..data.episodes import fold_sampler, holdout
 from ..models import SST
 from ..protocol import code_version
+from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint
 from .evaluate import score_episodes
 from .features import CachedEpisodeDataset, FeatureCache
@@ -101,18 +102,24 @@ class Trainer:
         self.progress = progress
         self.last_path = self.run_dir / "checkpoints" / "last.pt"
         self.best_path = self.run_dir / "checkpoints" / "best.pt"
+        self.world = distributed.current()
         if _state is None and self.last_path.exists():
             raise ConfigError(
                 f"run_dir: {self.run_dir} already holds a run; continue it with --resume or choose another folder"
             )
+        # Every rank has checked the folder before rank 0 creates anything in it.
+        distributed.barrier(self.world)
         created = _first_missing(self.run_dir)
         existing = set(self.run_dir.iterdir()) if created is None else set()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.world.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         try:
             self._setup(_state)
         except BaseException:
             # A run that could not start leaves nothing behind: no half-made folder, no files in the user's.
             _close_logger()
+            if not self.world.main:
+                raise
             if created is not None:
                 shutil.rmtree(created, ignore_errors=True)
             elif _state is None:
@@ -123,20 +130,23 @@ class Trainer:
                         entry.unlink()
             raise
         self._stop_reason: str | None = None
+        self._stop_agreed = False
 
     def _setup(self, _state: dict | None) -> None:
-        config = self.config
-        self.log = _run_logger(self.run_dir / "train.log")
+        config, world = self.config, self.world
+        self.log = _run_logger(self.run_dir / "train.log" if world.main else None, world)
         if config.run.threads is not None:
             torch.set_num_threads(config.run.threads)
-        self.device = resolve_device(config.run.device)
+        self.device = resolve_device(config.run.device, world=world)
 
         self._build_data()
-        torch.manual_seed(config.run.seed)  # the initial weights
+        torch.manual_seed(config.run.seed)  # the initial weights (the same on every rank)
         model_config = config.model
         if _state is not None:  # the checkpoint holds the backbone: never reread a file that may have moved
             model_config = dataclasses.replace(model_config, backbone_weights=None)
         self.model = set_memory_format(SST(model_config).to(self.device), config.run.channels_last)
+        if world.distributed:  # each rank its own dropout stream
+            torch.manual_seed(distributed.rank_seed(config.run.seed, world.rank))
         if config.model.backbone != "tiny" and config.model.backbone_weights is None and _state is None:
             self.log.warning(
                 "model.backbone_weights is not set: the %s backbone starts from random weights", config.model.backbone
@@ -146,9 +156,14 @@ class Trainer:
             if not self.model.config.freeze_backbone:
                 raise ConfigError("data.feature_cache needs a frozen backbone: set model.freeze_backbone=true")
             images = sorted(set().union(*self.sampler.pools.values()))
-            self.feature_cache = FeatureCache.open_or_build(
-                self.model.backbone, self.dataset, images, model_config.image_size, log=self.log
-            )
+            # Rank 0 builds the cache; the others open it once it is there.
+            for turn in (True, False):
+                if world.main == turn:
+                    self.feature_cache = FeatureCache.open_or_build(
+                        self.model.backbone, self.dataset, images, model_config.image_size, log=self.log
+                    )
+                distributed.barrier(world)
+        self.network = self._wrap(self.model)
         parameters = [p for p in self.model.parameters() if p.requires_grad]
         optim = config.optim
         if optim.optimizer == "adamw":
@@ -165,9 +180,12 @@ class Trainer:
         self.best_miou: float | None = None
         self.best_step: int | None = None
         self.history: list[dict] = []
+        if world.main:  # what a save killed half-way left behind (the checkpoint itself is whole)
+            for stale in self.last_path.parent.glob(".*.tmp"):
+                stale.unlink(missing_ok=True)
         if _state is not None:
             self._restore(_state)
-        else:
+        elif world.main:
             # A run that died before its first checkpoint may have left logs: a new run starts them afresh.
             (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
             shutil.rmtree(self.run_dir / "tensorboard", ignore_errors=True)
@@ -200,7 +218,7 @@ class Trainer:
                 raise ConfigError("resume: optim.epochs cannot change with optim.schedule=poly (it sets every lr)")
         config = RunConfig.from_dict(apply_overrides(state["config"], overrides))
         trainer = cls(config, run_dir, progress=progress, _state=state)
-        if overrides:
+        if overrides and trainer.world.main:
             config.save(run_dir / "config.yaml")
         return trainer
 
@@ -213,7 +231,14 @@ class Trainer:
         kept = [image for image in train_images if image not in held_out]
         self.sampler = fold_sampler(self.dataset, data.fold, shots, "train", data.exclude_novel, images=kept)
         self.episodes_per_epoch = self.config.optim.episodes_per_epoch or len(kept)
-        self.steps_per_epoch = math.ceil(self.episodes_per_epoch / self.config.optim.batch_size)
+        batch_size, processes = self.config.optim.batch_size, self.world.size
+        if batch_size < processes:
+            raise ConfigError(
+                f"optim.batch_size={batch_size} (the global batch) is smaller than the {processes} processes"
+            )
+        self.steps_per_epoch = self.episodes_per_epoch // batch_size
+        if self.episodes_per_epoch % batch_size >= processes:  # a last, smaller batch that every rank can share
+            self.steps_per_epoch += 1
         self.total_steps = self.config.optim.epochs * self.steps_per_epoch
 
         # Validation: base-class episodes on the held-out training images, the same episodes every time.
@@ -236,7 +261,8 @@ class Trainer:
         manifest = EpisodeManifest(
             self.dataset.describe(), split.train_split, data.fold, shots, VALIDATION_SEED, self.val_episodes
         )
-        manifest.save(self.run_dir / "validation" / "manifest.json")
+        if self.world.main:
+            manifest.save(self.run_dir / "validation" / "manifest.json")
         self.log.info(
             "%s fold %d: %d training images (%d held out for validation), %d base classes, %d-shot, "
             "%d episodes/epoch = %d steps of %d",
@@ -252,7 +278,36 @@ class Trainer:
         )
         if missing:
             self.log.warning("validation leaves out base classes %s (too few held-out images)", missing)
+        leftover = self.episodes_per_epoch % batch_size
+        if 0 < leftover < processes:
+            self.log.warning(
+                "the last %d episode(s) of each epoch are left out: fewer than the %d processes", leftover, processes
+            )
+        if processes > 1:
+            self.log.info("%d processes share each batch of %d episodes", processes, batch_size)
 
+    def _wrap(self, model: SST) -> torch.nn.Module:
+        """The module a training step calls: the model's training forward, in DistributedDataParallel on
+        several processes (gradients averaged over the ranks during the backward pass)."""
+        step = _TrainingForward(model, self.config.model.image_size)
+        if not self.world.distributed:
+            return step
+        if not model.config.freeze_backbone and any(
+            isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.backbone.modules()
+        ):
+            if self.device.type == "cuda":
+                model.backbone = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model.backbone)
+            else:
+                self.log.warning(
+                    "the backbone's BatchNorm statistics are per process (no SyncBatchNorm on the CPU): "
+                    "the run differs slightly from a single-process one"
+                )
+        return torch.nn.parallel.DistributedDataParallel(
+            step,
+            device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            # Without the tuning module a learnable step takes no part in the loss.
+            find_unused_parameters=not model.config.ssm,
+        )
     def _lr_factor(self, step: int) -> float:
         if self.config.optim.schedule == "poly":
             return max(1.0 - step / self.total_steps, 0.0) ** 0.9
@@ -261,9 +316,12 @@ class Trainer:
     # --- checkpoints ----------------------------------------------------------------------------
 
     def state(self) -> dict:
+        """Everything a resume needs; with several processes, every rank's random state (a collective call)."""
         rng = {"torch": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        if self.world.distributed:
+            rng = {**rng, "ranks": distributed.all_gather(rng, self.world)}
         return {
             "config": self.config.to_dict(),
             "model": self.model.state_dict(),
@@ -288,18 +346,35 @@ class Trainer:
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         self.best_miou, self.best_step = state["best"]["miou"], state["best"]["step"]
         self.history = list(state["history"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if self.device.type == "cuda" and "cuda" in state["rng"]:
-            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
-        # The log on disk may run ahead of the checkpoint (a crash after it): keep what the state knows.
-        write_text_atomic(self.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.history))
+        rng = state["rng"]
+        saved_by = len(rng.get("ranks", ())) or 1
+        if saved_by == self.world.size:
+            rng = rng["ranks"][self.world.rank] if "ranks" in rng else rng
+            torch.set_rng_state(rng["torch"])
+            if self.device.type == "cuda" and "cuda" in rng:
+                torch.cuda.set_rng_state(rng["cuda"], self.device)
+        else:
+            # Another number of processes: the global batches are the same, the dropout streams cannot be.
+            torch.manual_seed(distributed.rank_seed(self.config.run.seed + self.step, self.world.rank))
+            self.log.warning(
+                "the run was saved by %d process(es) and resumes on %d: dropout is reseeded, so it is not "
+                "bit-identical to an uninterrupted run",
+                saved_by,
+                self.world.size,
+            )
+        if self.world.main:
+            # The log on disk may run ahead of the checkpoint (a crash after it): keep what the state knows.
+            write_text_atomic(self.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.history))
         self.log.info("resumed from %s at step %d (epoch %d)", state["path"], self.step, self.epoch)
 
     def save(self, best: bool = False) -> None:
+        """Write checkpoints/last.pt (and best.pt): rank 0 writes, every rank returns once it is written."""
         state = self.state()
-        if best:  # best first: a crash between the two writes leaves last.pt behind, and resuming redoes it
-            save_checkpoint(self.best_path, state)
-        save_checkpoint(self.last_path, state)
+        if self.world.main:
+            if best:  # best first: a crash between the two writes leaves last.pt behind, and resuming redoes it
+                save_checkpoint(self.best_path, state)
+            save_checkpoint(self.last_path, state)
+        distributed.barrier(self.world)
 
     # --- the loop -------------------------------------------------------------------------------
 
@@ -309,8 +384,10 @@ class Trainer:
         if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1):
             raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
         # Events after the checkpoint's step were logged by a run that crashed: drop them (step+1 keeps the step's own).
-        writer = _summary_writer(self.run_dir / "tensorboard", purge_step=self.step + 1 if self.step else None)
-        bar = _progress_bar(self.total_steps, self.step, self.progress)
+        writer = None
+        if self.world.main:
+            writer = _summary_writer(self.run_dir / "tensorboard", purge_step=self.step + 1 if self.step else None)
+        bar = _progress_bar(self.total_steps, self.step, self.progress and self.world.main)
         status = "finished"
         started, start_step = time.perf_counter(), self.step
         try:
@@ -331,7 +408,8 @@ class Trainer:
         )
         if status == "interrupted":
             self.log.info("resume with: sst-fast train --resume %s", self.run_dir)
-        self._plot_curves()
+        if self.world.main:
+            self._plot_curves()
         return TrainResult(self.run_dir, status, self.step, self.epoch, self.best_miou, self.best_step)
 
     def _loop(self, max_steps, writer, bar) -> str:
@@ -349,56 +427,62 @@ class Trainer:
                     bar.set_postfix(loss=f"{record['loss']:.4f}")
                 if self.step % cfg.run.checkpoint_every == 0:
                     self.save()
-                if self._stop_reason is not None or (max_steps is not None and self.step >= max_steps):
+                if self._stopping or (max_steps is not None and self.step >= max_steps):
                     self.save()
-                    return "interrupted" if self._stop_reason is not None else "stopped"
+                    return "interrupted" if self._stopping else "stopped"
             self.epoch += 1
             self.batch_in_epoch = 0
             improved = False
             if self.epoch % cfg.run.val_every == 0 or self.epoch == cfg.optim.epochs:
                 improved = self.validate(writer)
             self.save(best=improved)
-            if self._stop_reason is not None and self.epoch < cfg.optim.epochs:
+            if self._stopping and self.epoch < cfg.optim.epochs:
                 return "interrupted"
         return "finished"
 
+    @property
+    def _stopping(self) -> bool:
+        """A stop was asked for (on any rank: the ranks agree at every step, so they stop at the same one)."""
+        return self._stop_agreed if self.world.distributed else self._stop_reason is not None
+
     def train_step(self, batch: dict) -> dict:
-        """One optimiser step on a batch of episodes; returns the losses and the learning rate used."""
-        self.model.train()
+        """One optimiser step on a batch of episodes (this rank's share of the global batch with several
+        processes); returns the global batch's losses and the learning rate used."""
+        self.network.train()
         lr = self.optimizer.param_groups[0]["lr"]
         with autocast(self.device, self.config.run.amp):
-            if "query_features" in batch:  # data.feature_cache: the backbone ran once, ahead of training
-                dtype = self.model.embed.conv.weight.dtype
-                out = self.model.head(
-                    batch["query_features"].to(self.device, dtype, non_blocking=True),
-                    batch["support_features"].to(self.device, dtype, non_blocking=True),
-                    batch["support_masks"].to(self.device, non_blocking=True),
-                    batch["query_mask"].to(self.device, non_blocking=True),
-                    size=self.config.model.image_size,
-                )
-            else:
-                out = self.model(
-                    batch["query"].to(self.device, non_blocking=True),
-                    batch["support_images"].to(self.device, non_blocking=True),
-                    batch["support_masks"].to(self.device, non_blocking=True),
-                    batch["query_mask"].to(self.device, non_blocking=True),
-                )
-        if not torch.isfinite(out.loss):
+            out = self.network(batch)
+        loss = out.loss
+        if self.world.distributed:
+            # Sum the ranks' losses weighted by their share; the same exchange agrees on stopping.
+            share = len(batch["class_id"])
+            aux = out.aux_loss if out.aux_loss is not None else out.loss.new_zeros(())
+            local = torch.stack([out.loss.detach(), out.main_loss.detach(), aux.detach()]).double().cpu() * share
+            stop = float(self._stop_reason is not None)
+            sums = distributed.all_sum(torch.cat([local, torch.tensor([share, stop], dtype=torch.float64)]), self.world)
+            total = sums[3].item()
+            losses = (sums[:3] / total).tolist()
+            self._stop_agreed = bool(sums[4] > 0)
+            # DistributedDataParallel averages the ranks' gradients: weighted so that it is the global mean.
+            loss = out.loss * (self.world.size * share / total)
+        else:
+            losses = [out.loss.item(), out.main_loss.item(), out.aux_loss.item() if out.aux_loss is not None else 0.0]
+        if not math.isfinite(losses[0]):
             raise TrainingError(
-                f"the loss is {out.loss.item()} at step {self.step + 1} (optim.lr={self.config.optim.lr} too high?); "
+                f"the loss is {losses[0]} at step {self.step + 1} (optim.lr={self.config.optim.lr} too high?); "
                 f"the last checkpoint is {self.last_path}"
             )
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(out.loss).backward()
+        self.scaler.scale(loss).backward()
         if self.config.optim.grad_clip is not None:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        record = {"loss": out.loss.item(), "main_loss": out.main_loss.item(), "lr": lr}
+        record = {"loss": losses[0], "main_loss": losses[1], "lr": lr}
         if out.aux_loss is not None:
-            record["aux_loss"] = out.aux_loss.item()
+            record["aux_loss"] = losses[2]
         return record
 
     def validate(self, writer=None) -> bool:
@@ -444,10 +528,15 @@ class Trainer:
             dataset = EpisodeDataset(
                 self.dataset, episodes, cfg.model.image_size, augment=augment, seed=(cfg.run.seed, epoch)
             )
-        start = min(start_batch * cfg.optim.batch_size, len(dataset))
+        # The global batches of the epoch (the last one only if every rank can take part), from start_batch on;
+        # this rank loads its share of each.
+        size = cfg.optim.batch_size
+        batches = [range(first, min(first + size, len(dataset))) for first in range(0, len(dataset), size)]
+        batches = batches[: self.steps_per_epoch][start_batch:]
+        shares = [[batch[i] for i in distributed.split(len(batch), self.world)] for batch in batches]
         return torch.utils.data.DataLoader(
-            torch.utils.data.Subset(dataset, range(start, len(dataset))),
-            batch_size=cfg.optim.batch_size,
+            dataset,
+            batch_sampler=shares,
             num_workers=cfg.data.workers,
             collate_fn=collate_episodes,
             pin_memory=self.device.type == "cuda",
@@ -459,6 +548,8 @@ class Trainer:
 
     def _record(self, record: dict, writer) -> None:
         self.history.append(record)
+        if not self.world.main:
+            return
         with open(self.run_dir / "metrics.jsonl", "a") as file:
             file.write(json.dumps(record) + "\n")
         if writer is not None:
@@ -483,6 +574,28 @@ class Trainer:
             self.log.warning("could not draw the training curves: %s", error)
 
 
+class _TrainingForward(torch.nn.Module):
+    """The model's training forward on a batch, from images or from cached backbone features (one module for
+    DistributedDataParallel to wrap: it synchronises the gradients of whatever its forward computes)."""
+
+    def __init__(self, model: SST, size) -> None:
+        super().__init__()
+        self.model = model
+        self.size = size
+
+    def forward(self, batch: dict):
+        device = self.model.embed.conv.weight.device
+        masks = batch["support_masks"].to(device, non_blocking=True), batch["query_mask"].to(device, non_blocking=True)
+        if "query_features" in batch:  # data.feature_cache: the backbone ran once, ahead of training
+            dtype = self.model.embed.conv.weight.dtype
+            query = batch["query_features"].to(device, dtype, non_blocking=True)
+            support = batch["support_features"].to(device, dtype, non_blocking=True)
+            return self.model.head(query, support, *masks, size=self.size)
+        query = batch["query"].to(device, non_blocking=True)
+        support = batch["support_images"].to(device, non_blocking=True)
+        return self.model(query, support, *masks)
+
+
 # --- helpers --------------------------------------------------------------------------------------
 
 
@@ -491,8 +604,12 @@ def train(config: RunConfig, run_dir, max_steps: int | None = None, progress: bo
     return Trainer(config, run_dir, progress=progress).fit(max_steps)
 
 
-def resolve_device(name: str, setting: str = "run.device") -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; anything unusable is a :class:`ConfigError` naming ``setting``."""
+def resolve_device(name: str, setting: str = "run.device", world: distributed.World | None = None) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; anything unusable is a :class:`ConfigError` naming ``setting``.
+    With several processes, ``auto`` and ``cuda`` mean each process's own GPU (``cuda:LOCAL_RANK``)."""
+    world = world or distributed.current()
+    if name in ("auto", "cuda") and world.distributed and torch.cuda.is_available():
+        return torch.device("cuda", world.local_rank % torch.cuda.device_count())
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -599,16 +716,19 @@ class _TqdmHandler(logging.Handler):
             self.handleError(record)
 
 
-def _run_logger(path: Path) -> logging.Logger:
-    """The ``sst_fast.train`` logger writing to ``path`` (all records) and the console (INFO and up)."""
+def _run_logger(path: Path | None, world: distributed.World | None = None) -> logging.Logger:
+    """The ``sst_fast.train`` logger writing to ``path`` (all records) and the console (INFO and up). The other
+    ranks of a run on several processes (``path`` None) print only errors, marked with their rank."""
     logger = _close_logger()
     logger.setLevel(logging.DEBUG)
     logger.propagate = False
-    file_handler = logging.FileHandler(path)
-    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    logger.addHandler(file_handler)
-    console = _TqdmHandler(logging.INFO)
-    console.setFormatter(logging.Formatter("%(message)s"))
+    if path is not None:
+        file_handler = logging.FileHandler(path)
+        file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logger.addHandler(file_handler)
+    world = world or distributed.World()
+    console = _TqdmHandler(logging.INFO if world.main else logging.ERROR)
+    console.setFormatter(logging.Formatter(f"[rank {world.rank}] %(message)s" if world.distributed else "%(message)s"))
     logger.addHandler(console)
     return logger
 

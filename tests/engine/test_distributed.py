@@ -1,0 +1,186 @@
+"""Training and evaluation on several processes (torchrun, gloo on the CPU) against a single process."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from sst_fast import cli
+from sst_fast.engine import distributed
+from sst_fast.engine.checkpoint import load_checkpoint
+
+from .test_train import assert_same_state
+from .tiny import TINY
+
+# Dropout off and a frozen backbone (BatchNorm in eval mode): nothing random or batch-dependent is left that
+# several processes could do differently. A global batch of 5 over 12 episodes: batches of 5, 5 and 2, so the
+# ranks' shares are uneven (3 + 2) and the loss weighting is exercised; augmentation on (seeded per episode).
+SETTINGS = [
+    *TINY,
+    "model.dropout=0",
+    "model.freeze_backbone=true",
+    "optim.batch_size=5",
+    "run.device=cpu",
+    "run.threads=1",
+    "run.checkpoint_every=2",
+]
+
+
+def sst_fast(*args, processes: int = 1, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``sst-fast ARGS`` as one process or under torchrun on ``processes`` local CPU processes; one thread each."""
+    launcher = [sys.executable, "-m", "sst_fast"]
+    if processes > 1:
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
+        launcher += ["-m", "sst_fast"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run(
+        [*launcher, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env, check=False
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def train(run_dir, *overrides, processes: int = 1, resume: bool = False, max_steps: int | None = None):
+    args = ["train", "--no-progress"]
+    args += ["--resume", run_dir] if resume else ["--config", "synthetic", "--run-dir", run_dir, *SETTINGS]
+    args += list(overrides)
+    if max_steps is not None:
+        args += ["--max-steps", max_steps]
+    sst_fast(*args, processes=processes)
+    return load_checkpoint(run_dir / "checkpoints" / "last.pt")
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("single") / "run"
+    return run_dir, train(run_dir)
+
+
+@pytest.fixture(scope="module")
+def two(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("two") / "run"
+    return run_dir, train(run_dir, processes=2)
+
+
+def close(a: torch.Tensor, b: torch.Tensor, tolerance: float) -> bool:
+    return bool((a - b).abs().max() <= tolerance * max(b.abs().max().item(), 1e-12))
+
+
+def test_two_processes_train_the_same_run_as_one(single, two):
+    (_, one), (two_dir, many) = single, two
+    assert (many["step"], many["epoch"]) == (one["step"], one["epoch"]) == (6, 2)
+    for key, value in one["model"].items():
+        assert close(many["model"][key].double(), value.double(), 1e-4), key
+    for index, state in one["optimizer"]["state"].items():
+        assert close(many["optimizer"]["state"][index]["momentum_buffer"], state["momentum_buffer"], 1e-4), index
+    # Every step's loss is the global batch's loss, logged once (rank 0 alone writes the log).
+    losses = [(r["step"], r["loss"], r["main_loss"], r["aux_loss"]) for r in one["history"] if "loss" in r]
+    logged = [(r["step"], r["loss"], r["main_loss"], r["aux_loss"]) for r in many["history"] if "loss" in r]
+    assert [r[0] for r in logged] == [r[0] for r in losses] == [1, 2, 3, 4, 5, 6]
+    for mine, theirs in zip(logged, losses, strict=True):
+        assert mine[1:] == pytest.approx(theirs[1:], rel=1e-5)
+    records = [json.loads(line) for line in (two_dir / "metrics.jsonl").read_text().splitlines()]
+    assert records == many["history"]
+    assert len(many["rng"]["ranks"]) == 2
+    validations = [r["val_miou"] for r in many["history"] if "val_miou" in r]
+    assert validations == pytest.approx([r["val_miou"] for r in one["history"] if "val_miou" in r], abs=2e-3)
+
+
+def test_a_distributed_run_stopped_and_resumed_equals_it_uninterrupted(two, tmp_path):
+    run_dir = tmp_path / "run"
+    stopped = train(run_dir, processes=2, max_steps=4)
+    assert stopped["step"] == 4
+    assert_same_state(train(run_dir, processes=2, resume=True), two[1])
+
+
+def test_sharded_evaluation_equals_one_process_exactly(single, tmp_path):
+    run_dir, _ = single
+    checkpoint = run_dir / "checkpoints" / "last.pt"
+    results = []
+    for processes in (1, 3):
+        out = tmp_path / f"eval-{processes}"
+        # 23 episodes in batches of 3: 8 batches dealt to 3 ranks (3 + 3 + 2), the last batch smaller.
+        arguments = ["eval", checkpoint, "--episodes", 23, "--seeds", 0, 1, "--batch-size", 3, "--device", "cpu"]
+        printed = sst_fast(*arguments, "--out", out, "--no-progress", processes=processes).stdout
+        assert printed.count("results: ") == 1  # rank 0 alone prints
+        results.append(json.loads((out / "metrics.json").read_text()))
+    one, three = results
+    assert three["runs"] == one["runs"] and three["summary"] == one["summary"]
+    assert three["protocol"]["manifests"] == one["protocol"]["manifests"]
+
+
+@pytest.mark.parametrize("count", [0, 1, 5, 12, 13])
+@pytest.mark.parametrize("size", [1, 2, 3, 5])
+def test_shares_and_deals_cover_every_item_once(count, size):
+    worlds = [distributed.World(rank, size) for rank in range(size)]
+    shares = [list(distributed.split(count, world)) for world in worlds]
+    assert sum(shares, []) == list(range(count))
+    assert max(map(len, shares)) - min(map(len, shares)) <= 1
+    dealt = sorted(sum((list(distributed.deal(count, world)) for world in worlds), []))
+    assert dealt == list(range(count))
+
+
+def test_rank_seeds_differ_by_rank_and_by_seed():
+    seeds = {distributed.rank_seed(seed, rank) for seed in range(4) for rank in range(8)}
+    assert len(seeds) == 32 and all(0 <= s < 2**56 for s in seeds)
+
+
+def test_a_single_process_is_a_world_of_one():
+    world = distributed.current()
+    assert (world.rank, world.size, world.main, world.distributed) == (0, 1, True, False)
+    assert distributed.all_gather({"a": 1}, world) == [{"a": 1}]
+    assert distributed.broadcast("x", world) == "x"
+
+
+@pytest.mark.parametrize("command", ["demo", "ablation", "predict", "info"])
+def test_only_train_and_eval_run_under_torchrun(monkeypatch, capsys, command):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    arguments = {
+        "demo": ["demo", "--quick"],
+        "ablation": ["ablation", "--out", "x"],
+        "predict": ["predict", "c.pt", "--query", "q.png", "--support", "s.png", "--mask", "m.png"],
+        "info": ["info"],
+    }[command]
+    assert cli.main(arguments) == cli.EXIT_ERROR
+    error = capsys.readouterr().err
+    assert f"{command} runs as one process" in error and "torchrun" in error
+
+
+def test_a_torchrun_environment_without_its_rank_is_named(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("RANK", raising=False)
+    assert cli.main(["eval", str(tmp_path / "missing.pt")]) == cli.EXIT_ERROR
+    assert "RANK is not" in capsys.readouterr().err
+
+
+def test_a_global_batch_smaller_than_the_processes_is_refused(tmp_path):
+    script = f"""
+import sys
+import torch.distributed as dist
+from sst_fast.engine.runconfig import ConfigError
+from sst_fast.engine.train import Trainer
+sys.path.insert(0, {str(os.path.dirname(os.path.dirname(os.path.dirname(__file__))))!r})
+from tests.engine.tiny import tiny_config
+dist.init_process_group("gloo")
+try:
+    Trainer(tiny_config("optim.batch_size=1", "run.device=cpu"), {str(tmp_path / "run")!r}, progress=False)
+except ConfigError as error:
+    assert "optim.batch_size=1" in str(error) and "2 processes" in str(error), error
+else:
+    raise AssertionError("accepted")
+dist.destroy_process_group()
+"""
+    (tmp_path / "refuse.py").write_text(script)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    result = subprocess.run(
+        [*launcher, tmp_path / "refuse.py"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not (tmp_path / "run").exists()
