@@ -7,7 +7,7 @@ TORCH_VERSION ?= 2.13.0
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: install demo test test-all lint bench clean
+.PHONY: install demo test test-all soak lint bench clean
 
 install: $(VENV)/.installed
 
@@ -35,7 +35,11 @@ test: install
 	$(PY) -m pytest tests -q
 
 test-all: install
-	$(PY) -m pytest tests -q -m "slow or not slow"
+	$(PY) -m pytest tests -q -m "not soak"
+
+# Half an hour of training with the memory sampled every minute (SST_FAST_SOAK_MINUTES, SST_FAST_SOAK_OUT).
+soak: install
+	$(PY) -m pytest tests -q -s -m soak
 
 lint: install
 	$(PY) -m ruff check sst_fast tests benchmarks setup.py

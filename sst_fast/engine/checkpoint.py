@@ -3,10 +3,16 @@
 A checkpoint is one ``torch.save`` file holding the run configuration, the model's ``state_dict``
 and, for a training checkpoint, everything needed to continue exactly: optimiser, step, epoch,
 position in the epoch, RNG states, the best validation score and the log so far.
+
+Since format 2 a checkpoint also holds the SHA-256 of its content (every tensor's bytes, dtype and
+shape, every other value, in order): ``torch.load`` reads a file whose tensor bytes were changed on disk
+without complaint, so :func:`load_checkpoint` recomputes the digest and refuses a damaged file. The file
+stays a plain ``torch.save`` file that ``torch.load`` reads.
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +21,8 @@ import torch
 from ..config import SSTConfig
 from ..data.base import write_atomic
 
-FORMAT = 1
+FORMAT = 2
+READABLE_FORMATS = (1, 2)  # 1: without the content digest
 KIND = "sst_fast-checkpoint"
 
 
@@ -27,7 +34,34 @@ def save_checkpoint(path, state: dict[str, Any]) -> Path:
     """Write ``state`` (plus the format tag) to ``path`` atomically: a crash during the write leaves the
     previous file intact."""
     state = {"kind": KIND, "format": FORMAT, **state}
+    state["sha256"] = content_digest(state)
     return write_atomic(path, lambda file: torch.save(state, file))
+
+
+def content_digest(state) -> str:
+    """The SHA-256 of a checkpoint's content: tensors by dtype, shape and bytes; containers in order; other
+    values by type and ``repr`` (exact for the ints, floats, strings and None that checkpoints hold)."""
+    digest = hashlib.sha256()
+    _feed(digest, {key: value for key, value in state.items() if key != "sha256"})
+    return digest.hexdigest()
+
+
+def _feed(digest, value) -> None:
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().to("cpu").contiguous()
+        digest.update(f"T{str(tensor.dtype)}{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    elif isinstance(value, dict):
+        digest.update(f"D{len(value)}".encode())
+        for key, item in value.items():
+            _feed(digest, key)
+            _feed(digest, item)
+    elif isinstance(value, (list, tuple)):
+        digest.update(f"{type(value).__name__}{len(value)}".encode())
+        for item in value:
+            _feed(digest, item)
+    else:
+        digest.update(f"V{type(value).__name__}:{value!r};".encode())
 
 
 def load_checkpoint(path, map_location="cpu") -> dict[str, Any]:
@@ -51,8 +85,12 @@ def load_checkpoint(path, map_location="cpu") -> dict[str, Any]:
         raise CheckpointError(f"checkpoint: {path} is not a readable checkpoint ({reason})") from None
     if not isinstance(state, dict) or state.get("kind") != KIND:
         raise CheckpointError(f"checkpoint: {path} is not an sst_fast checkpoint")
-    if state.get("format") != FORMAT:
-        raise CheckpointError(f"checkpoint: {path} has format {state.get('format')!r}; this version reads {FORMAT}")
+    if state.get("format") not in READABLE_FORMATS:
+        raise CheckpointError(
+            f"checkpoint: {path} has format {state.get('format')!r}; this version reads formats {READABLE_FORMATS}"
+        )
+    if state["format"] >= 2 and state.get("sha256") != content_digest(state):
+        raise CheckpointError(f"checkpoint: {path} is damaged (its content does not match the SHA-256 saved with it)")
     config = state.get("config")
     if not isinstance(state.get("model"), dict) or not isinstance(config, dict):
         raise CheckpointError(f"checkpoint: {path} lacks its model weights or its configuration")
