@@ -7,6 +7,8 @@
 - :class:`Augment` for training; :mod:`~sst_fast.data.transforms` for user images.
 """
 
+import inspect
+
 from . import transforms
 from .augment import Augment
 from .base import DEFAULT_MIN_PIXELS, DataError, FewShotDataset, Sample, binary_mask
@@ -35,6 +37,12 @@ def open_dataset(name: str, root=None, **options) -> FewShotDataset:
     """
     if name not in DATASETS:
         raise ValueError(f"dataset must be one of {sorted(DATASETS)}, got {name!r}")
+    accepted = sorted(set(inspect.signature(DATASETS[name]).parameters) - {"root"})
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(
+            f"options: the {name} data set has no option {', '.join(unknown)} (it has {', '.join(accepted)})"
+        )
     if name == "synthetic":
         if root is not None:
             raise ValueError("root: the synthetic data set is generated, it has no data folder")

@@ -257,6 +257,8 @@ class EpisodeDataset(torch.utils.data.Dataset):
         return len(self.episodes)
 
     def __getitem__(self, index: int) -> dict:
+        if not -len(self.episodes) <= index < len(self.episodes):
+            raise IndexError(f"episode index {index} is out of range for {len(self.episodes)} episodes")
         episode = self.episodes[index]
         generator = None
         if self.augment is not None:

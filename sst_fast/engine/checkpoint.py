@@ -81,7 +81,8 @@ def load_checkpoint(path, map_location="cpu") -> dict[str, Any]:
         # weights_only: a checkpoint is data, never code to run; it holds only tensors and plain containers.
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # a damaged file fails in many ways (zip, unpickler, struct, storage errors)
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        reason = f"{type(error).__name__}: {message}" if message else type(error).__name__
         raise CheckpointError(f"checkpoint: {path} is not a readable checkpoint ({reason})") from None
     if not isinstance(state, dict) or state.get("kind") != KIND:
         raise CheckpointError(f"checkpoint: {path} is not an sst_fast checkpoint")

@@ -104,11 +104,7 @@ def evaluate(
     split = dataset.fold_split(fold)
     size = as_size(size, "size")
     if manifests is None:
-        seeds = list(seeds)
-        if not seeds:
-            raise ValueError("seeds must name at least one seed")
-        if len(set(seeds)) != len(seeds):
-            raise ValueError(f"seeds must be distinct, got {seeds}")
+        seeds = check_seeds(seeds)
         sampler = fold_sampler(dataset, fold, shots, stage="test")
         manifests = [
             EpisodeManifest(dataset.describe(), split.test_split, fold, shots, seed, sampler.sample(episodes, seed))
@@ -149,6 +145,16 @@ def evaluate(
         code_version=code_version(),
     )
     return EvaluationResult(card, runs, manifests)
+
+
+def check_seeds(seeds: Sequence[int]) -> list[int]:
+    """``seeds`` as a list, or a ValueError: at least one, distinct (a repeated seed repeats its episodes)."""
+    seeds = list(seeds)
+    if not seeds:
+        raise ValueError("seeds must name at least one seed")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct, got {seeds}")
+    return seeds
 
 
 def score_episodes(

@@ -18,7 +18,7 @@ from ..data import FewShotDataset, open_dataset
 from ..data.base import write_text_atomic
 from ..metrics import mean_ci
 from .checkpoint import load_checkpoint, model_from_checkpoint
-from .evaluate import EvaluationResult, evaluate
+from .evaluate import EvaluationResult, check_seeds, evaluate
 from .runconfig import RunConfig
 from .train import TrainResult, Trainer
 
@@ -97,6 +97,11 @@ def run_experiment(
     evaluates the same checkpoint with each fusion; by default each model's own fusion. ``episodes``: per seed,
     one number for every K or ``{K: episodes}``. ``shots_for``: other K for some variants (``{name: Ks}``)."""
     out_dir = Path(out_dir)
+    # What the evaluations will refuse, refused before hours of training.
+    seeds = check_seeds(seeds)
+    for count in episodes.values() if isinstance(episodes, dict) else (episodes,):
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"episodes must be a positive integer, got {count!r}")
     dataset = open_dataset(config.data.dataset, config.data.root, **config.data.options)
     runs, seconds, evaluations = {}, {}, []
     for name, changes in variants.items():

@@ -150,6 +150,18 @@ CASES = [
         ["--device", "bogus"],
         id="predict-bad-device",
     ),
+    # --- demo, ablation, info ---
+    pytest.param(
+        ["demo", "--quick", "--out", "{tmp}/demo", "optim.nope=1"], ["optim.nope"], id="demo-unknown-override"
+    ),
+    pytest.param(
+        ["demo", "--quick", "--out", "{tmp}/demo", "--seeds", "1", "1"], ["seeds", "distinct"], id="demo-dup-seeds"
+    ),
+    pytest.param(["demo", "--episodes", "0"], ["--episodes", "'0'"], id="argparse-demo-episodes-0"),
+    pytest.param(["ablation", "--config", "nope", "--out", "{tmp}/ablation"], ["'nope'"], id="ablation-unknown-config"),
+    pytest.param(["ablation", "--config", "synthetic"], ["--out"], id="argparse-ablation-no-out"),
+    pytest.param(["info", "--verbose"], ["unrecognized arguments: --verbose"], id="argparse-info-extra-argument"),
+    pytest.param([*EVAL, "{damaged}"], ["{damaged}", "damaged"], id="eval-ckpt-damaged"),
     # --- argparse ---
     pytest.param(["frobnicate"], ["invalid choice: 'frobnicate'"], id="argparse-unknown-subcommand"),
     pytest.param([], ["COMMAND"], id="argparse-no-subcommand"),
@@ -166,6 +178,9 @@ def places(tmp_path, tiny_run, tiny_checkpoint, voc_episode) -> dict[str, str]:
     (tmp_path / "random.pt").write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
     (tmp_path / "empty.pt").write_bytes(b"")
     (tmp_path / "truncated.pt").write_bytes(tiny_checkpoint.read_bytes()[:100_000])
+    damaged = bytearray(tiny_checkpoint.read_bytes())
+    damaged[len(damaged) // 2] ^= 0x40  # inside the weights: the file still reads, its content is wrong
+    (tmp_path / "damaged.pt").write_bytes(damaged)
     torch.save([1, 2, 3], tmp_path / "list.pt")
     (tmp_path / "empty-dir").mkdir()
     (tmp_path / "list.yaml").write_text("- data\n- model\n")
@@ -179,6 +194,7 @@ def places(tmp_path, tiny_run, tiny_checkpoint, voc_episode) -> dict[str, str]:
         "random_bytes": str(tmp_path / "random.pt"),
         "empty_file": str(tmp_path / "empty.pt"),
         "truncated": str(tmp_path / "truncated.pt"),
+        "damaged": str(tmp_path / "damaged.pt"),
         "torch_list": str(tmp_path / "list.pt"),
         "empty_dir": str(tmp_path / "empty-dir"),
         "list_yaml": str(tmp_path / "list.yaml"),
