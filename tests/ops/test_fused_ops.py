@@ -388,9 +388,8 @@ def test_info_names_the_compiled_kernels():
 
 # --- hypothesis: random shapes, masks and layouts ------------------------------------------------------
 
-PROPERTY_SETTINGS = settings(
-    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
-)
+# Examples per op: a quick sweep in every run, the thorough one (``-m slow``) with 500.
+BUDGETS = [pytest.param(100, id="100"), pytest.param(500, id="500", marks=pytest.mark.slow)]
 
 
 @st.composite
@@ -424,24 +423,17 @@ needs_cpp = pytest.mark.skipif("cpp" not in ops.backends(), reason="sst_fast._C 
 
 
 @needs_cpp
-@PROPERTY_SETTINGS
-@given(cases())
-def test_property_masked_avg_pool(case):
-    _property("masked_avg_pool", case)
+@pytest.mark.parametrize("budget", BUDGETS)
+@pytest.mark.parametrize("name", ["masked_avg_pool", "prototype_conv2d", "tuned_prototype"])
+def test_property_compiled_op_equals_the_reference(name, budget):
+    """Forward and every gradient over random shapes, kernels, dilations, mask kinds and layouts (float64)."""
 
+    @settings(max_examples=budget, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+    @given(cases())
+    def check(case):
+        _property(name, case)
 
-@needs_cpp
-@PROPERTY_SETTINGS
-@given(cases())
-def test_property_prototype_conv2d(case):
-    _property("prototype_conv2d", case)
-
-
-@needs_cpp
-@PROPERTY_SETTINGS
-@given(cases())
-def test_property_tuned_prototype(case):
-    _property("tuned_prototype", case)
+    check()
 
 
 def test_reference_prototype_update_is_the_pooled_feature_gradient():
