@@ -89,6 +89,16 @@ def test_two_processes_train_the_same_run_as_one(single, two):
     assert validations == pytest.approx([r["val_miou"] for r in one["history"] if "val_miou" in r], abs=2e-3)
 
 
+def test_training_on_cached_features_on_two_processes_equals_one(tmp_path):
+    """The head-only step of data.feature_cache under DistributedDataParallel; rank 0 builds the cache."""
+    cached = ["data.feature_cache=true", "data.augment=false", "optim.epochs=1"]
+    one = train(tmp_path / "one", *cached)
+    two = train(tmp_path / "two", *cached, processes=2)
+    assert two["step"] == one["step"] == 3
+    for key, value in one["model"].items():
+        assert close(two["model"][key].double(), value.double(), 1e-4), key
+
+
 def test_a_distributed_run_stopped_and_resumed_equals_it_uninterrupted(two, tmp_path):
     run_dir = tmp_path / "run"
     stopped = train(run_dir, processes=2, max_steps=4)
