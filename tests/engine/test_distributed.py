@@ -89,8 +89,9 @@ def test_two_processes_train_the_same_run_as_one(single, two):
     assert validations == pytest.approx([r["val_miou"] for r in one["history"] if "val_miou" in r], abs=2e-3)
 
 
-def test_training_on_cached_features_on_two_processes_equals_one(tmp_path):
+def test_training_on_cached_features_on_two_processes_equals_one(tmp_path, monkeypatch):
     """The head-only step of data.feature_cache under DistributedDataParallel; rank 0 builds the cache."""
+    monkeypatch.setenv("SST_FAST_CACHE", str(tmp_path / "cache"))  # a cache of its own, not the session's
     cached = ["data.feature_cache=true", "data.augment=false", "optim.epochs=1"]
     one = train(tmp_path / "one", *cached)
     two = train(tmp_path / "two", *cached, processes=2)
