@@ -119,12 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from .data import DataError
+    from .engine import distributed
     from .engine.checkpoint import CheckpointError
     from .engine.experiments import ExperimentInterrupted
     from .engine.runconfig import ConfigError
     from .engine.train import TrainingError
-
-    from .engine import distributed
 
     user_errors = (ConfigError, CheckpointError, DataError, TrainingError, ValueError, TypeError, OSError)
     try:
