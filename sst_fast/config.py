@@ -104,6 +104,13 @@ def as_size(value: Any, name: str) -> tuple[int, int]:
     return tuple(value)
 
 
+def positive_int(value: Any, name: str) -> int:
+    """``value`` if it is an integer >= 1 (not a bool); anything else is an error naming ``name``."""
+    if not _is_int(value) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 

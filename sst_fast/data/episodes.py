@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from . import transforms
-from ..config import as_size
+from ..config import as_size, positive_int
 from .base import DataError, FewShotDataset, sha256_json, write_text_atomic
 
 MANIFEST_FORMAT = 1
@@ -57,8 +57,7 @@ class EpisodeSampler:
         exclude_classes: Sequence[int] = (),
         images: Collection[str] | None = None,
     ):
-        if isinstance(shots, bool) or not isinstance(shots, int) or shots < 1:
-            raise ValueError(f"shots must be a positive integer, got {shots!r}")
+        positive_int(shots, "shots")
         classes = [dataset.check_class(c, "classes") for c in classes]
         if not classes:
             raise ValueError("classes must name at least one class")
@@ -83,8 +82,7 @@ class EpisodeSampler:
 
     def sample(self, episodes: int, seed) -> list[Episode]:
         """``episodes`` episodes from ``seed`` (an int or a sequence of ints, e.g. ``(seed, epoch)``)."""
-        if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
-            raise ValueError(f"episodes must be a positive integer, got {episodes!r}")
+        positive_int(episodes, "episodes")
         rng = np.random.default_rng(_seed_words(seed))
         drawn = []
         for _ in range(episodes):

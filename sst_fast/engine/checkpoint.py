@@ -49,7 +49,7 @@ def content_digest(state) -> str:
 def _feed(digest, value) -> None:
     if isinstance(value, torch.Tensor):
         tensor = value.detach().to("cpu").contiguous()
-        digest.update(f"T{str(tensor.dtype)}{tuple(tensor.shape)}".encode())
+        digest.update(f"T{tensor.dtype}{tuple(tensor.shape)}".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
     elif isinstance(value, dict):
         digest.update(f"D{len(value)}".encode())

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import as_size
+from ..config import as_size, positive_int
 from ..data.base import FewShotDataset, write_text_atomic
 from ..data.episodes import Episode, EpisodeDataset, EpisodeManifest, collate_episodes, fold_sampler
 from ..metrics import FewShotMeter, mean_ci
@@ -175,8 +175,7 @@ def score_episodes(
 
     In a process group (:mod:`sst_fast.engine.distributed`) every rank must call it: the batches are dealt
     to the ranks and the result, the same on every rank, equals a single process's exactly."""
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    positive_int(batch_size, "batch_size")
     world = distributed.current()
     data = EpisodeDataset(dataset, episodes, as_size(size, "size"), keep_original=original_size)
     # The same batches as a single process, whole batches dealt to the ranks: each batch's numbers are the same.

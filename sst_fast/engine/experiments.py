@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..config import positive_int
 from ..data import FewShotDataset, open_dataset
 from ..data.base import write_text_atomic
 from ..metrics import mean_ci
@@ -100,8 +101,7 @@ def run_experiment(
     # What the evaluations will refuse, refused before hours of training.
     seeds = check_seeds(seeds)
     for count in episodes.values() if isinstance(episodes, dict) else (episodes,):
-        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-            raise ValueError(f"episodes must be a positive integer, got {count!r}")
+        positive_int(count, "episodes")
     dataset = open_dataset(config.data.dataset, config.data.root, **config.data.options)
     runs, seconds, evaluations = {}, {}, []
     for name, changes in variants.items():

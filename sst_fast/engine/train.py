@@ -35,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from ..config import positive_int
 from ..data import Augment, EpisodeDataset, EpisodeManifest, EpisodeSampler, collate_episodes, open_dataset
 from ..data.base import write_text_atomic
 from ..data.episodes import fold_sampler, holdout
@@ -156,12 +157,13 @@ class Trainer:
             if not self.model.config.freeze_backbone:
                 raise ConfigError("data.feature_cache needs a frozen backbone: set model.freeze_backbone=true")
             images = sorted(set().union(*self.sampler.pools.values()))
-            # Rank 0 builds the cache; the others open it once it is there.
-            for turn in (True, False):
-                if world.main == turn:
-                    self.feature_cache = FeatureCache.open_or_build(
-                        self.model.backbone, self.dataset, images, model_config.image_size, log=self.log
-                    )
+            # Rank 0 builds the cache; the others wait for it, then open it.
+            if not world.main:
+                distributed.barrier(world)
+            self.feature_cache = FeatureCache.open_or_build(
+                self.model.backbone, self.dataset, images, model_config.image_size, log=self.log
+            )
+            if world.main:
                 distributed.barrier(world)
         self.network = self._wrap(self.model)
         parameters = [p for p in self.model.parameters() if p.requires_grad]
@@ -381,8 +383,8 @@ class Trainer:
     def fit(self, max_steps: int | None = None) -> TrainResult:
         """Train to the configured number of epochs, or until global step ``max_steps`` (then checkpoint and
         return, resumable). Ctrl-C or SIGTERM finishes the current step, checkpoints and returns."""
-        if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1):
-            raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
+        if max_steps is not None:
+            positive_int(max_steps, "max_steps")
         # Events after the checkpoint's step were logged by a run that crashed: drop them (step+1 keeps the step's own).
         writer = None
         if self.world.main:
