@@ -1,5 +1,31 @@
+import os
+
 import pytest
 import torch
+
+# The reasons of the skips that mean "this machine has no GPU kernels to test" (and of the CPU library's
+# absence). With SST_FAST_REQUIRE_GPU=1 (benchmarks/gpu_suite.sh) such a skip is a failure: on a GPU machine
+# every CUDA and Triton test must run.
+GPU_SKIP_REASONS = (
+    "no CUDA kernels or no GPU",
+    "needs a CUDA GPU",
+    "the triton backend was not registered",
+    "nvcc not found",
+    "sst_fast._C (CPU) is not built",
+)
+REQUIRE_GPU = os.environ.get("SST_FAST_REQUIRE_GPU") == "1"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if not (REQUIRE_GPU and report.skipped) or hasattr(report, "wasxfail"):
+        return
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    if any(known in reason for known in GPU_SKIP_REASONS):
+        report.outcome = "failed"
+        report.longrepr = f"SST_FAST_REQUIRE_GPU=1, yet this test was skipped: {reason}"
 
 
 @pytest.fixture(autouse=True)

@@ -133,6 +133,14 @@ def _check_masks(support_masks, query_mask, batch: int, shots: int, device: torc
         _check_labels("query_mask", query_mask, ndim=3, layout="[B, H, W]", device=device)
 
 
+def _capturing(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor``'s stream is being captured into a CUDA graph. The checks of values then stand
+    down (reading a value back waits for the GPU, which a capture forbids); the shapes, dtypes and devices
+    are still checked. Values copied into a graph's inputs before a replay are not checked.
+    """
+    return tensor.is_cuda and torch.cuda.is_current_stream_capturing()
+
+
 def _check_images(name: str, images, ndim: int, layout: str) -> None:
     if not isinstance(images, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor {layout}, got {type(images).__name__}")
@@ -142,7 +150,7 @@ def _check_images(name: str, images, ndim: int, layout: str) -> None:
         raise ValueError(f"{name} must be a floating-point tensor (normalised images), got {images.dtype}")
     if images.numel() == 0:
         raise ValueError(f"{name} is empty: shape {list(images.shape)}")
-    if not torch.isfinite(images).all():
+    if not _capturing(images) and not torch.isfinite(images).all():
         raise ValueError(f"{name} contains NaN or infinite values")
 
 
@@ -157,6 +165,8 @@ def _check_labels(name: str, labels, ndim: int, layout: str, device: torch.devic
         return
     if labels.is_complex():
         raise ValueError(f"{name} must hold labels 0 (background), 1 (object), 255 (ignore), got {labels.dtype}")
+    if _capturing(labels):
+        return
     invalid = (labels != 0) & (labels != 1) & (labels != 255)
     if invalid.any():
         example = labels[invalid][0].item()

@@ -1,0 +1,168 @@
+"""The fast model on a CUDA GPU, with the CUDA and the Triton kernels, against the reference on the CPU.
+
+The same checks as ``test_fast_equivalence`` and ``test_speed_switches``, moved to the GPU: every output and
+every parameter gradient of ``sst_fast.SST`` on CUDA equal to ``SSTReference``'s on the CPU (float64 to
+~1e-10, float32 to ~1e-4 with TF32 off), bf16 autocast no less accurate than the reference's own, the
+channels-last layout, and a train step captured in a CUDA graph that replays to the eager step's results.
+Dropout is off: the CPU and CUDA random streams differ. Skipped without a GPU (and a failure then under
+``SST_FAST_REQUIRE_GPU=1``).
+"""
+
+import pytest
+import torch
+
+import sst_fast
+from sst_fast import ops
+from sst_fast.engine.speed import set_memory_format
+from sst_fast.reference import SSTReference
+from tests.models.helpers import episode, tiny_config
+from tests.models.test_fast_equivalence import OUTPUTS, assert_equivalent, run, unbalanced_threshold
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+BACKENDS = [
+    pytest.param(
+        "cuda", marks=pytest.mark.skipif("cuda" not in ops.backends(), reason="no CUDA kernels or no GPU"), id="cuda"
+    ),
+    pytest.param(
+        "triton",
+        marks=pytest.mark.skipif(
+            "triton" not in ops.backends() or not torch.cuda.is_available(),
+            reason="the triton backend was not registered for CUDA",
+        ),
+        id="triton",
+    ),
+]
+
+
+@pytest.fixture(autouse=True)
+def _exact_float32():
+    """TF32 off: float32 convolutions and products in full float32, as on the CPU."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def cuda_pair(dtype, **overrides):
+    """The fast model on the GPU and the reference on the CPU, same weights."""
+    config = tiny_config(**{"tune_step": 20.0, "learnable_step": True, **overrides})
+    fast = sst_fast.SST(config).to(dtype).cuda()
+    reference = SSTReference(config).to(dtype)
+    return fast, reference
+
+
+def to_cuda(inputs):
+    return tuple(x.cuda() for x in inputs)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("shots", [1, 5])
+@pytest.mark.parametrize("first_order", [False, True], ids=["second", "first"])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_fast_model_on_the_gpu_equals_the_reference(backend, dtype, shots, first_order, mode):
+    fast, reference = cuda_pair(dtype, shots=shots, first_order=first_order, channels=16)
+    inputs = episode(batch=3, shots=shots, size=40, dtype=dtype, seed=shots)
+    with ops.use_backend(backend):
+        fast = unbalanced_threshold(fast, *to_cuda(inputs))
+        reference.load_state_dict(fast.state_dict())
+        out, grads = run(fast, to_cuda(inputs), mode)
+    expected, expected_grads = run(reference, inputs, mode)
+    for name in OUTPUTS:
+        actual = getattr(out, name)
+        assert_equivalent(None if actual is None else actual.cpu(), getattr(expected, name), dtype, name)
+    assert grads.keys() == expected_grads.keys()
+    for name, grad in expected_grads.items():
+        assert_equivalent(grads[name].cpu(), grad, dtype, f"d loss / d {name}")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shots", [1, 5])
+def test_bf16_autocast_on_the_gpu_is_as_accurate_as_the_reference(backend, shots):
+    """Gradients under bf16 autocast on CUDA no further from float32's than the reference's under it."""
+    errors = {"fast": [], "reference": []}
+    for seed in range(3):
+        torch.manual_seed(seed)
+        fast, reference = cuda_pair(torch.float32, shots=shots, tune_step=5.0, learnable_step=False)
+        reference = reference.cuda()
+        reference.load_state_dict(fast.state_dict())
+        inputs = to_cuda(episode(batch=2, shots=shots, seed=seed))
+        expected, expected_grads = run(reference, inputs, "train")
+        with ops.use_backend(backend), torch.autocast("cuda", dtype=torch.bfloat16):
+            out, grads = run(fast, inputs, "train")
+            _, reference_grads = run(reference, inputs, "train")
+        assert out.logits.dtype == torch.bfloat16
+        assert out.tuned_prototypes.dtype == torch.float32, "the tuning step runs in float32 under autocast"
+        for name, grad in expected_grads.items():
+            errors["fast"].append(relative_error(grads[name], grad))
+            errors["reference"].append(relative_error(reference_grads[name], grad))
+        error = relative_error(out.logits, expected.logits)
+        assert error < 0.05, f"logits: relative error {error:.2e} under bf16"
+    fast_error, reference_error = (sum(e) / len(e) for e in errors.values())
+    assert fast_error < 1.5 * reference_error + 0.005, (fast_error, reference_error)
+
+
+def relative_error(actual, expected):
+    return ((actual.float() - expected.float()).norm() / expected.float().norm().clamp_min(1e-12)).item()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_channels_last_on_the_gpu_equals_the_reference(backend):
+    fast, reference = cuda_pair(torch.float64, shots=2)
+    inputs = episode(batch=2, shots=2, dtype=torch.float64)
+    with ops.use_backend(backend):
+        fast = unbalanced_threshold(fast, *to_cuda(inputs))
+        reference.load_state_dict(fast.state_dict())
+        set_memory_format(fast, channels_last=True)
+        out, grads = run(fast, to_cuda(inputs), "train")
+    expected, expected_grads = run(reference, inputs, "train")
+    for name in OUTPUTS:
+        actual = getattr(out, name)
+        assert_equivalent(None if actual is None else actual.cpu(), getattr(expected, name), torch.float64, name)
+    for name, grad in expected_grads.items():
+        assert_equivalent(grads[name].cpu(), grad, torch.float64, f"d loss / d {name}")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("amp", [False, True], ids=["f32", "bf16"])
+def test_a_train_step_captured_in_a_cuda_graph_replays_the_eager_step(backend, amp):
+    """Forward, inner gradient, tuning and outer backward in one CUDA graph: each replay on new inputs
+    (copied into the captured ones) gives the eager step's loss and gradients on them."""
+    fast, _ = cuda_pair(torch.float32, shots=2, tune_step=5.0)
+    fast.train()
+    static = [x.clone() for x in to_cuda(episode(batch=2, shots=2, seed=0))]
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp, cache_enabled=False):
+            loss = fast(*static).loss
+        loss.backward()
+        return loss
+
+    with ops.use_backend(backend):
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                fast.zero_grad(set_to_none=True)
+                step()
+        torch.cuda.current_stream().wait_stream(side)
+        fast.zero_grad(set_to_none=True)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            captured_loss = step()
+        # The gradients the graph writes on every replay (they live in its memory pool).
+        captured = {name: p.grad for name, p in fast.named_parameters() if p.grad is not None}
+        assert captured, "the captured step must produce gradients"
+
+        for seed in (1, 2):
+            new = to_cuda(episode(batch=2, shots=2, seed=seed))
+            for buffer, value in zip(static, new, strict=True):
+                buffer.copy_(value)
+            graph.replay()
+            fast.zero_grad(set_to_none=True)
+            eager_loss = step()
+            torch.testing.assert_close(captured_loss, eager_loss, rtol=1e-5, atol=1e-6)
+            for name, p in fast.named_parameters():
+                if p.grad is not None:
+                    torch.testing.assert_close(captured[name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
