@@ -49,10 +49,9 @@ for stage in "${STAGES[@]}"; do
     [[ " ${ALL_STAGES[*]} " == *" $stage "* ]] || { echo "gpu_suite: unknown stage '$stage' (stages: ${ALL_STAGES[*]})" >&2; exit 2; }
 done
 
+mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd) || exit 2
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
 PY=${PYTHON:-python3}
 STAGE_TIMEOUT=${SST_FAST_STAGE_TIMEOUT:-3000}
 export PYTHONUNBUFFERED=1
