@@ -145,64 +145,45 @@ def drive(case, want, op, device, dtype, memory_layout, failures, label) -> int:
         k: layout(v.to(device=device, dtype=dtype), memory_layout) if isinstance(v, torch.Tensor) else v
         for k, v in case.items()
     }
-    d, calls = case["dilation"], 0
-    check(f"{label} masked_avg_pool", op.masked_avg_pool(t["features"], t["mask"], EPS), "pool", want, dtype, failures)
-    check(
-        f"{label} prototype_conv2d",
-        op.prototype_conv2d(t["features"], t["proto"], t["weight"], t["bias"], d),
-        "conv",
-        want,
-        dtype,
-        failures,
-    )
-    check(
-        f"{label} prototype_update",
-        op.prototype_update(t["delta"], t["mask"], t["weight"], EPS, d),
-        "update",
-        want,
-        dtype,
-        failures,
-    )
-    calls += 3
-    for needs in itertools.product((False, True), repeat=2):
-        if any(needs):
-            got = op.masked_avg_pool_backward(t["grad_pool"], t["features"], t["mask"], EPS, list(needs))
-            for i, need in enumerate(needs):
-                if need:
-                    check(
-                        f"{label} masked_avg_pool_backward{list(needs)}[{i}]",
-                        got[i],
-                        f"d_pool{i}",
-                        want,
-                        dtype,
-                        failures,
-                    )
-            got = op.prototype_update_backward(t["grad_pool"], t["delta"], t["mask"], t["weight"], EPS, d, list(needs))
-            for i, need in enumerate(needs):
-                if need:
-                    check(
-                        f"{label} prototype_update_backward{list(needs)}[{i}]",
-                        got[i],
-                        f"d_update{i}",
-                        want,
-                        dtype,
-                        failures,
-                    )
-            calls += 2
-    for needs in itertools.product((False, True), repeat=4):
-        if any(needs):
-            got = op.prototype_conv2d_backward(t["grad_conv"], t["features"], t["proto"], t["weight"], d, list(needs))
-            for i, need in enumerate(needs):
-                if need:
-                    check(
-                        f"{label} prototype_conv2d_backward{list(needs)}[{i}]",
-                        got[i],
-                        f"d_conv{i}",
-                        want,
-                        dtype,
-                        failures,
-                    )
+    d = case["dilation"]
+
+    def verify(name, actual, key):
+        check(f"{label} {name}", actual, key, want, dtype, failures)
+
+    verify("masked_avg_pool", op.masked_avg_pool(t["features"], t["mask"], EPS), "pool")
+    verify("prototype_conv2d", op.prototype_conv2d(t["features"], t["proto"], t["weight"], t["bias"], d), "conv")
+    verify("prototype_update", op.prototype_update(t["delta"], t["mask"], t["weight"], EPS, d), "update")
+    backward = {  # name: (call with an output_mask, number of gradients, key prefix of the expected ones)
+        "masked_avg_pool_backward": (
+            lambda needs: op.masked_avg_pool_backward(t["grad_pool"], t["features"], t["mask"], EPS, needs),
+            2,
+            "d_pool",
+        ),
+        "prototype_update_backward": (
+            lambda needs: op.prototype_update_backward(
+                t["grad_pool"], t["delta"], t["mask"], t["weight"], EPS, d, needs
+            ),
+            2,
+            "d_update",
+        ),
+        "prototype_conv2d_backward": (
+            lambda needs: op.prototype_conv2d_backward(
+                t["grad_conv"], t["features"], t["proto"], t["weight"], d, needs
+            ),
+            4,
+            "d_conv",
+        ),
+    }
+    calls = 3
+    for name, (call, count, key) in backward.items():
+        for needs in itertools.product((False, True), repeat=count):
+            if not any(needs):
+                continue
+            got = call(list(needs))
             calls += 1
+            for i, need in enumerate(needs):
+                if need:
+                    verify(f"{name}{list(needs)}[{i}]", got[i], f"{key}{i}")
     return calls
 
 
