@@ -45,6 +45,19 @@ def seconds(value: float) -> str:
     return f"{value * 1e6:.3g} µs"
 
 
+def by_group(data: dict, variant) -> dict[str, dict[str, dict]]:
+    """{group: {variant(bench): bench}} of a pytest-benchmark result."""
+    groups: dict[str, dict[str, dict]] = defaultdict(dict)
+    for bench in data["benchmarks"]:
+        groups[bench["group"]][variant(bench)] = bench
+    return groups
+
+
+def table_start(title: str, explanation: str, header: list[str]) -> list[str]:
+    """A section's heading, its explanation and a Markdown table's header rows."""
+    return [f"## {title}", "", explanation, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+
+
 def machine_section(probe: dict | None) -> list[str]:
     if probe is None:
         return ["## Machine", "", "No probe.json.", ""]
@@ -83,10 +96,9 @@ def stages_section(folder: Path) -> list[str]:
 def ops_section(data: dict | None) -> list[str]:
     if data is None:
         return []
-    groups: dict[str, dict[str, dict]] = defaultdict(dict)
-    for bench in data["benchmarks"]:
-        variant = bench["params"].get("backend") or ("autograd" if "by_autograd" in bench["name"] else "copy")
-        groups[bench["group"]][variant] = bench
+    groups = by_group(
+        data, lambda b: b["params"].get("backend") or ("autograd" if "by_autograd" in b["name"] else "copy")
+    )
     copy_rate = {}
     for group, benches in groups.items():
         if group.startswith("copy "):
@@ -94,15 +106,12 @@ def ops_section(data: dict | None) -> list[str]:
             copy_rate[group.split()[1]] = bench["extra_info"]["bytes"] / per_call(bench)
     backends = sorted({name for benches in groups.values() for name in benches} - {"copy", "reference", "autograd"})
     header = ["group", "reference", *backends, "speed-up", "rate", "goal"]
-    lines = [
-        "## Ops",
-        "",
+    lines = table_start(
+        "Ops",
         "Time per call (median); speed-up = reference / backend; rate = the best backend's "
         "GB/s and fraction of the same run's copy bandwidth (memory-bound ops), or TFLOP/s.",
-        "",
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-    ]
+        header,
+    )
     for group in sorted(groups):
         benches = groups[group]
         if group.startswith("copy "):
@@ -142,9 +151,7 @@ def model_section(data: dict | None, probe: dict | None) -> list[str]:
     peak = None
     if probe and probe.get("device") and probe["device"].get("peak_tflops"):
         peak = probe["device"]["peak_tflops"] * 1e12
-    groups: dict[str, dict[str, dict]] = defaultdict(dict)
-    for bench in data["benchmarks"]:
-        groups[bench["group"]][bench["params"]["variant"]] = bench
+    groups = by_group(data, lambda b: b["params"]["variant"])
     variants = [
         v
         for v in ("reference", "fast", "fast-bf16-cl", "reference-bf16-cl", "fast-bf16-cl-graphs")
@@ -160,15 +167,12 @@ def model_section(data: dict | None, probe: dict | None) -> list[str]:
         "episodes/s",
         "goal",
     ]
-    lines = [
-        "## Model steps",
-        "",
+    lines = table_start(
+        "Model steps",
         "Median time per step; best = the fastest `fast` variant; speed-up = reference / best (same run); MFU = the "
         "reference's counted FLOPs / the variant's time / the device's peak.",
-        "",
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-    ]
+        header,
+    )
     for group in sorted(groups):
         benches = groups[group]
         reference = benches.get("reference")
