@@ -17,7 +17,7 @@ backbone, C = 64, 128 x 128) at batch 8; ``tiny`` is a seconds-long check of the
 The head step takes the backbone's features as given (``SST.head``); the whole step and the eval
 episode start from images (ResNet-50 frozen, as by default).
 
-``extra_info``: ``batch``; ``peak_mib``, the step's peak memory above what was held before it (GPU:
+``extra_info``: ``batch``; ``peak_mib``, the peak memory of the step's first call above what was held before it (GPU:
 ``torch.cuda.max_memory_allocated``; CPU: resident memory, in a fresh process, Linux ``VmHWM`` reset
 through ``/proc/self/clear_refs``); ``flops`` (``reference`` only), the step's FLOPs as counted by
 ``torch.utils.flop_counter`` on the spec (convolutions and products, forward, backward and double
@@ -186,13 +186,10 @@ class FlopCount(TorchDispatchMode):
         return out
 
 
-def count_flops(level, shape, variant, shots, first_order) -> int:
-    """The FLOPs of one step (after one step outside the count)."""
-    body, model = step_body(level, shape, variant, shots, first_order)
-    body()
-    model.zero_grad(set_to_none=True)
+def count_flops(step) -> int:
+    """The FLOPs of one call of an eager ``step``."""
     with FlopCount() as counter:
-        body()
+        step()
     return counter.total
 
 
@@ -224,10 +221,10 @@ CASES = [
 ]
 
 
-def peak_memory_mib(level, shape, variant, shots, first_order) -> float:
-    """The step's peak memory above what was held before it, in MiB (see the module's docstring)."""
+def peak_memory_mib(step, level, shape, variant, shots, first_order) -> float:
+    """The peak memory of the first call of ``step`` (on the CPU: of the same step, built in a fresh process)
+    above what was held before it, in MiB (see the module's docstring)."""
     if DEVICE.type == "cuda":
-        step = step_function(level, shape, variant, shots, first_order)
         torch.cuda.synchronize()
         before = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
@@ -263,11 +260,11 @@ def test_model_step(machine, level, shape, shots, first_order, variant):
     order = "" if level == "eval" else (" first order" if first_order else " second order")
     machine.group = f"{level} {shape} {shots}-shot{order}"
     machine.extra_info["batch"] = ALL_SHAPES[shape]["batch"]
-    if variant == "reference":
-        machine.extra_info["flops"] = count_flops(level, shape, variant, shots, first_order)
-    machine.extra_info["peak_mib"] = round(peak_memory_mib(level, shape, variant, shots, first_order), 1)
     step = step_function(level, shape, variant, shots, first_order)
+    machine.extra_info["peak_mib"] = round(peak_memory_mib(step, level, shape, variant, shots, first_order), 1)
     step()  # warm-up
+    if variant == "reference":
+        machine.extra_info["flops"] = count_flops(step)
     rounds = 3 if shape in ("paper", "gpu") or shots > 1 else 5
     if DEVICE.type == "cuda" and shape != "paper":
         rounds = 10
