@@ -97,17 +97,34 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--episodes", type=_positive_int, help="evaluation episodes per seed (default: 1000 1-shot, 300 5-shot)"
     )
-    demo.add_argument("--seeds", type=int, nargs="+", help="evaluation seeds (default 0 1 2)")
+    demo.add_argument("--seeds", type=int, nargs="+", help="evaluation seeds (default 0)")
+    demo.add_argument(
+        "--train-seeds", type=int, nargs="+", help="run.seed of each model's training runs (default 0 1)"
+    )
     demo.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides of the synthetic configuration")
     _progress_flag(demo)
     demo.set_defaults(handler=_demo)
 
-    ablation = commands.add_parser("ablation", help="the paper's Table 1 and Table 2 as one command")
+    ablation = commands.add_parser(
+        "ablation", help="the paper's Table 1 and Table 2, or the tuning step's study (--study step), as one command"
+    )
     ablation.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     ablation.add_argument("--config", "-c", default="synthetic")
     ablation.add_argument("--out", type=Path, required=True)
-    ablation.add_argument("--episodes", type=_positive_int, default=1000)
-    ablation.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ablation.add_argument(
+        "--study",
+        choices=("tables", "step"),
+        default="tables",
+        help="tables: the paper's Table 1 and 2; step: the tuning step's scale, form and order (default: tables)",
+    )
+    ablation.add_argument("--episodes", type=_positive_int, default=1000, help="test episodes per seed")
+    ablation.add_argument("--seeds", type=int, nargs="+", default=[0], help="evaluation seeds (--study step: one)")
+    ablation.add_argument(
+        "--train-seeds", type=int, nargs="+", default=[0], help="run.seed of each training run of every variant"
+    )
+    ablation.add_argument(
+        "--probes", type=_positive_int, default=200, help="--study step: test episodes the step's probe measures"
+    )
     _progress_flag(ablation)
     ablation.set_defaults(handler=_ablation)
 
@@ -267,6 +284,7 @@ def _demo(args) -> int:
         overrides=args.overrides,
         episodes=args.episodes,
         seeds=args.seeds,
+        train_seeds=args.train_seeds,
         progress=args.progress,
     )
     return 0
@@ -277,7 +295,24 @@ def _ablation(args) -> int:
     from .engine.runconfig import load_run_config
 
     config = load_run_config(args.config, args.overrides)
-    report = ablation(config, args.out, episodes=args.episodes, seeds=args.seeds, progress=args.progress)
+    if args.study == "step":
+        from .engine.study import step_study
+
+        if len(args.seeds) != 1:
+            raise ValueError(f"--seeds: the step study evaluates on one seed's episodes, got {args.seeds}")
+        step_study(
+            config,
+            args.out,
+            train_seeds=args.train_seeds,
+            episodes=args.episodes,
+            seed=args.seeds[0],
+            probes=args.probes,
+            progress=args.progress,
+        )
+        return 0
+    report = ablation(
+        config, args.out, episodes=args.episodes, seeds=args.seeds, train_seeds=args.train_seeds, progress=args.progress
+    )
     print(report.read_text())
     return 0
 

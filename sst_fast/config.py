@@ -9,6 +9,7 @@ from typing import Any
 
 BACKBONES = ("resnet50", "vgg16", "tiny")
 FUSIONS = ("weighted", "average", "max")
+TUNE_FORMS = ("paper", "relative")
 
 
 @dataclasses.dataclass
@@ -28,6 +29,11 @@ class SSTConfig:
         aux_weight: lambda, the weight of the auxiliary loss.
         fusion: K-shot fusion of the relation maps: ``"weighted"`` (IoU, Eq. 14), ``"average"``, ``"max"``.
         tune_step: alpha of Eq. 11, ``R's = Rs - alpha * dLsup/dRs`` (the paper: 1.0).
+        tune_form: how ``tune_step`` sets the step (:mod:`sst_fast.models.tuning`): ``"paper"``, alpha
+            as written; ``"relative"``, a per-shot step that moves the prototype by the fraction
+            ``tune_step`` of its norm (``p' = p - alpha |p| g / |g|``, ``g = pool(dLsup/dRs)``),
+            independent of the image size and the feature scale. A checkpoint saved before this
+            setting existed loads as ``"paper"``.
         learnable_step: learn alpha as a positive scalar initialised at ``tune_step``.
         first_order: do not back-propagate through the inner gradient (cheaper, approximate).
         dropout: Dropout2d probability in the encoder, relation and decoder (CANet: 0.5).
@@ -47,6 +53,7 @@ class SSTConfig:
     aux_weight: float = 1.0
     fusion: str = "weighted"
     tune_step: float = 1.0
+    tune_form: str = "paper"
     learnable_step: bool = False
     first_order: bool = False
     dropout: float = 0.5
@@ -58,6 +65,7 @@ class SSTConfig:
         self.image_size = as_size(self.image_size, "SSTConfig.image_size")
         _require(self.backbone in BACKBONES, "backbone", f"one of {BACKBONES}", self.backbone)
         _require(self.fusion in FUSIONS, "fusion", f"one of {FUSIONS}", self.fusion)
+        _require(self.tune_form in TUNE_FORMS, "tune_form", f"one of {TUNE_FORMS}", self.tune_form)
         _require(_is_int(self.shots) and self.shots >= 1, "shots", "an integer >= 1", self.shots)
         _require(_is_int(self.channels) and self.channels >= 1, "channels", "an integer >= 1", self.channels)
         _require(_finite(self.aux_weight) and self.aux_weight >= 0, "aux_weight", "a finite number >= 0",

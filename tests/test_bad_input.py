@@ -140,6 +140,7 @@ REFUSED = [
     case("config-channels-0", lambda e: SSTConfig(channels=0), ValueError, "channels", "got 0"),
     case("config-fusion", lambda e: SSTConfig(fusion="sum"), ValueError, "fusion", "'sum'"),
     case("config-size", lambda e: SSTConfig(image_size=(0, 5)), ValueError, "image_size"),
+    case("config-tune-form", lambda e: SSTConfig(tune_form="sum"), ValueError, "tune_form", "'sum'"),
     # --- predict ---
     case("predict-no-support", lambda e: predict(e.model, e.image, [], []), ValueError, "support_images"),
     case(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import abc
 import hashlib
+import math
 import json
 import os
 import uuid
@@ -334,6 +335,27 @@ def _write_index(path: Path, identity: dict, counts) -> Path | None:
         warnings.warn(message, stacklevel=4)
         return None
     return path
+
+
+def strict_json(value, indent: int | None = 1) -> str:
+    """``value`` as strict JSON (RFC 8259): NaN and ±inf, which ``json.dumps`` writes as bare ``NaN`` and
+    ``Infinity`` (not JSON), become ``null``; tuples become lists."""
+    return json.dumps(_finite_or_none(value), indent=indent, allow_nan=False)
+
+
+def write_json_atomic(path: Path, value) -> Path:
+    """:func:`strict_json` of ``value`` written atomically (:func:`write_text_atomic`), with a final newline."""
+    return write_text_atomic(path, strict_json(value) + "\n")
+
+
+def _finite_or_none(value):
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite_or_none(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(item) for item in value]
+    return value
 
 
 def write_text_atomic(path: Path, text: str) -> Path:

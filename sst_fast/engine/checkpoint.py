@@ -97,6 +97,8 @@ def load_checkpoint(path, map_location="cpu") -> dict[str, Any]:
         raise CheckpointError(f"checkpoint: {path} lacks its model weights or its configuration")
     if not all(isinstance(config.get(section), dict) for section in ("data", "model", "optim", "run")):
         raise CheckpointError(f"checkpoint: {path} has an incomplete configuration")
+    # Saved before SSTConfig.tune_form existed: the step was the paper's, whatever the default is now.
+    config["model"].setdefault("tune_form", "paper")
     state["path"] = str(path)
     return state
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -13,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import as_size, positive_int
-from ..data.base import FewShotDataset, write_text_atomic
+from ..data.base import FewShotDataset, write_json_atomic, write_text_atomic
 from ..data.episodes import Episode, EpisodeDataset, EpisodeManifest, collate_episodes, fold_sampler
 from ..metrics import FewShotMeter, mean_ci
 from ..protocol import ProtocolCard, code_version
@@ -59,7 +58,7 @@ class EvaluationResult:
             manifest.save(directory / "manifests" / f"seed-{manifest.seed}.json")
         write_text_atomic(directory / "protocol.txt", str(self.card) + "\n")
         metrics = directory / "metrics.json"
-        write_text_atomic(metrics, json.dumps(self.to_dict(), indent=1) + "\n")
+        write_json_atomic(metrics, self.to_dict())
         return metrics
 
     def table(self, class_names: Sequence[str] | None = None) -> str:
@@ -224,7 +223,7 @@ def _model_summary(model: nn.Module, amp: str = "off") -> dict:
     summary = {"class": type(model).__name__}
     config = getattr(model, "config", None)
     if config is not None:
-        keys = ("backbone", "ssm", "aux_loss", "fusion", "tune_step", "first_order")
+        keys = ("backbone", "ssm", "aux_loss", "fusion", "tune_step", "tune_form", "first_order")
         summary.update({k: getattr(config, k) for k in keys if hasattr(config, k)})
     if amp != "off":
         summary["amp"] = amp

@@ -104,6 +104,8 @@ class OptimConfig:
             images (one query per image in expectation, PFENet's epoch).
         schedule: ``constant`` (the paper states no decay) or ``poly`` (``lr * (1 - t/T)^0.9``, PFENet).
         grad_clip: clip the gradient's global norm to this value; ``None`` does not clip.
+        step_lr: learning rate of the learnable tuning step (``model.learnable_step``), without weight
+            decay; ``None``: the step is an ordinary parameter (``lr``, ``weight_decay``).
     """
 
     optimizer: str = "sgd"
@@ -115,6 +117,7 @@ class OptimConfig:
     episodes_per_epoch: int | None = None
     schedule: str = "constant"
     grad_clip: float | None = None
+    step_lr: float | None = None
 
     def __post_init__(self) -> None:
         _check(self.optimizer in ("sgd", "adamw"), "optim.optimizer", "'sgd' or 'adamw'", self.optimizer)
@@ -131,6 +134,12 @@ class OptimConfig:
             "optim.episodes_per_epoch",
             "an integer >= 1 or null",
             self.episodes_per_epoch,
+        )
+        _check(
+            self.step_lr is None or (_is_number(self.step_lr) and self.step_lr > 0),
+            "optim.step_lr",
+            "a number > 0 or null",
+            self.step_lr,
         )
         _check(self.schedule in ("constant", "poly"), "optim.schedule", "'constant' or 'poly'", self.schedule)
         _check(

@@ -166,14 +166,7 @@ class Trainer:
             if world.main:
                 distributed.barrier(world)
         self.network = self._wrap(self.model)
-        parameters = [p for p in self.model.parameters() if p.requires_grad]
-        optim = config.optim
-        if optim.optimizer == "adamw":
-            self.optimizer = torch.optim.AdamW(parameters, lr=optim.lr, weight_decay=optim.weight_decay)
-        else:
-            self.optimizer = torch.optim.SGD(
-                parameters, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay
-            )
+        self.optimizer = _optimizer(self.model, config.optim)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.scaler = grad_scaler(self.device, config.run.amp)
         self.step = 0
@@ -485,6 +478,8 @@ class Trainer:
         record = {"loss": losses[0], "main_loss": losses[1], "lr": lr}
         if out.aux_loss is not None:
             record["aux_loss"] = losses[2]
+        if self.model.tuning.log_step is not None:  # the learned alpha's trajectory
+            record["tune_step"] = self.model.tuning.step().item()
         return record
 
     def validate(self, writer=None) -> bool:
@@ -599,6 +594,19 @@ class _TrainingForward(torch.nn.Module):
 
 
 # --- helpers --------------------------------------------------------------------------------------
+
+
+def _optimizer(model: SST, optim) -> torch.optim.Optimizer:
+    """SGD or AdamW over the trainable parameters. With ``optim.step_lr`` the learnable tuning step
+    (``tuning.log_step``) is a group of its own: that learning rate, no weight decay; without it the
+    step is an ordinary parameter of the first group."""
+    step = model.tuning.log_step
+    own_group = optim.step_lr is not None and step is not None
+    main = [p for p in model.parameters() if p.requires_grad and not (own_group and p is step)]
+    groups = [{"params": main}] + ([{"params": [step], "lr": optim.step_lr, "weight_decay": 0.0}] if own_group else [])
+    if optim.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=optim.lr, weight_decay=optim.weight_decay)
+    return torch.optim.SGD(groups, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
 
 
 def train(config: RunConfig, run_dir, max_steps: int | None = None, progress: bool = True) -> TrainResult:

@@ -63,9 +63,14 @@ class SST(SSTReference):
             delta = delta.float() / scale
         # First order the inner gradient is a constant: no path back through delta or the weight.
         weight = self.relation.conv.weight if second_order else self.relation.conv.weight.detach()
-        tuned_proto = ops.tuned_prototype(  # Eq. 11 then Eq. 12, pool(Rs - alpha dLsup/dRs)
-            delta, mask, weight, proto, self.tuning.step(), cfg.eps, self.relation.conv.dilation[0]
-        )
+        dilation = self.relation.conv.dilation[0]
+        if cfg.tune_form == "paper":
+            tuned_proto = ops.tuned_prototype(  # Eq. 11 then Eq. 12, pool(Rs - alpha dLsup/dRs)
+                delta, mask, weight, proto, self.tuning.step(), cfg.eps, dilation
+            )
+        else:  # the pooled gradient g = pool(dLsup/dRs) from the same op (p = 0, step 1 gives -g), then the step
+            gradient = -ops.tuned_prototype(delta, mask, weight, torch.zeros_like(proto), 1.0, cfg.eps, dilation)
+            tuned_proto = proto - self.tuning.feature_steps(proto, gradient) * gradient
         return TuningResult(support_logits, support_loss, proto, tuned_proto, None)
 
 

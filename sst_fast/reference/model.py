@@ -51,7 +51,7 @@ class SSTReference(nn.Module):
         self.embed = Encoder(self.backbone.out_channels, config.channels, config.dropout)  # fe
         self.relation = Relation(config.channels, config.dropout)  # fm
         self.decoder = Decoder(config.channels, config.dropout)  # fd
-        self.tuning = SelfSupervisedTuning(config.tune_step, config.learnable_step)  # ft
+        self.tuning = SelfSupervisedTuning(config.tune_step, config.learnable_step, config.tune_form)  # ft
         for head in (self.embed, self.relation, self.decoder):
             init_head(head)
 
@@ -194,7 +194,10 @@ class SSTReference(nn.Module):
         (gradient,) = torch.autograd.grad(
             support_loss.sum(), rs, create_graph=outer_grad and not cfg.first_order, retain_graph=outer_grad
         )
-        tuned = rs - self.tuning.step() * gradient  # Eq. 11: R's [N, C, h, w]
+        steps = self.tuning.feature_steps(proto, self.pool(gradient, mask))  # alpha, or [N, 1] per shot
+        if isinstance(steps, torch.Tensor) and steps.dim() == 2:
+            steps = steps[:, :, None, None]
+        tuned = rs - steps * gradient  # Eq. 11: R's [N, C, h, w]
         tuned_proto = self.pool(tuned, mask)  # Eq. 12, pool(R's * Ts)
         return TuningResult(support_logits, support_loss, proto, tuned_proto, gradient)
 

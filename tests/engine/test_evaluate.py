@@ -1,4 +1,5 @@
 import json
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -7,6 +8,7 @@ import torch
 
 import sst_fast
 from sst_fast.data import EpisodeDataset, EpisodeManifest, collate_episodes
+from sst_fast.data.base import strict_json
 from sst_fast.engine import evaluate
 from sst_fast.metrics import FewShotMeter
 from sst_fast.protocol import ProtocolCard
@@ -150,3 +152,17 @@ def test_numpy_seeds_and_saving_the_result(dataset, model, tmp_path):
     assert replayed == result.manifests
     with pytest.raises(ValueError, match="seeds"):
         evaluate(model, dataset, fold=0, episodes=3, seeds=[], size=(24, 32))
+
+
+def test_metrics_files_are_strict_json(dataset, model, tmp_path):
+    """A class no episode scores is NaN in memory and null on disk: json.loads in strict mode reads the file."""
+    result = evaluate(model, dataset, fold=0, episodes=1, seeds=[0], size=(24, 32))
+    assert any(math.isnan(iou) for iou in result.class_iou().values())
+    path = result.save(tmp_path / "eval")
+
+    def refuse(constant):
+        raise AssertionError(f"{constant} is not JSON")
+
+    saved = json.loads(path.read_text(), parse_constant=refuse)
+    assert None in saved["class_iou"].values()
+    assert strict_json({"a": (float("nan"), float("inf"), 1.5)}, indent=None) == '{"a": [null, null, 1.5]}'

@@ -35,14 +35,20 @@ def test_cli_train_refuses_resume_with_a_new_config(tmp_path, capsys):
     assert "--resume" in capsys.readouterr().err
 
 
+def run_checkpoint(out, variant, train_seed=0):
+    folder = out / "runs" / variant.replace("+", "plus-") / f"seed-{train_seed}"
+    return load_checkpoint(folder / "checkpoints" / "last.pt")
+
+
 def test_ablation_trains_the_four_variants_and_writes_both_tables(tmp_path):
     config = tiny_config("optim.epochs=1")
     report = ablation(config, tmp_path, episodes={1: 6, 5: 4}, seeds=(0, 1), progress=False, log=lambda *_: None)
     text = report.read_text()
     assert "Table 1" in text and "Table 2" in text
+    assert "over evaluation seeds, one training run per variant" in text
     for variant in TABLE1_VARIANTS:
         assert f"| {variant} |" in text
-        saved = load_checkpoint(tmp_path / "runs" / variant.replace("+", "plus-") / "checkpoints" / "last.pt")
+        saved = run_checkpoint(tmp_path, variant)
         assert saved["config"]["model"]["ssm"] == TABLE1_VARIANTS[variant]["ssm"]
         assert saved["config"]["model"]["aux_loss"] == TABLE1_VARIANTS[variant]["aux_loss"]
     for fusion in ("max", "average", "weighted"):
@@ -54,6 +60,32 @@ def test_ablation_trains_the_four_variants_and_writes_both_tables(tmp_path):
     hashes = {tuple(e["protocol"]["manifests"]) for e in results["evaluations"] if e["shots"] == 1}
     assert len(hashes) == 1
     assert {(e["shots"], e["protocol"]["episodes"]) for e in results["evaluations"]} == {(1, 6), (5, 4)}
+
+
+def test_ablation_over_training_seeds_pairs_every_run_on_the_same_episodes(tmp_path):
+    """Each variant trained once per training seed (run.seed), all runs on one manifest; the table's ± is over
+    training seeds and the paired differences are the mean of the per-seed differences."""
+    from sst_fast.engine.experiments import Variant, run_experiment
+    from sst_fast.metrics import mean_ci
+
+    config = tiny_config("optim.epochs=1")
+    variants = {"baseline": TABLE1_VARIANTS["baseline"], "sst": TABLE1_VARIANTS["sst"]}
+    experiment = run_experiment(
+        config, tmp_path, variants, episodes=6, seeds=(0,), train_seeds=(3, 5), progress=False, log=lambda *_: None
+    )
+    assert experiment.train_seeds == (3, 5)
+    assert sorted(experiment.runs) == [("baseline", 3), ("baseline", 5), ("sst", 3), ("sst", 5)]
+    for name in variants:
+        first, second = (run_checkpoint(tmp_path, name, s) for s in (3, 5))
+        assert (first["config"]["run"]["seed"], second["config"]["run"]["seed"]) == (3, 5)
+        assert not all(torch.equal(first["model"][k], second["model"][k]) for k in first["model"]), "other weights"
+    assert len({e.result.manifests[0].sha256 for e in experiment.evaluations}) == 1
+    sst, base = experiment.per_seed("sst", 1), experiment.per_seed("baseline", 1)
+    expected = mean_ci([a.runs[0]["miou"] - b.runs[0]["miou"] for a, b in zip(sst, base, strict=True)])
+    assert experiment.difference("sst", "baseline", 1) == pytest.approx(expected, nan_ok=True)
+    assert experiment.score("sst", 1) == pytest.approx(mean_ci([r.runs[0]["miou"] for r in sst]), nan_ok=True)
+    assert "2 training seeds" in experiment.spread
+    assert Variant("sst", TABLE1_VARIANTS["sst"]).config(config, 5).run.seed == 5
 
 
 def test_an_interrupted_ablation_says_how_to_continue(tmp_path, monkeypatch):
@@ -74,6 +106,7 @@ def test_an_experiment_reuses_finished_runs_and_refuses_a_changed_one(tmp_path):
     messages.clear()
     ablation(config, tmp_path, episodes=4, progress=False, log=messages.append)
     assert sum("already trained" in m for m in messages) == 4
+    assert any("+ssm/seed-0: already trained" in m for m in messages)
     with pytest.raises(ValueError, match="another configuration"):
         ablation(
             tiny_config("optim.epochs=1", "optim.lr=0.1"), tmp_path, episodes=4, progress=False, log=messages.append
@@ -110,11 +143,11 @@ def test_demo_resumes_an_interrupted_training(tmp_path):
 
     config = load_run_config("synthetic", [*QUICK, *config_overrides])
     baseline = RunConfig.from_dict({**config.to_dict(), "model": {**config.model.to_dict(), **variants["baseline"]}})
-    train(baseline, tmp_path / "runs" / "baseline", max_steps=1, progress=False)
+    train(baseline, tmp_path / "runs" / "baseline" / "seed-0", max_steps=1, progress=False)
     messages = []
     demo(tmp_path, quick=True, overrides=config_overrides, episodes=4, progress=False, log=messages.append)
-    assert any("baseline: resuming at step 1" in m for m in messages)
-    assert load_checkpoint(tmp_path / "runs" / "baseline" / "checkpoints" / "last.pt")["step"] == 2
+    assert any("baseline/seed-0: resuming at step 1" in m for m in messages)
+    assert run_checkpoint(tmp_path, "baseline")["step"] == 2
 
 
 def test_cli_ablation_prints_both_tables(tmp_path, capsys):

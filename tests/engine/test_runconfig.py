@@ -75,6 +75,8 @@ def test_overrides_do_not_touch_the_input():
         (["run.log_every=0"], "run.log_every"),
         (["optim.lr.x=1"], "not a section"),
         (["model.image_size=[1, 2, 3]"], "image_size"),
+        (["model.tune_form=sum"], "tune_form must be one of"),
+        (["optim.step_lr=0"], "optim.step_lr must be"),
     ],
 )
 def test_bad_overrides_name_the_key(overrides, match):

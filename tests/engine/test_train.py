@@ -157,6 +157,35 @@ def test_adamw_poly_schedule_and_clipping_train(tmp_path):
     assert lrs[0] == pytest.approx(0.001) and all(a > b for a, b in zip(lrs, lrs[1:], strict=False))
 
 
+def test_a_learnable_step_gets_its_own_learning_rate_and_a_logged_trajectory(tmp_path):
+    config = tiny_config("model.learnable_step=true", "optim.step_lr=0.5", "optim.epochs=1")
+    trainer = Trainer(config, tmp_path / "own", progress=False)
+    main, step = trainer.optimizer.param_groups
+    assert step["params"] == [trainer.model.tuning.log_step] and (step["lr"], step["weight_decay"]) == (0.5, 0.0)
+    assert all(p is not trainer.model.tuning.log_step for p in main["params"])
+    trainer.fit()
+    steps = [r["tune_step"] for r in load_checkpoint(trainer.last_path)["history"] if "tune_step" in r]
+    assert len(steps) == 3 and steps[-1] != 1.0, "alpha is recorded at every logged step and moves"
+    # Without optim.step_lr the step is an ordinary parameter of the one group (as before the setting existed).
+    plain = Trainer(tiny_config("model.learnable_step=true"), tmp_path / "plain", progress=False)
+    (group,) = plain.optimizer.param_groups
+    assert any(p is plain.model.tuning.log_step for p in group["params"])
+
+
+def test_a_checkpoint_from_before_tune_form_loads_as_the_papers_step(straight, tmp_path):
+    from sst_fast.engine.checkpoint import save_checkpoint
+    from sst_fast.engine.runconfig import RunConfig
+
+    state = load_checkpoint(straight[0].last_checkpoint)
+    state["config"]["model"]["tune_form"] = "relative"
+    del state["config"]["model"]["tune_form"]  # as every checkpoint saved before the setting existed
+    for key in ("kind", "format", "sha256", "path"):
+        state.pop(key)
+    old = save_checkpoint(tmp_path / "old.pt", state)
+    assert model_from_checkpoint(old).config.tune_form == "paper"
+    assert RunConfig.from_dict(load_checkpoint(old)["config"]).model.tune_form == "paper"
+
+
 def test_frozen_backbone_stays_unchanged(tmp_path):
     result = train(tiny_config("model.freeze_backbone=true"), tmp_path, progress=False)
     torch.manual_seed(0)  # the run's seed: the same initial weights

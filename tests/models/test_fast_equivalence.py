@@ -68,24 +68,29 @@ def run(model, inputs, mode, seed=7):
     return out, grads
 
 
-CASES = list(
-    itertools.product(
+# Every switch; the step's form matters only with the tuning module (ssm) on.
+CASES = [
+    (dtype, shots, fusion, ssm, aux_loss, first_order, mode, form)
+    for dtype, shots, fusion, ssm, aux_loss, first_order, mode in itertools.product(
         (torch.float64, torch.float32), (1, 5), FUSIONS, (True, False), (True, False), (False, True), ("train", "eval")
     )
-)
+    for form in (("paper", "relative") if ssm else ("paper",))
+]
 
 
 @pytest.mark.parametrize(
-    "dtype,shots,fusion,ssm,aux_loss,first_order,mode",
+    "dtype,shots,fusion,ssm,aux_loss,first_order,mode,form",
     CASES,
     ids=[
-        f"{str(d)[6:]}-{k}shot-{f}-ssm{int(s)}-aux{int(a)}-{'first' if o else 'second'}-{m}"
-        for d, k, f, s, a, o, m in CASES
+        f"{str(d)[6:]}-{k}shot-{f}-ssm{int(s)}-aux{int(a)}-{'first' if o else 'second'}-{m}-{form}"
+        for d, k, f, s, a, o, m, form in CASES
     ],
 )
-def test_fast_model_equals_reference(dtype, shots, fusion, ssm, aux_loss, first_order, mode):
+def test_fast_model_equals_reference(dtype, shots, fusion, ssm, aux_loss, first_order, mode, form):
+    overrides = {"tune_form": form, "tune_step": 0.3} if form == "relative" else {}
     fast, reference = pair(
-        dtype, shots=shots, fusion=fusion, ssm=ssm, aux_loss=aux_loss, first_order=first_order, dropout=0.3
+        dtype, shots=shots, fusion=fusion, ssm=ssm, aux_loss=aux_loss, first_order=first_order, dropout=0.3,
+        **overrides,
     )
     inputs = episode(batch=2, shots=shots, dtype=dtype, seed=shots)
     fast = unbalanced_threshold(fast, *inputs)
@@ -103,12 +108,17 @@ def test_fast_model_equals_reference(dtype, shots, fusion, ssm, aux_loss, first_
     if ssm:
         moved = (expected.tuned_prototypes - expected.prototypes).abs().max()
         assert moved > 1e-2 * expected.prototypes.abs().max(), "the tuning step must matter here"
+    if form == "relative":  # each prototype moved by alpha (about 0.3) of its own norm
+        step = (expected.tuned_prototypes - expected.prototypes).norm(dim=-1)
+        alpha = reference.tuning.step().item()
+        torch.testing.assert_close(step, alpha * expected.prototypes.norm(dim=-1), rtol=TOLERANCE[dtype], atol=0)
 
 
+@pytest.mark.parametrize("form", ["paper", "relative"])
 @pytest.mark.parametrize("grad_mode", ["no_grad", "inference_mode"])
 @pytest.mark.parametrize("shots", [1, 5])
-def test_fast_evaluation_equals_reference(grad_mode, shots):
-    fast, reference = pair(torch.float64)
+def test_fast_evaluation_equals_reference(grad_mode, shots, form):
+    fast, reference = pair(torch.float64, tune_form=form)
     inputs = episode(batch=3, shots=shots, dtype=torch.float64)[:3]
     fast = unbalanced_threshold(fast, *inputs)
     reference.load_state_dict(fast.state_dict())
@@ -120,8 +130,9 @@ def test_fast_evaluation_equals_reference(grad_mode, shots):
     assert not out.logits.requires_grad
 
 
-def test_fast_tuning_never_forms_the_feature_gradient_unless_asked():
-    fast, reference = pair(torch.float64, channels=6)
+@pytest.mark.parametrize("form", ["paper", "relative"])
+def test_fast_tuning_never_forms_the_feature_gradient_unless_asked(form):
+    fast, reference = pair(torch.float64, channels=6, tune_form=form)
     rs = torch.randn(4, 6, 8, 8, dtype=torch.float64)
     labels = (torch.rand(4, 32, 32) > 0.5).long()
     mask = sst_fast.models.functional.downsample_mask(labels, (8, 8), torch.float64)
@@ -172,9 +183,10 @@ def test_head_names_the_bad_argument(change, message):
         model.head(*change(q, s, masks))
 
 
-def test_training_runs_end_at_the_same_parameters():
+@pytest.mark.parametrize("form,step", [("paper", 5.0), ("relative", 0.5)])
+def test_training_runs_end_at_the_same_parameters(form, step):
     """300 SGD steps of each model from the same seed on the same episodes: the same weights at the end."""
-    fast, reference = pair(torch.float64, channels=6, dropout=0.2, tune_step=5.0)
+    fast, reference = pair(torch.float64, channels=6, dropout=0.2, tune_step=step, tune_form=form)
     initial = {name: p.detach().clone() for name, p in fast.named_parameters()}
     optimizers = [torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9) for m in (fast, reference)]
     episodes = [episode(batch=2, shots=1 + step % 3, size=24, dtype=torch.float64, seed=step) for step in range(300)]

@@ -35,16 +35,18 @@ def relative_error(actual, expected):
     return ((actual.float() - expected.float()).norm() / expected.float().norm().clamp_min(1e-30)).item()
 
 
+@pytest.mark.parametrize("form,step", [("paper", 5.0), ("relative", 0.3)])
 @pytest.mark.parametrize("amp,dtype,tolerance", [("bf16", torch.bfloat16, 0.05), ("fp16", torch.float16, 0.02)])
 @pytest.mark.parametrize("shots", [1, 5])
-def test_autocast_is_as_accurate_as_the_reference_under_autocast(amp, dtype, tolerance, shots):
+def test_autocast_is_as_accurate_as_the_reference_under_autocast(amp, dtype, tolerance, shots, form, step):
     """Outputs within the low precision of float32's; gradients, which pile up the rounding of every
     layer (and the inner gradient's sensitivity to it), on average over a few models no further from
-    float32's than the reference's own under the same autocast."""
+    float32's than the reference's own under the same autocast. The relative step only needs dLsup/dy's
+    direction, so fp16's inner loss scale (a power of two) cancels in it; it still keeps delta from underflowing."""
     errors = {"fast": [], "reference": []}
     for seed in range(3):
         torch.manual_seed(seed)
-        fast, reference = pair(torch.float32, shots=shots, channels=16, tune_step=5.0)
+        fast, reference = pair(torch.float32, shots=shots, channels=16, tune_step=step, tune_form=form)
         inputs = episode(batch=2, shots=shots, seed=seed)
         expected, expected_grads = run(reference, inputs, "train")
         with autocast(torch.device("cpu"), amp):

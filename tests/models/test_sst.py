@@ -216,14 +216,15 @@ def test_first_and_second_order_parameter_gradients_differ():
     assert not torch.allclose(grads[False], grads[True], rtol=1e-4, atol=0)
 
 
+@pytest.mark.parametrize("form,step", [("paper", 50.0), ("relative", 0.5)])
 @pytest.mark.parametrize("first_order", [False, True])
-def test_gradcheck_through_the_tuning_step_float64(first_order):
+def test_gradcheck_through_the_tuning_step_float64(first_order, form, step):
     """Numerical derivatives of the loss see every path; the analytic ones must too (second order).
 
     In first order the path through dLsup/dRs is cut, so the same check must fail: proof that
     the second-order term is large enough here to be seen.
     """
-    config = tiny_config(channels=4, tune_step=50.0, learnable_step=True, first_order=first_order)
+    config = tiny_config(channels=4, tune_step=step, tune_form=form, learnable_step=True, first_order=first_order)
     model = sst_fast.SST(config).double().eval()
     query, supports, masks, query_mask = episode(batch=1, shots=2, size=24, dtype=torch.float64)
     names = [
@@ -315,11 +316,13 @@ def test_one_shot_weight_is_one():
 # --- empty and ignored masks ----------------------------------------------------------------
 
 
+@pytest.mark.parametrize("form,step", [("paper", 5.0), ("relative", 0.3)])
 @pytest.mark.parametrize("fill", [0, 255])
-def test_empty_or_ignored_support_gives_defined_results(fill):
+def test_empty_or_ignored_support_gives_defined_results(fill, form, step):
     query, supports, masks, query_mask = episode(shots=2)
     masks[0, 1] = fill
-    model = sst_fast.SST(tiny_config(tune_step=5.0, freeze_backbone=True))  # BN alike in train and eval
+    config = tiny_config(tune_step=step, tune_form=form, freeze_backbone=True)  # BN alike in train and eval
+    model = sst_fast.SST(config)
     model = balance_classifier(model, query, supports, masks, on="supports").train()
     out = model(query, supports, masks, query_mask)
     assert torch.equal(out.prototypes[0, 1], torch.zeros(8)), "an empty mask pools to a zero prototype"
@@ -328,6 +331,7 @@ def test_empty_or_ignored_support_gives_defined_results(fill):
     out.loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
     assert out.shot_weights[0].tolist() == [1.0, 0.0], "a shot with nothing to segment gets no weight"
+    assert torch.equal(out.tuned_prototypes[0, 1], torch.zeros(8)), "an empty prototype does not move"
 
 
 def test_all_ignore_query_mask_gives_zero_main_loss():
