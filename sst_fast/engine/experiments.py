@@ -124,12 +124,14 @@ def train_variant(
 class Variant:
     """One setting of a study: changes to the ``model`` and ``optim`` sections of the base configuration.
 
-    ``family`` groups the settings one choice is made among (on base-class validation)."""
+    ``family`` groups the settings one choice is made among (on base-class validation); ``seeds`` limits
+    a setting to the grid's first training seeds (e.g. one that is known to fail)."""
 
     name: str
     model: dict = dataclasses.field(default_factory=dict)
     optim: dict = dataclasses.field(default_factory=dict)
     family: str = ""
+    seeds: int | None = None  # train only the first ``seeds`` training seeds of the grid (None: all)
 
     def config(self, base: RunConfig, train_seed: int) -> RunConfig:
         values = base.to_dict()
@@ -174,7 +176,7 @@ def train_grid(
     stopped run (Ctrl-C) ends the grid early, the runs so far returned."""
     runs = {}
     for variant in variants:
-        for seed in train_seeds:
+        for seed in train_seeds[: variant.seeds]:
             folder = run_folder(out_dir, variant.name, seed)
             diverged = folder / "diverged.txt"
             if diverged.exists():

@@ -35,7 +35,7 @@ def test_the_step_study_is_a_command_that_writes_its_tables(tmp_path, capsys):
             assert (run_folder(tmp_path, variant.name, seed) / "checkpoints" / "last.pt").exists()
     content = json.loads((tmp_path / "step-study.json").read_text())  # strict JSON: json.loads takes no NaN here
     assert content["train_seeds"] == [0, 1]
-    assert set(content["chosen"]) == {"baseline", "aux", "paper", "relative", "learnable"}
+    assert set(content["chosen"]) == {"baseline", "aux", "paper", "relative", "learnable", "first order"}
     rows = {row["variant"]: row for row in content["variants"]}
     for row in rows.values():
         assert set(row["per_seed"]) == {"0", "1"}
@@ -75,6 +75,12 @@ def test_a_diverged_run_is_recorded_not_fatal(tmp_path, monkeypatch):
     assert again["sst-alpha10000", 0].diverged
     summary = study.validation_summary(again)
     assert summary["sst-alpha10000"]["diverged"] == 1 and summary["sst-alpha10000"]["val"] == [0.0]
+    # A variant limited to the grid's first seeds trains only those.
+    monkeypatch.setattr(experiments.Trainer, "fit", diverging_fit)
+    limited = Variant("sst-alpha1000", {"tune_step": 1e3}, family="paper", seeds=1)
+    assert list(train_grid(tiny_config("optim.epochs=1"), tmp_path, [limited], (0, 5), **QUIET)) == [
+        ("sst-alpha1000", 0)
+    ]
 
 
 def test_collapse_is_background_everywhere_through_the_first_validations():
