@@ -67,8 +67,6 @@ def step_variants(lr: float = 0.02) -> list[Variant]:
         *(variant(f"sst-alpha{a:g}", "paper", {"tune_step": float(a)}, seeds=2) for a in (1000, 10000)),
         *(variant(f"sst-relative{a:g}", "relative", {"tune_form": "relative", "tune_step": a}) for a in (0.1, 0.3)),
         variant("sst-learnable", "learnable", {"learnable_step": True}, {"step_lr": 1.0}),
-        # First order at the fixed step that validated best in the grid above (alpha = 10).
-        variant("sst-alpha10-first", "first order", {"tune_step": 10.0, "first_order": True}),
     ]
 
 
@@ -77,7 +75,9 @@ def validation_summary(runs: dict[tuple[str, int], GridRun]) -> dict[str, dict]:
     collapsed and diverged runs, training time."""
     summary = {}
     for (name, _seed), run in runs.items():
-        entry = summary.setdefault(name, {"val": [], "collapsed": 0, "diverged": 0, "seconds": [], "alpha": []})
+        entry = summary.setdefault(
+            name, {"val": [], "collapsed": 0, "diverged": 0, "seconds": [], "alpha": [], "escape": []}
+        )
         if run.diverged is not None:
             entry["val"].append(0.0)
             entry["diverged"] += 1
@@ -85,6 +85,7 @@ def validation_summary(runs: dict[tuple[str, int], GridRun]) -> dict[str, dict]:
         history = _history(run.result.run_dir)
         entry["val"].append(run.result.best_miou or 0.0)
         entry["collapsed"] += int(collapsed(history))
+        entry["escape"].append(escape_step(history))
         entry["seconds"].append(train_seconds(run.result.run_dir))
         steps = [r["tune_step"] for r in history if "tune_step" in r]
         if steps:
@@ -97,6 +98,15 @@ def collapsed(history: Sequence[dict]) -> bool:
     (the model segments nothing: it predicts background everywhere)."""
     early = [r["val_miou"] for r in history if "val_miou" in r and r["step"] <= COLLAPSE_STEPS]
     return bool(early) and all(v is not None and v < COLLAPSE_MIOU for v in early)
+
+
+def escape_step(history: Sequence[dict], level: float = 0.05) -> float:
+    """The first step whose validation mIoU reached ``level`` (NaN if none did): when the run stopped
+    predicting background everywhere."""
+    for record in history:
+        if record.get("val_miou") is not None and record["val_miou"] >= level:
+            return float(record["step"])
+    return math.nan
 
 
 def choose(summary: dict[str, dict], variants: Sequence[Variant]) -> dict[str, str]:
@@ -229,6 +239,7 @@ def _study_content(variants, train_seeds, summary, chosen, tests, manifest, conf
             "optim": variant.optim,
             "val_miou": mean_ci(summary[variant.name]["val"]),
             "collapsed": summary[variant.name]["collapsed"],
+            "escape_step": summary[variant.name]["escape"],
             "diverged": summary[variant.name]["diverged"],
             "train_seconds": _mean(summary[variant.name]["seconds"]),
             "alpha_trajectory": summary[variant.name]["alpha"],
@@ -271,9 +282,9 @@ def _study_report(content: dict, config: RunConfig, episodes: int, probes: int) 
         "Settings are chosen on base-class validation (the best checkpoint's validation mIoU), never on "
         f"the test fold: chosen {', '.join(f'{k}: {v}' for k, v in chosen.items())}.",
         "",
-        "| variant | runs | val mIoU | collapsed | test mIoU | vs baseline | step on − off | "
+        "| variant | runs | val mIoU | collapsed | val ≥ 5% at step | test mIoU | vs baseline | step on − off | "
         "move ‖p′−p‖/‖p‖ | support IoU p → p′ | train s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in content["variants"]:
         mark = " ◀" if row["variant"] in chosen.values() else ""
@@ -286,6 +297,7 @@ def _study_report(content: dict, config: RunConfig, episodes: int, probes: int) 
                     str(row["runs"]),
                     _points(row["val_miou"]),
                     f"{failed}/{row['runs']}" + (" (diverged)" if row["diverged"] else ""),
+                    ", ".join("-" if math.isnan(step) else f"{step:.0f}" for step in row["escape_step"]),
                     _points(row["test_miou"]),
                     _points(row.get("vs_baseline"), signed=True),
                     _points(row.get("step_gain"), signed=True, digits=2),

@@ -35,7 +35,7 @@ def test_the_step_study_is_a_command_that_writes_its_tables(tmp_path, capsys):
             assert (run_folder(tmp_path, variant.name, seed) / "checkpoints" / "last.pt").exists()
     content = json.loads((tmp_path / "step-study.json").read_text())  # strict JSON: json.loads takes no NaN here
     assert content["train_seeds"] == [0, 1]
-    assert set(content["chosen"]) == {"baseline", "aux", "paper", "relative", "learnable", "first order"}
+    assert set(content["chosen"]) == {"baseline", "aux", "paper", "relative", "learnable"}
     rows = {row["variant"]: row for row in content["variants"]}
     for row in rows.values():
         assert set(row["per_seed"]) == {"0", "1"}
@@ -88,6 +88,12 @@ def test_collapse_is_background_everywhere_through_the_first_validations():
     assert study.collapsed(early_zero)
     assert not study.collapsed([{"step": 100, "val_miou": 0.0}, {"step": 200, "val_miou": 0.2}])
     assert not study.collapsed([{"step": 10, "loss": 1.0}]), "no validation: nothing to call collapsed"
+
+
+def test_escape_is_the_first_validation_that_segments_something():
+    history = [{"step": 10, "loss": 1.0}, {"step": 100, "val_miou": 0.01}, {"step": 200, "val_miou": 0.3}]
+    assert study.escape_step(history) == 200
+    assert math.isnan(study.escape_step(history[:2]))
 
 
 def test_choice_is_per_family_on_mean_validation():
