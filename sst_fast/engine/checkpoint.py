@@ -97,10 +97,17 @@ def load_checkpoint(path, map_location="cpu") -> dict[str, Any]:
         raise CheckpointError(f"checkpoint: {path} lacks its model weights or its configuration")
     if not all(isinstance(config.get(section), dict) for section in ("data", "model", "optim", "run")):
         raise CheckpointError(f"checkpoint: {path} has an incomplete configuration")
-    # Saved before SSTConfig.tune_form existed: the step was the paper's, whatever the default is now.
-    config["model"].setdefault("tune_form", "paper")
     state["path"] = str(path)
     return state
+
+
+def saved_config(state: dict[str, Any]) -> dict[str, Any]:
+    """The run configuration of a checkpoint state as it must be read today (a copy; the state stays as
+    saved): a checkpoint from before ``SSTConfig.tune_form`` existed took the paper's step, whatever the
+    default is now."""
+    config = {section: dict(values) for section, values in state["config"].items()}
+    config["model"].setdefault("tune_form", "paper")
+    return config
 
 
 def model_from_checkpoint(checkpoint, device="cpu", fast: bool = True, **config_overrides) -> torch.nn.Module:
@@ -113,7 +120,7 @@ def model_from_checkpoint(checkpoint, device="cpu", fast: bool = True, **config_
     from ..reference import SSTReference
 
     state = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
-    values = dict(state["config"]["model"])
+    values = saved_config(state)["model"]
     # The backbone's weights are in the state dict: never reread the original file (it may be gone).
     values["backbone_weights"] = None
     values.update(config_overrides)

@@ -17,7 +17,7 @@ from ..config import positive_int
 from ..data import FewShotDataset, open_dataset
 from ..data.base import write_json_atomic, write_text_atomic
 from ..metrics import mean_ci
-from .checkpoint import load_checkpoint, model_from_checkpoint
+from .checkpoint import load_checkpoint, model_from_checkpoint, saved_config
 from .evaluate import EvaluationResult, check_seeds, evaluate
 from .runconfig import RunConfig
 from .train import TrainingError, TrainResult, Trainer
@@ -106,7 +106,7 @@ def train_variant(
     last = run_dir / "checkpoints" / "last.pt"
     if last.exists():
         state = load_checkpoint(last)
-        saved = RunConfig.from_dict(state["config"])
+        saved = RunConfig.from_dict(saved_config(state))
         if saved.to_dict() != config.to_dict():
             raise ValueError(
                 f"{run_dir} holds a run with another configuration; remove it or choose another output folder"

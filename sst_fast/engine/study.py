@@ -66,7 +66,7 @@ def step_variants(lr: float = 0.02) -> list[Variant]:
         # Steps that move p by a quarter of its norm and more: they fail on every seed tried, two suffice.
         *(variant(f"sst-alpha{a:g}", "paper", {"tune_step": float(a)}, seeds=2) for a in (1000, 10000)),
         *(variant(f"sst-relative{a:g}", "relative", {"tune_form": "relative", "tune_step": a}) for a in (0.1, 0.3)),
-        variant("sst-learnable", "learnable", {"learnable_step": True}, {"step_lr": 1.0}),
+        variant("sst-learnable", "learnable", {"learnable_step": True}, {"step_lr": 1.0}, seeds=2),
     ]
 
 

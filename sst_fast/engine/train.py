@@ -42,7 +42,7 @@ from ..data.episodes import fold_sampler, holdout
 from ..models import SST
 from ..protocol import code_version
 from . import distributed
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint, saved_config
 from .evaluate import score_episodes
 from .features import CachedEpisodeDataset, FeatureCache
 from .runconfig import ConfigError, RunConfig
@@ -211,7 +211,7 @@ class Trainer:
                 )
             if key == "optim.epochs" and state["config"]["optim"].get("schedule") == "poly":
                 raise ConfigError("resume: optim.epochs cannot change with optim.schedule=poly (it sets every lr)")
-        config = RunConfig.from_dict(apply_overrides(state["config"], overrides))
+        config = RunConfig.from_dict(apply_overrides(saved_config(state), overrides))
         trainer = cls(config, run_dir, progress=progress, _state=state)
         if overrides and trainer.world.main:
             config.save(run_dir / "config.yaml")
