@@ -55,6 +55,8 @@ def step_variants(lr: float = 0.02) -> list[Variant]:
     paper = {"ssm": True, "aux_loss": True, "first_order": False, "tune_form": "paper", "tune_step": 1.0,
              "learnable_step": False}  # fmt: skip
 
+    relative_default = {"tune_form": "relative", "tune_step": 0.1}
+
     def variant(name, family, model=None, optim=None, seeds=None):
         return Variant(name, {**paper, **(model or {})}, {"lr": lr, **(optim or {})}, family, seeds)
 
@@ -67,6 +69,8 @@ def step_variants(lr: float = 0.02) -> list[Variant]:
         *(variant(f"sst-alpha{a:g}", "paper", {"tune_step": float(a)}, seeds=2) for a in (1000, 10000)),
         *(variant(f"sst-relative{a:g}", "relative", {"tune_form": "relative", "tune_step": a}) for a in (0.1, 0.3)),
         variant("sst-learnable", "learnable", {"learnable_step": True}, {"step_lr": 1.0}, seeds=2),
+        # First order at the setting that validated best above (the default): the inner gradient a constant.
+        variant("sst-relative0.1-first", "first order", {**relative_default, "first_order": True}),
     ]
 
 
