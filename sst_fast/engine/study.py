@@ -152,9 +152,9 @@ def evaluate_run(run: GridRun, dataset, config: RunConfig, manifest: EpisodeMani
     """A trained run on the novel classes: query mIoU (and FB-IoU) on ``manifest`` with the step and, for a
     model with the tuning module, without it (same weights); the step's probe on the first ``probes``
     episodes. Cached in the run folder (``study-eval.json``, keyed by the manifest) for a resumed study."""
-    checkpoint = best_or_last(run.result)
+    state = load_checkpoint(best_or_last(run.result))  # read (and its digest checked) once for every model below
     cache = run.result.run_dir / "study-eval.json"
-    key = {"manifest": manifest.sha256, "probes": probes, "checkpoint": load_checkpoint(checkpoint)["sha256"]}
+    key = {"manifest": manifest.sha256, "probes": probes, "checkpoint": state["sha256"]}
     if cache.exists():
         saved = json.loads(cache.read_text())
         if saved.get("key") == key:
@@ -163,11 +163,13 @@ def evaluate_run(run: GridRun, dataset, config: RunConfig, manifest: EpisodeMani
     device = run_device(config)
     size = config.model.image_size
     result = {}
-    model = model_from_checkpoint(checkpoint, device=device)
-    settings = {"on": {}, "off": {"ssm": False}} if model.config.ssm else {"on": {}}
-    for label, overrides in settings.items():
+    model = model_from_checkpoint(state, device=device)
+    models = {"on": model}
+    if model.config.ssm:  # the same weights without the step
+        models["off"] = model_from_checkpoint(state, device=device, ssm=False)
+    for label, scored_model in models.items():
         scored = evaluate(
-            model_from_checkpoint(checkpoint, device=device, **overrides),
+            scored_model,
             dataset,
             config.data.fold,
             size=size,
