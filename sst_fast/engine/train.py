@@ -46,6 +46,7 @@ from .checkpoint import load_checkpoint, save_checkpoint, saved_config
 from .evaluate import score_episodes
 from .features import CachedEpisodeDataset, FeatureCache
 from .runconfig import ConfigError, RunConfig
+from .runfolder import RunFolderBusy, RunLock, check_belongs, folder_run_id, new_run_id, record_run_id
 from .speed import autocast, grad_scaler, set_memory_format
 
 LOGGER_NAME = "sst_fast.train"
@@ -104,34 +105,64 @@ class Trainer:
         self.last_path = self.run_dir / "checkpoints" / "last.pt"
         self.best_path = self.run_dir / "checkpoints" / "best.pt"
         self.world = distributed.current()
-        if _state is None and self.last_path.exists():
-            raise ConfigError(
-                f"run_dir: {self.run_dir} already holds a run; continue it with --resume or choose another folder"
+        created = _first_missing(self.run_dir)
+        # One writer per run folder: rank 0 holds its lock from here to the end of fit() (the other ranks write
+        # nothing). A folder that another process holds is left exactly as it is.
+        self._lock = RunLock(self.run_dir) if self.world.main else None
+        lock_file_existed = self.world.main and self._lock.path.exists()
+        busy = None
+        if self._lock is not None:
+            try:
+                self._lock.acquire()
+            except RunFolderBusy as error:
+                busy = str(error)
+        busy = distributed.broadcast(busy, self.world)
+        if busy is not None:
+            raise RunFolderBusy(busy)
+        try:
+            if _state is None and self.last_path.exists():
+                raise ConfigError(
+                    f"run_dir: {self.run_dir} already holds a run; continue it with --resume or choose another folder"
+                )
+            self.run_id = (
+                new_run_id()
+                if _state is None
+                else check_belongs(self.run_dir, _state, saved_config(_state), RESUMABLE_OVERRIDES)
             )
+        except BaseException:
+            self._abandon(created, lock_file_existed, existing=None)
+            raise
         # Every rank has checked the folder before rank 0 creates anything in it.
         distributed.barrier(self.world)
-        created = _first_missing(self.run_dir)
-        existing = set(self.run_dir.iterdir()) if created is None else set()
-        if self.world.main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+        existing = set(self.run_dir.iterdir()) if created is None and _state is None else None
         try:
             self._setup(_state)
         except BaseException:
             # A run that could not start leaves nothing behind: no half-made folder, no files in the user's.
             _close_logger()
-            if not self.world.main:
-                raise
-            if created is not None:
-                shutil.rmtree(created, ignore_errors=True)
-            elif _state is None:
-                for entry in set(self.run_dir.iterdir()) - existing:
-                    if entry.is_dir():
-                        shutil.rmtree(entry)
-                    else:
-                        entry.unlink()
+            self._abandon(created, lock_file_existed, existing)
             raise
         self._stop_reason: str | None = None
         self._stop_agreed = False
+
+    def _abandon(self, created: Path | None, lock_file_existed: bool, existing: set[Path] | None) -> None:
+        """Undo what a start that failed made (rank 0): the folder it created, or the files it added to the
+        user's (``existing``: what the folder held before); then the lock, and the lock file if it made it."""
+        if self._lock is None:
+            return
+        if created is not None:
+            self._lock.release()
+            shutil.rmtree(created, ignore_errors=True)
+            return
+        added = set(self.run_dir.iterdir()) - existing - {self._lock.path} if existing is not None else set()
+        for entry in added:
+            if entry.is_dir():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        self._lock.release()
+        if not lock_file_existed:
+            self._lock.path.unlink(missing_ok=True)
 
     def _setup(self, _state: dict | None) -> None:
         config, world = self.config, self.world
@@ -185,7 +216,8 @@ class Trainer:
             (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
             shutil.rmtree(self.run_dir / "tensorboard", ignore_errors=True)
             config.save(self.run_dir / "config.yaml")
-            write_text_atomic(self.run_dir / "version.json", json.dumps(_versions(), indent=1) + "\n")
+            versions = {**_versions(), "run_id": self.run_id}
+            write_text_atomic(self.run_dir / "version.json", json.dumps(versions, indent=1) + "\n")
 
     # --- construction ---------------------------------------------------------------------------
 
@@ -303,6 +335,7 @@ class Trainer:
             # Without the tuning module a learnable step takes no part in the loss.
             find_unused_parameters=not model.config.ssm,
         )
+
     def _lr_factor(self, step: int) -> float:
         if self.config.optim.schedule == "poly":
             return max(1.0 - step / self.total_steps, 0.0) ** 0.9
@@ -330,6 +363,7 @@ class Trainer:
             "best": {"miou": self.best_miou, "step": self.best_step},
             "history": self.history,
             "code_version": code_version(),
+            "run_id": self.run_id,
         }
 
     def _restore(self, state: dict) -> None:
@@ -358,6 +392,8 @@ class Trainer:
                 self.world.size,
             )
         if self.world.main:
+            if folder_run_id(self.run_dir) != self.run_id:  # a run from before run ids: the folder records it now
+                record_run_id(self.run_dir, self.run_id)
             # The log on disk may run ahead of the checkpoint (a crash after it): keep what the state knows.
             write_text_atomic(self.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.history))
         self.log.info("resumed from %s at step %d (epoch %d)", state["path"], self.step, self.epoch)
@@ -378,6 +414,20 @@ class Trainer:
         return, resumable). Ctrl-C or SIGTERM finishes the current step, checkpoints and returns."""
         if max_steps is not None:
             positive_int(max_steps, "max_steps")
+        if self._lock is not None:
+            self._lock.acquire()  # held since __init__; taken again by a second fit() on the same trainer
+        try:
+            return self._fit(max_steps)
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+
+    def close(self) -> None:
+        """Let another process have the run folder without training (fit() does this when it returns)."""
+        if self._lock is not None:
+            self._lock.release()
+
+    def _fit(self, max_steps: int | None) -> TrainResult:
         # Events after the checkpoint's step were logged by a run that crashed: drop them (step+1 keeps the step's own).
         writer = None
         if self.world.main:
