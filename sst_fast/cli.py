@@ -69,7 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--reference", action="store_true", help="run the plain-PyTorch reference model")
     evaluate.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off", help="mixed precision (autocast)")
-    evaluate.add_argument("--out", type=Path, help="output folder (default: beside the checkpoint's run)")
+    evaluate.add_argument(
+        "--out", type=Path, help="output folder (default: one per setting, in the checkpoint's run folder)"
+    )
+    evaluate.add_argument(
+        "--overwrite", action="store_true", help="replace the results of another evaluation in --out"
+    )
     _progress_flag(evaluate)
     evaluate.set_defaults(handler=_eval)
 
@@ -212,35 +217,119 @@ def _eval(args) -> int:
     )
     size = _size(args.size, model.config.image_size)
     dataset = open_dataset(dataset_name, root, **options)
+    dataset.fold_split(fold)  # a wrong fold is refused before anything is written
     manifests = [EpisodeManifest.load(path) for path in args.manifest] if args.manifest else None
-    result = evaluate(
-        model,
-        dataset,
-        fold,
-        shots=args.shots,
-        episodes=args.episodes,
-        seeds=args.seeds,
-        size=size,
-        original_size=args.original_size,
-        batch_size=args.batch_size,
-        num_workers=args.workers,
-        manifests=manifests,
-        checkpoint=state["path"],
-        progress=args.progress,
-        amp=args.amp,
-    )
-    if not distributed.current().main:  # every rank has the same result: rank 0 writes and prints it
+    setting = _eval_setting(state["path"], dataset_name, fold, size, args, model, manifests)
+    world = distributed.current()
+    # The output folder is checked before the work, so that a result is never computed only to be lost.
+    out = args.out or _default_eval_dir(Path(state["path"]), setting, args)
+    made = None
+    problem = None
+    if world.main:
+        try:
+            made = _claim_output(out, setting, args.overwrite)
+        except ValueError as error:
+            problem = str(error)
+    problem = distributed.broadcast(problem, world)
+    if problem is not None:
+        raise ValueError(problem)
+    try:
+        result = evaluate(
+            model,
+            dataset,
+            fold,
+            shots=args.shots,
+            episodes=args.episodes,
+            seeds=args.seeds,
+            size=size,
+            original_size=args.original_size,
+            batch_size=args.batch_size,
+            num_workers=args.workers,
+            manifests=manifests,
+            checkpoint=state["path"],
+            progress=args.progress,
+            amp=args.amp,
+        )
+    except BaseException:
+        if made is not None:  # a failed evaluation leaves no empty folder behind
+            import shutil
+
+            shutil.rmtree(made, ignore_errors=True)
+        raise
+    if not world.main:  # every rank has the same result: rank 0 writes and prints it
         return 0
-    out = args.out or _default_eval_dir(Path(state["path"]), dataset_name, fold, result.card.shots, args, model)
-    metrics = result.save(out)
+    # The result on the screen first: a write that still fails (a full disk) cannot take it with it.
     print(result.card)
     print()
     print(result.table(dataset.class_names))
     print()
     for manifest in result.manifests:
         print(f"manifest seed {manifest.seed}: sha256 {manifest.sha256}")
+    metrics = result.save(out)
+    _write_setting(out, setting)
     print(f"results: {metrics}")
     return 0
+
+
+def _eval_setting(checkpoint, dataset: str, fold, size, args, model, manifests) -> dict:
+    """What decides an evaluation's numbers, known before it runs: two evaluations with the same setting
+    (of the same checkpoint file) may share a folder, different ones may not."""
+    return {
+        "checkpoint": str(checkpoint),
+        "dataset": dataset,
+        "fold": fold,
+        "shots": manifests[0].shots if manifests else args.shots,
+        "episodes": len(manifests[0].episodes) if manifests else args.episodes,
+        "seeds": [m.seed for m in manifests] if manifests else list(args.seeds),
+        "manifests": [m.sha256 for m in manifests] if manifests else None,
+        "input_size": list(size),
+        "original_size": args.original_size,
+        "fusion": model.config.fusion,
+        "amp": args.amp,
+        "reference": args.reference,
+    }
+
+
+SETTING_FILE = "setting.json"
+
+
+def _claim_output(out: Path, setting: dict, overwrite: bool) -> Path | None:
+    """Make sure ``out`` can take this evaluation's results before it runs: a writable folder that holds no
+    other evaluation's results (unless ``overwrite``). Returns the outermost folder it created, if any."""
+    import json
+    import tempfile
+
+    metrics = out / "metrics.json"
+    if metrics.exists() and not overwrite:
+        try:
+            previous = json.loads((out / SETTING_FILE).read_text())
+        except (OSError, ValueError):
+            previous = None
+        if previous != json.loads(json.dumps(setting)):
+            differ = sorted(k for k in setting if not isinstance(previous, dict) or previous.get(k) != setting[k])
+            what = f"differs in {', '.join(differ)}" if isinstance(previous, dict) else "is not recorded"
+            raise ValueError(
+                f"--out {out} holds the results of another evaluation (its setting {what}): "
+                "choose another --out, or pass --overwrite to replace them"
+            )
+    made = None
+    for folder in (out, *out.parents):
+        if folder.exists():
+            break
+        made = folder
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
+            pass
+    except OSError as error:
+        raise ValueError(f"--out {out} is not writable ({_one_line(error)})") from None
+    return made
+
+
+def _write_setting(out: Path, setting: dict) -> None:
+    from .data.base import write_json_atomic
+
+    write_json_atomic(out / SETTING_FILE, setting)
 
 
 def _predict(args) -> int:
@@ -426,16 +515,24 @@ def _default_run_dir(config) -> Path:
     return Path("runs") / f"{config.data.dataset}-fold{config.data.fold}-{config.model.shots}shot-{stamp}"
 
 
-def _default_eval_dir(checkpoint: Path, dataset: str, fold, shots: int, args, model) -> Path:
+def _default_eval_dir(checkpoint: Path, setting: dict, args) -> Path:
     """One folder per evaluation setting, so that different settings never overwrite each other."""
-    name = f"{dataset}-fold{fold}-{shots}shot"
-    if shots > 1:
-        name += f"-{model.config.fusion}"
+    name = f"{setting['dataset']}-fold{setting['fold']}-{setting['shots']}shot"
+    if setting["shots"] > 1:
+        name += f"-{setting['fusion']}"
+    if setting["manifests"]:
+        import hashlib
+
+        name += "-manifest-" + hashlib.sha256("".join(setting["manifests"]).encode()).hexdigest()[:12]
+    else:
+        name += f"-e{setting['episodes']}-s" + "-".join(str(s) for s in setting["seeds"])
     if args.size:
-        name += "-{}x{}".format(*_size(args.size, model.config.image_size))
-    if args.original_size:
+        name += "-{}x{}".format(*setting["input_size"])
+    if setting["original_size"]:
         name += "-original-size"
-    if args.reference:
+    if setting["amp"] != "off":
+        name += f"-{setting['amp']}"
+    if setting["reference"]:
         name += "-reference"
     if checkpoint.parent.name == "checkpoints":  # inside a run folder: keep results with the run
         return checkpoint.parent.parent / "eval" / name

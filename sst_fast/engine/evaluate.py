@@ -82,7 +82,7 @@ def evaluate(
     shots: int = 1,
     episodes: int = 1000,
     seeds: Sequence[int] = (0,),
-    size=(321, 321),
+    size=None,
     original_size: bool = False,
     batch_size: int = 8,
     num_workers: int = 0,
@@ -95,13 +95,14 @@ def evaluate(
 
     With ``manifests`` the episodes are replayed from them instead of sampled (``shots``, ``episodes``
     and ``seeds`` then come from the manifests). ``original_size`` scores at each label's stored size
-    (logits upsampled bilinearly) instead of the network's input size. ``amp``: ``off``, ``bf16`` or
-    ``fp16`` autocast (written on the protocol card).
+    (logits upsampled bilinearly) instead of the network's input size. ``size``: the network's input size
+    (default: the model's own ``config.image_size``, the size it was trained at, as ``sst-fast eval`` does).
+    ``amp``: ``off``, ``bf16`` or ``fp16`` autocast (written on the protocol card).
     """
     if amp not in AMP_DTYPES:
         raise ValueError(f"amp must be one of {sorted(AMP_DTYPES)}, got {amp!r}")
     split = dataset.fold_split(fold)
-    size = as_size(size, "size")
+    size = as_size(model_input_size(model) if size is None else size, "size")
     if manifests is None:
         seeds = check_seeds(seeds)
         sampler = fold_sampler(dataset, fold, shots, stage="test")
@@ -144,6 +145,14 @@ def evaluate(
         code_version=code_version(),
     )
     return EvaluationResult(card, runs, manifests)
+
+
+def model_input_size(model: nn.Module) -> tuple[int, int]:
+    """The input size a model was trained at (its ``config.image_size``); a ValueError for a model without one."""
+    size = getattr(getattr(model, "config", None), "image_size", None)
+    if size is None:
+        raise ValueError(f"size: {type(model).__name__} has no config.image_size to evaluate at; pass size=(H, W)")
+    return as_size(size, "model.config.image_size")
 
 
 def check_seeds(seeds: Sequence[int]) -> list[int]:

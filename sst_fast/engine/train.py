@@ -105,6 +105,8 @@ class Trainer:
         self.last_path = self.run_dir / "checkpoints" / "last.pt"
         self.best_path = self.run_dir / "checkpoints" / "best.pt"
         self.world = distributed.current()
+        if _state is None:
+            self._refuse_a_held_run()  # before taking the lock: a refused start leaves the folder as it was
         created = _first_missing(self.run_dir)
         # One writer per run folder: rank 0 holds its lock from here to the end of fit() (the other ranks write
         # nothing). A folder that another process holds is left exactly as it is.
@@ -120,10 +122,8 @@ class Trainer:
         if busy is not None:
             raise RunFolderBusy(busy)
         try:
-            if _state is None and self.last_path.exists():
-                raise ConfigError(
-                    f"run_dir: {self.run_dir} already holds a run; continue it with --resume or choose another folder"
-                )
+            if _state is None:
+                self._refuse_a_held_run()  # again: it may have been written while we waited for the lock
             self.run_id = (
                 new_run_id()
                 if _state is None
@@ -144,6 +144,12 @@ class Trainer:
             raise
         self._stop_reason: str | None = None
         self._stop_agreed = False
+
+    def _refuse_a_held_run(self) -> None:
+        if self.last_path.exists():
+            raise ConfigError(
+                f"run_dir: {self.run_dir} already holds a run; continue it with --resume or choose another folder"
+            )
 
     def _abandon(self, created: Path | None, lock_file_existed: bool, existing: set[Path] | None) -> None:
         """Undo what a start that failed made (rank 0): the folder it created, or the files it added to the

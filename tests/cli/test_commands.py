@@ -2,8 +2,9 @@
 
 import contextlib
 import io
-import shutil
 import json
+import os
+import shutil
 import subprocess
 import sys
 
@@ -88,7 +89,7 @@ def test_eval_two_shots_with_max_fusion(tiny_checkpoint, tmp_path, capsys):
 
 def test_eval_of_a_run_folder_writes_beside_the_run(run_copy, capsys):
     assert main(["eval", str(run_copy), "--episodes", "4", "--no-progress"]) == 0
-    results = run_copy / "eval" / "synthetic-fold0-1shot"
+    results = run_copy / "eval" / "synthetic-fold0-1shot-e4-s0"
     assert f"results: {results / 'metrics.json'}" in capsys.readouterr().out
     protocol = json.loads((results / "metrics.json").read_text())["protocol"]
     assert protocol["checkpoint"] == str(run_copy / "checkpoints" / "best.pt")
@@ -129,16 +130,78 @@ def test_subcommand_help(command, capsys):
     assert capsys.readouterr().out.startswith(f"usage: sst-fast {command}")
 
 
-def test_eval_into_a_used_folder_keeps_only_its_own_manifests(evaluation, tiny_checkpoint, tmp_path):
+def test_eval_into_another_evaluations_folder_needs_overwrite(evaluation, tiny_checkpoint, tmp_path, capsys):
     out = tmp_path / "out"
     shutil.copytree(evaluation[0], out)
-    assert (
-        main(["eval", str(tiny_checkpoint), "--episodes", "4", "--seeds", "0", "--out", str(out), "--no-progress"]) == 0
-    )
+    before = (out / "metrics.json").read_text()
+    argv = ["eval", str(tiny_checkpoint), "--episodes", "4", "--seeds", "0", "--out", str(out), "--no-progress"]
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert "holds the results of another evaluation" in error and "episodes, manifests, seeds" not in error
+    assert "episodes" in error and "seeds" in error and "--overwrite" in error
+    assert (out / "metrics.json").read_text() == before
+    assert main([*argv, "--overwrite"]) == 0
+    # The replaced evaluation's files do not linger.
     assert sorted(p.name for p in (out / "manifests").iterdir()) == ["seed-0.json"]
+    # The same setting again is a rerun: it may replace its own results without --overwrite.
+    assert main(argv) == 0
 
 
 def test_default_eval_folders_name_their_setting(tiny_run, capsys):
     argv = ["eval", str(tiny_run), "--episodes", "4", "--shots", "2", "--fusion", "max", "--no-progress"]
     assert main([*argv, "--original-size"]) == 0
-    assert (tiny_run / "eval" / "synthetic-fold0-2shot-max-original-size" / "metrics.json").is_file()
+    assert (tiny_run / "eval" / "synthetic-fold0-2shot-max-e4-s0-original-size" / "metrics.json").is_file()
+
+
+def test_evaluations_with_other_episodes_seeds_amp_or_manifests_keep_their_own_folders(run_copy, capsys):
+    base = ["eval", str(run_copy), "--no-progress"]
+    shutil.rmtree(run_copy / "eval", ignore_errors=True)  # other tests' evaluations of the shared run
+    assert main([*base, "--episodes", "4"]) == 0
+    assert main([*base, "--episodes", "6"]) == 0
+    assert main([*base, "--episodes", "4", "--seeds", "1", "2"]) == 0
+    assert main([*base, "--episodes", "4", "--amp", "bf16"]) == 0
+    manifest = run_copy / "eval" / "synthetic-fold0-1shot-e4-s0" / "manifests" / "seed-0.json"
+    assert main([*base, "--manifest", str(manifest)]) == 0
+    folders = sorted(p.name for p in (run_copy / "eval").iterdir())
+    assert len(folders) == 5 and folders[:4] == [
+        "synthetic-fold0-1shot-e4-s0",
+        "synthetic-fold0-1shot-e4-s0-bf16",
+        "synthetic-fold0-1shot-e4-s1-2",
+        "synthetic-fold0-1shot-e6-s0",
+    ]
+    assert folders[4].startswith("synthetic-fold0-1shot-manifest-")
+    for folder in folders:
+        assert (run_copy / "eval" / folder / "metrics.json").is_file()
+
+
+def test_an_unwritable_output_is_refused_before_the_work(tiny_checkpoint, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    argv = ["eval", str(tiny_checkpoint), "--episodes", "4", "--out", str(blocker / "eval"), "--no-progress"]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert "--out" in captured.err and "not writable" in captured.err
+    assert "Protocol" not in captured.out  # refused before evaluating, not after
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    try:
+        if os.access(read_only, os.W_OK):  # root writes anywhere: only the file case applies
+            return
+        assert main([*argv[:-3], "--out", str(read_only / "eval"), "--no-progress"]) == 2
+        assert "not writable" in capsys.readouterr().err
+    finally:
+        read_only.chmod(0o755)
+
+
+def test_a_failing_write_after_the_work_still_prints_the_result(tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    from sst_fast.engine.evaluate import EvaluationResult
+
+    def full_disk(self, directory):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(EvaluationResult, "save", full_disk)
+    argv = ["eval", str(tiny_checkpoint), "--episodes", "4", "--out", str(tmp_path / "out"), "--no-progress"]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert "\nmIoU " in captured.out and "No space left" in captured.err

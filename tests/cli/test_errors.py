@@ -79,6 +79,11 @@ CASES = [
     ),
     pytest.param([*EVAL, "{checkpoint}", "--fold", "9"], ["fold", "got 9"], id="eval-fold-9"),
     pytest.param(
+        [*EVAL, "{checkpoint}", "--episodes", "2", "--out", "{list_yaml}/eval"],
+        ["--out", "not writable"],
+        id="eval-out-not-writable",
+    ),
+    pytest.param(
         [*EVAL, "{checkpoint}", "--dataset", "pascal", "--root", "{tmp}/nope"],
         ["PASCAL VOC", "{tmp}/nope"],
         id="eval-missing-data-root",

@@ -166,3 +166,11 @@ def test_metrics_files_are_strict_json(dataset, model, tmp_path):
     saved = json.loads(path.read_text(), parse_constant=refuse)
     assert None in saved["class_iou"].values()
     assert strict_json({"a": (float("nan"), float("inf"), 1.5)}, indent=None) == '{"a": [null, null, 1.5]}'
+
+
+def test_the_default_input_size_is_the_models_trained_size(dataset, model):
+    default = evaluate(model, dataset, fold=0, episodes=6)
+    assert default.card.input_size == (24, 32)
+    assert default.runs == evaluate(model, dataset, fold=0, episodes=6, size=(24, 32)).runs
+    with pytest.raises(ValueError, match=r"size: Sequential has no config.image_size"):
+        evaluate(torch.nn.Sequential(torch.nn.Identity()), dataset, fold=0, episodes=6)

@@ -86,7 +86,8 @@ def test_two_cli_trainings_into_one_folder_the_second_is_refused(tmp_path):
     from .tiny import TINY
 
     command = [sys.executable, "-m", "sst_fast", "train", "--no-progress", "--config", "synthetic", *TINY]
-    command += ["optim.epochs=40", "--run-dir", str(run_dir)]
+    # A long first epoch: no checkpoint yet while the second starts, so that only the lock can refuse it.
+    command += ["optim.epochs=1", "optim.episodes_per_epoch=4000", "--run-dir", str(run_dir)]
     first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
@@ -94,6 +95,7 @@ def test_two_cli_trainings_into_one_folder_the_second_is_refused(tmp_path):
             assert first.poll() is None and time.monotonic() < deadline, first.communicate()
             time.sleep(0.1)
         config = (run_dir / "config.yaml").read_text()
+        assert not (run_dir / "checkpoints" / "last.pt").exists()
         second = subprocess.run(command, capture_output=True, text=True, timeout=120)
         assert second.returncode == 2, second.stderr
         assert "in use by another process" in second.stderr and f"pid {first.pid}" in second.stderr
@@ -101,7 +103,7 @@ def test_two_cli_trainings_into_one_folder_the_second_is_refused(tmp_path):
     finally:
         first.send_signal(signal.SIGINT)  # stops after the step, with a checkpoint
         first.wait(timeout=120)
-    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["config"]["optim"]["epochs"] == 40
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["config"]["optim"]["episodes_per_epoch"] == 4000
 
 
 # --- run ids --------------------------------------------------------------------------------------
