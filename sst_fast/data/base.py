@@ -329,7 +329,7 @@ def _write_index(path: Path, identity: dict, counts) -> Path | None:
     payload = json.loads(json.dumps(payload))  # int class keys -> str, as they are read back
     payload["sha256"] = sha256_json(payload)
     try:
-        write_text_atomic(path, json.dumps(payload, sort_keys=True, separators=(",", ":")))
+        write_text_atomic(path, strict_json(payload, indent=None, sort_keys=True, separators=(",", ":")))
     except OSError as error:
         message = f"{identity['dataset']}: cannot write index cache {path} ({error}); keeping it in memory"
         warnings.warn(message, stacklevel=4)
@@ -337,10 +337,11 @@ def _write_index(path: Path, identity: dict, counts) -> Path | None:
     return path
 
 
-def strict_json(value, indent: int | None = 1) -> str:
+def strict_json(value, indent: int | None = 1, **options) -> str:
     """``value`` as strict JSON (RFC 8259): NaN and ±inf, which ``json.dumps`` writes as bare ``NaN`` and
-    ``Infinity`` (not JSON), become ``null``; tuples become lists."""
-    return json.dumps(_finite_or_none(value), indent=indent, allow_nan=False)
+    ``Infinity`` (not JSON), become ``null``; tuples become lists. ``options`` go to ``json.dumps``
+    (``sort_keys``, ``separators``, ``default``). Every JSON file the project writes goes through it."""
+    return json.dumps(_finite_or_none(value), indent=indent, allow_nan=False, **options)
 
 
 def write_json_atomic(path: Path, value) -> Path:

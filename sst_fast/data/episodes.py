@@ -20,7 +20,7 @@ import torch
 
 from . import transforms
 from ..config import as_size, positive_int
-from .base import DataError, FewShotDataset, sha256_json, write_text_atomic
+from .base import DataError, FewShotDataset, sha256_json, strict_json, write_text_atomic
 
 MANIFEST_FORMAT = 1
 
@@ -201,7 +201,7 @@ class EpisodeManifest:
         path = Path(path)
         payload = self.content()
         payload["sha256"] = sha256_json(payload)
-        write_text_atomic(path, json.dumps(payload, indent=1, sort_keys=True) + "\n")
+        write_text_atomic(path, strict_json(payload, sort_keys=True) + "\n")
         return path
 
     @classmethod

@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 
 from ..data import EpisodeDataset, collate_episodes
-from ..data.base import write_text_atomic
+from ..data.base import strict_json, write_text_atomic
 from ..metrics import mean_ci
 from .checkpoint import model_from_checkpoint
 from .evaluate import EvaluationResult, evaluate
@@ -245,7 +245,7 @@ def _report(
         str(card),
         "```",
         "",
-        "Configuration: `" + json.dumps(config.to_dict()) + "`",
+        "Configuration: `" + strict_json(config.to_dict(), indent=None) + "`",
         "",
     ]
     return "\n".join(lines)

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ..config import as_size
-from ..data.base import FewShotDataset, default_cache_dir, write_text_atomic
+from ..data.base import FewShotDataset, default_cache_dir, strict_json, write_text_atomic
 from ..data.episodes import EpisodeDataset, network_input, network_mask
 
 FORMAT = 1
@@ -141,7 +141,7 @@ class FeatureCache:
             "data": dataset.describe(),
             "image_ids": list(image_ids),
         }
-        write_text_atomic(folder / "meta.json", json.dumps(meta, default=str) + "\n")
+        write_text_atomic(folder / "meta.json", strict_json(meta, indent=None, default=str) + "\n")
         if log is not None:
             log.info("cached the backbone features of %d images in %s", len(image_ids), folder)
         return cls(folder)

@@ -23,7 +23,7 @@ import time
 import uuid
 from pathlib import Path
 
-from ..data.base import write_text_atomic
+from ..data.base import strict_json, write_json_atomic
 from .runconfig import ConfigError
 
 LOCK_NAME = ".lock"
@@ -71,7 +71,7 @@ class RunLock:
         file.seek(0)
         file.truncate()
         holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
-        file.write(json.dumps(holder))
+        file.write(strict_json(holder, indent=None))
         file.flush()
         self._file = file
         return self
@@ -114,7 +114,7 @@ def record_run_id(folder, run_id: str) -> None:
     if not isinstance(record, dict):
         record = {}
     record["run_id"] = run_id
-    write_text_atomic(path, json.dumps(record, indent=1) + "\n")
+    write_json_atomic(path, record)
 
 
 def check_belongs(folder, state: dict, saved: dict, resumable: tuple[str, ...]) -> str:

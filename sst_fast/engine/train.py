@@ -21,7 +21,6 @@ N steps in one go or k steps, stop, resume, N - k steps ends with the same param
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import shutil
@@ -37,7 +36,7 @@ import torch
 
 from ..config import positive_int
 from ..data import Augment, EpisodeDataset, EpisodeManifest, EpisodeSampler, collate_episodes, open_dataset
-from ..data.base import write_text_atomic
+from ..data.base import strict_json, write_json_atomic, write_text_atomic
 from ..data.episodes import fold_sampler, holdout
 from ..models import SST
 from ..protocol import code_version
@@ -223,7 +222,7 @@ class Trainer:
             shutil.rmtree(self.run_dir / "tensorboard", ignore_errors=True)
             config.save(self.run_dir / "config.yaml")
             versions = {**_versions(), "run_id": self.run_id}
-            write_text_atomic(self.run_dir / "version.json", json.dumps(versions, indent=1) + "\n")
+            write_json_atomic(self.run_dir / "version.json", versions)
 
     # --- construction ---------------------------------------------------------------------------
 
@@ -401,7 +400,8 @@ class Trainer:
             if folder_run_id(self.run_dir) != self.run_id:  # a run from before run ids: the folder records it now
                 record_run_id(self.run_dir, self.run_id)
             # The log on disk may run ahead of the checkpoint (a crash after it): keep what the state knows.
-            write_text_atomic(self.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.history))
+            log = "".join(strict_json(r, indent=None) + "\n" for r in self.history)
+            write_text_atomic(self.run_dir / "metrics.jsonl", log)
         self.log.info("resumed from %s at step %d (epoch %d)", state["path"], self.step, self.epoch)
 
     def save(self, best: bool = False) -> None:
@@ -604,7 +604,7 @@ class Trainer:
         if not self.world.main:
             return
         with open(self.run_dir / "metrics.jsonl", "a") as file:
-            file.write(json.dumps(record) + "\n")
+            file.write(strict_json(record, indent=None) + "\n")
         if writer is not None:
             for key, value in record.items():
                 if key not in ("step", "epoch"):

@@ -328,3 +328,27 @@ def test_mixed_precision_channels_last_training_resumes_exactly(tmp_path, amp):
     assert all(math.isfinite(r["loss"]) for r in state["history"] if "loss" in r)
     assert bool(state["scaler"]) == (amp == "fp16"), "the scaler is on for float16 only"
     assert_same_state(load_checkpoint(tmp_path / "pieces" / "checkpoints" / "last.pt"), state)
+
+
+def _strict(text: str):
+    def refuse(token):
+        raise ValueError(f"{token} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_every_json_file_of_a_run_is_strict_json_nan_as_null(tmp_path, monkeypatch):
+    training = sys.modules[Trainer.__module__]
+    nan = {"miou": math.nan, "fb_iou": math.nan}
+    monkeypatch.setattr(training, "score_episodes", lambda *args, **kwargs: dict(nan))
+    train(tiny_config(), tmp_path, max_steps=4, progress=False)
+    Trainer.resume(tmp_path, progress=False).fit()  # the resume rewrites metrics.jsonl from the state
+    files = [*tmp_path.rglob("*.json"), tmp_path / "metrics.jsonl"]
+    assert len(files) >= 3
+    for path in files:
+        lines = path.read_text().splitlines() if path.suffix == ".jsonl" else [path.read_text()]
+        for line in lines:
+            _strict(line)
+    validations = [_strict(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    validations = [r for r in validations if "val_miou" in r]
+    assert len(validations) == 2 and all(r["val_miou"] is None for r in validations)
