@@ -3,7 +3,7 @@
 from . import data, engine, metrics, models, ops, reference
 from .config import SSTConfig
 from .models import SST, SSTOutput
-from .predict import predict
+from .predict import predict, read_photo
 from .protocol import ProtocolCard
 
 __version__ = "0.1.0"
@@ -20,5 +20,6 @@ __all__ = [
     "models",
     "ops",
     "predict",
+    "read_photo",
     "reference",
 ]

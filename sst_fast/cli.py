@@ -15,6 +15,8 @@ import os
 import sys
 from pathlib import Path
 
+from .predict import DEFAULT_MAX_PIXELS, read_photo
+
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
 # The subcommands that run as several processes under torchrun (the others would only repeat their work).
@@ -93,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", type=Path, default=Path("prediction"), help="output folder (default: prediction)")
     predict.add_argument("--size", type=int, nargs="+", help="network input size H [W] (default: trained)")
     predict.add_argument("--figure", action="store_true", help="also draw the tuning figure (paper Fig. 3/6)")
+    predict.add_argument(
+        "--max-pixels",
+        type=_positive_int,
+        default=DEFAULT_MAX_PIXELS,
+        help="refuse images with more pixels than this (a guard against decompression bombs)",
+    )
     predict.add_argument("--device", default="auto")
     predict.set_defaults(handler=_predict)
 
@@ -344,9 +352,10 @@ def _predict(args) -> int:
         raise ValueError(f"--mask: one mask per support image ({len(args.support)}), got {len(args.mask)}")
     model = model_from_checkpoint(args.checkpoint, device=resolve_device(args.device, "--device"))
     size = _size(args.size, model.config.image_size)
-    query = _read_image(args.query, "--query")
-    supports = [_read_image(path, "--support") for path in args.support]
-    masks = [read_mask(path, args.class_id) for path in args.mask]
+    # Every image as a photo viewer shows it: EXIF orientation applied before the size checks below.
+    query = read_photo(args.query, "--query", args.max_pixels)
+    supports = [read_photo(path, "--support", args.max_pixels) for path in args.support]
+    masks = [read_mask(path, args.class_id, args.max_pixels) for path in args.mask]
     for path, image, mask in zip(args.mask, supports, masks, strict=True):
         if mask.shape != image.shape[:2]:
             raise ValueError(
@@ -437,7 +446,7 @@ def _info(_args) -> int:
 # --- helpers ------------------------------------------------------------------------------------
 
 
-def read_mask(path: Path, class_id: int | None = None):
+def read_mask(path: Path, class_id: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS):
     """A support mask file -> uint8 [H, W] labels 0/1/255.
 
     With ``class_id``: pixels of that label are the object, 255 stays ignore, everything else is
@@ -446,7 +455,7 @@ def read_mask(path: Path, class_id: int | None = None):
     """
     import numpy as np
 
-    array = _read_single_channel(path)
+    array = _read_single_channel(path, max_pixels)
     if class_id is not None:
         labels = np.where(array == class_id, 1, np.where(array == 255, 255, 0)).astype(np.uint8)
         if not (labels == 1).any():
@@ -462,35 +471,30 @@ def read_mask(path: Path, class_id: int | None = None):
     raise ValueError(f"--mask {path} holds several labels {_values(array)}: pass --class-id to pick the object")
 
 
-def _read_single_channel(path: Path):
+def _read_single_channel(path: Path, max_pixels: int | None):
     import numpy as np
-    from PIL import Image, UnidentifiedImageError
 
-    try:
-        with Image.open(path) as image:
-            image.load()
-            if image.mode in ("RGB", "RGBA"):
-                array = np.asarray(image.convert("RGB"))
-                if not ((array[..., 0] == array[..., 1]) & (array[..., 1] == array[..., 2])).all():
-                    raise ValueError(f"--mask {path} is a colour image; a mask needs one channel (mode L or P)")
-                return array[..., 0]
-            return np.asarray(image if image.mode in ("L", "P", "1", "I", "I;16") else image.convert("L"))
-    except (UnidentifiedImageError, OSError) as error:
-        raise ValueError(f"--mask {path} is not a readable image ({_one_line(error)})") from None
+    from .predict import grey_to_uint8, open_photo
 
-
-def _read_image(path: Path, flag: str):
-    import numpy as np
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            return np.array(image.convert("RGB"))  # a writable copy: torch.from_numpy wants one
-    except (UnidentifiedImageError, OSError) as error:
-        raise ValueError(f"{flag} {path} is not a readable image ({_one_line(error)})") from None
+    with open_photo(path, "--mask", max_pixels) as image:
+        if image.mode in ("RGB", "RGBA"):
+            array = np.asarray(image.convert("RGB"))
+            if not ((array[..., 0] == array[..., 1]) & (array[..., 1] == array[..., 2])).all():
+                raise ValueError(f"--mask {path} is a colour image; a mask needs one channel (mode L or P)")
+            return array[..., 0]
+        if image.mode in ("L", "P", "1"):
+            return np.asarray(image)
+        if image.mode.startswith("I") or image.mode == "F":
+            array = np.asarray(image)
+            # Labels (0/1/255 or class ids) stored in a wide type stay labels; a 16-bit 0/65535 mask is 0/255.
+            if array.size and 0 <= array.min() and array.max() <= 255:
+                return array.astype(np.uint8)
+            return grey_to_uint8(array)
+        return np.asarray(image.convert("L"))
 
 
 def _prediction_figure(model, query, supports, masks, size, out: Path) -> Path:
+    """The tuning figure of one prediction, each panel at its photo's aspect ratio (the network saw them square)."""
     import torch
 
     from . import viz
@@ -503,6 +507,7 @@ def _prediction_figure(model, query, supports, masks, size, out: Path) -> Path:
     (explanation,) = viz.explain(
         model, query_batch.to(parameter.device), support_batch.to(parameter.device), mask_batch.to(parameter.device)
     )
+    explanation = viz.at_aspect(explanation, query.shape[:2], [s.shape[:2] for s in supports])
     if explanation.shots > 1:
         return viz.figure_shots(explanation, out / "figure.png")
     return viz.figure_tuning([explanation], out / "figure.png")

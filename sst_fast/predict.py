@@ -1,9 +1,11 @@
-"""One-episode inference from images as users hold them."""
+"""One-episode inference from images as users hold them, and reading photos the way a viewer shows them."""
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -87,3 +89,93 @@ def _as_list(value) -> list:
     if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
         return list(value)
     return [value]
+
+
+# --- photos ---------------------------------------------------------------------------------------
+
+# The most pixels a photo may have unless the caller allows more (``sst-fast predict --max-pixels``): 100
+# megapixels is well above any camera's, and a PNG that claims more is more likely a decompression bomb.
+DEFAULT_MAX_PIXELS = 100_000_000
+
+
+class PhotoError(ValueError):
+    """A photo that cannot be read: not an image, damaged, or over the pixel limit."""
+
+
+@contextlib.contextmanager
+def open_photo(path, name: str = "image", max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Iterator:
+    """The PIL image of ``path`` as a photo viewer shows it: its EXIF orientation applied (a phone's portrait
+    photo is stored landscape with a rotation tag). ``max_pixels`` (None: no limit) is checked from the file's
+    header, before any pixel is decoded; every failure is a :class:`PhotoError` naming ``name`` and the file.
+
+    The data set readers (:mod:`sst_fast.data`) do not use it: their images are read as stored, so that
+    training data, caches and manifests stay what they are."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    path = Path(path)
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # our own limit, below, with its own message
+    try:
+        try:
+            image = Image.open(path)
+        except (UnidentifiedImageError, OSError) as error:
+            raise PhotoError(f"{name} {path} is not a readable image ({_first_line(error)})") from None
+        finally:
+            Image.MAX_IMAGE_PIXELS = limit
+        with image:
+            width, height = image.size
+            if max_pixels is not None and width * height > max_pixels:
+                raise PhotoError(
+                    f"{name} {path} is {width}x{height} ({width * height / 1e6:.1f} megapixels), over the limit of "
+                    f"{max_pixels / 1e6:g} megapixels: raise it (--max-pixels) to read it"
+                )
+            try:
+                image.load()
+                shown = ImageOps.exif_transpose(image)
+            except (OSError, ValueError, SyntaxError) as error:  # truncated or damaged data, a bad EXIF block
+                raise PhotoError(f"{name} {path} is not a readable image ({_first_line(error)})") from None
+            yield shown
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+
+
+def read_photo(path, name: str = "image", max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """A photo file -> uint8 [H, W, 3] RGB, as a viewer shows it (:func:`open_photo`): 16-bit and 32-bit grey
+    scaled to 8 bits (not clipped to white), palette and grey images expanded, transparency over white."""
+    with open_photo(path, name, max_pixels) as image:
+        return photo_rgb(image)
+
+
+def photo_rgb(image) -> np.ndarray:
+    """A PIL image of any mode -> uint8 [H, W, 3] (a writable copy)."""
+    from PIL import Image
+
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        grey = grey_to_uint8(np.asarray(image))
+        return np.repeat(grey[..., None], 3, axis=2)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.array(Image.alpha_composite(white, rgba).convert("RGB"))
+    return np.array(image.convert("RGB"))
+
+
+def grey_to_uint8(values: np.ndarray) -> np.ndarray:
+    """Grey levels of a wide type -> uint8 as a viewer maps them: 16-bit integers by their full range
+    (65535 -> 255), floats in [0, 1] by 255, 8-bit values as they are."""
+    values = np.asarray(values)
+    if values.dtype.kind == "f":
+        finite = np.nan_to_num(values.astype(np.float64), nan=0.0)
+        scale = 255.0 if finite.size and finite.max() <= 1.0 else 1.0
+        return np.clip(np.rint(finite * scale), 0, 255).astype(np.uint8)
+    if values.dtype.itemsize == 1:
+        return values.astype(np.uint8)
+    sixteen_bit = values.dtype.kind == "u" and values.dtype.itemsize == 2
+    if not sixteen_bit and values.size and values.max() <= 255:  # a 32-bit "I" image holding 8-bit levels
+        return np.clip(values, 0, 255).astype(np.uint8)
+    return np.clip(np.rint(values.astype(np.float64) / 257.0), 0, 255).astype(np.uint8)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

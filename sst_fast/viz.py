@@ -231,6 +231,63 @@ def _explain(model, query, support_images, support_masks, query_mask) -> list[Ex
     return explanations
 
 
+def at_aspect(explanation: Explanation, query_shape, support_shapes) -> Explanation:
+    """``explanation`` with each panel resized to the aspect ratio of the photo it came from (``query_shape``,
+    ``support_shapes``: (H, W) of the query and of each support photo), its longer side kept: the network
+    sees every image at its square input size, a figure should show the photos as they are. Images are
+    resized bilinearly, labels and predictions by nearest neighbour."""
+    support_shapes = list(support_shapes)
+    if len(support_shapes) != explanation.shots:
+        raise ValueError(f"support_shapes: one (H, W) per support ({explanation.shots}), got {len(support_shapes)}")
+    query_size = _display_size(explanation.query.shape[:2], query_shape, "query_shape")
+    support_sizes = [
+        _display_size(explanation.supports.shape[1:3], shape, f"support_shapes[{k}]")
+        for k, shape in enumerate(support_shapes)
+    ]
+
+    # The supports are one array [K, ...]: supports of different shapes are all drawn at the first one's.
+    support_size = support_sizes[0]
+
+    def per_shot(stack, nearest):
+        return np.stack([_resize(item, support_size, nearest) for item in stack])
+
+    return dataclasses.replace(
+        explanation,
+        query=_resize(explanation.query, query_size, nearest=False),
+        query_mask=None if explanation.query_mask is None else _resize(explanation.query_mask, query_size, True),
+        before=_resize(explanation.before, query_size, nearest=True),
+        after=_resize(explanation.after, query_size, nearest=True),
+        supports=per_shot(explanation.supports, nearest=False),
+        support_masks=per_shot(explanation.support_masks, nearest=True),
+        support_predictions=per_shot(explanation.support_predictions, nearest=True),
+        gradient=None if explanation.gradient is None else per_shot(explanation.gradient, nearest=False),
+    )
+
+
+def _display_size(current, photo, name: str) -> tuple[int, int]:
+    """(H, W) with the photo's aspect ratio and the longer side of ``current``."""
+    try:
+        height, width = (int(v) for v in photo)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be (H, W), got {photo!r}") from None
+    if height < 1 or width < 1:
+        raise ValueError(f"{name} must be positive, got {photo!r}")
+    longest = max(current)
+    scale = longest / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def _resize(array: np.ndarray, size: tuple[int, int], nearest: bool) -> np.ndarray:
+    from PIL import Image
+
+    if tuple(array.shape[:2]) == tuple(size):
+        return array
+    resample = Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR
+    if array.dtype == np.float32:
+        return np.asarray(Image.fromarray(array).resize(size[::-1], resample), dtype=np.float32)
+    return np.asarray(Image.fromarray(array).resize(size[::-1], resample))
+
+
 # --- figures ----------------------------------------------------------------------------------------
 
 

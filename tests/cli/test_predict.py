@@ -140,3 +140,126 @@ def test_predict_process_is_quiet_on_stderr(tiny_checkpoint, voc_episode, tmp_pa
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "out" / "mask.png").is_file()
     assert result.stderr == ""
+
+
+# --- photos as a viewer shows them ------------------------------------------------------------------
+
+ORIENTATION = 0x0112  # the EXIF orientation tag
+# Orientation value -> how the stored pixels relate to the shown photo (what exif_transpose undoes).
+STORED = {6: lambda a: np.rot90(a, 1), 8: lambda a: np.rot90(a, -1), 3: lambda a: np.rot90(a, 2)}
+
+
+def save_with_orientation(shown: np.ndarray, path, orientation: int):
+    """Store ``shown`` the way a camera does: pixels rotated, and an EXIF tag that tells a viewer to undo it."""
+    image = Image.fromarray(np.ascontiguousarray(STORED[orientation](shown)))
+    exif = Image.Exif()
+    exif[ORIENTATION] = orientation
+    image.save(path, exif=exif)
+    return path
+
+
+@pytest.mark.parametrize("orientation", [6, 8, 3])
+def test_an_exif_rotated_query_and_support_predict_as_the_photos_shown(
+    balanced_checkpoint, voc_episode, tmp_path, capsys, orientation
+):
+    plain = tmp_path / "plain"
+    assert (
+        run_predict(
+            balanced_checkpoint, voc_episode.supports[0], voc_episode.supports[1:], voc_episode.masks_255[1:], plain
+        )
+        == 0
+    )
+    query = save_with_orientation(voc_episode.read_supports()[0], tmp_path / "query.png", orientation)
+    support = save_with_orientation(voc_episode.read_supports()[1], tmp_path / "support.png", orientation)
+    rotated = tmp_path / "rotated"
+    # The mask was drawn on the support as shown: with the orientation ignored, its size would not match.
+    code = run_predict(balanced_checkpoint, query, [support], voc_episode.masks_255[1:], rotated)
+    assert code == 0, capsys.readouterr().err
+    np.testing.assert_array_equal(read_array(rotated / "mask.png"), read_array(plain / "mask.png"))
+
+
+def test_a_16_bit_grey_query_is_seen_as_its_8_bit_levels(balanced_checkpoint, voc_episode, tmp_path, capsys):
+    grey = np.asarray(Image.fromarray(voc_episode.read_query()).convert("L"))
+    Image.fromarray(grey).save(tmp_path / "grey8.png")
+    wide = Image.fromarray(grey.astype(np.uint16) * 257)  # the same levels over the 16-bit range
+    assert wide.mode == "I;16"
+    wide.save(tmp_path / "grey16.png")
+    support, mask = voc_episode.supports[:1], voc_episode.masks_255[:1]
+    assert run_predict(balanced_checkpoint, tmp_path / "grey8.png", support, mask, tmp_path / "a") == 0
+    assert run_predict(balanced_checkpoint, tmp_path / "grey16.png", support, mask, tmp_path / "b") == 0
+    np.testing.assert_array_equal(read_array(tmp_path / "b" / "mask.png"), read_array(tmp_path / "a" / "mask.png"))
+    overlay = read_array(tmp_path / "b" / "overlay.png")
+    assert overlay.min() < 100, "the 16-bit query was read as a white image"
+
+
+def test_photos_in_other_modes_read_as_a_viewer_shows_them(tmp_path):
+    from sst_fast.predict import read_photo
+
+    rgb = np.random.default_rng(0).integers(0, 256, (7, 9, 3), dtype=np.uint8)
+    palette = Image.fromarray(rgb).quantize(16)
+    palette.save(tmp_path / "palette.png")
+    np.testing.assert_array_equal(read_photo(tmp_path / "palette.png"), np.asarray(palette.convert("RGB")))
+    rgba = np.dstack([rgb, np.full((7, 9), 0, np.uint8)])
+    Image.fromarray(rgba).save(tmp_path / "transparent.png")
+    assert (read_photo(tmp_path / "transparent.png") == 255).all()  # fully transparent: the white below
+    Image.fromarray(np.full((7, 9), 65535, np.uint16)).save(tmp_path / "white16.png")
+    assert (read_photo(tmp_path / "white16.png") == 255).all()
+    Image.fromarray(np.full((7, 9), 4096, np.uint16)).save(tmp_path / "dark16.png")
+    assert (read_photo(tmp_path / "dark16.png") == 16).all()  # 4096/65535 of full scale, not clipped white
+
+
+def png_header_only(path, width: int, height: int):
+    """A PNG that claims width x height pixels but holds no image data (what a decompression bomb's header says)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
+    return path
+
+
+def test_a_huge_image_is_one_clear_error_with_the_option_that_allows_it(tiny_checkpoint, voc_episode, tmp_path):
+    huge = png_header_only(tmp_path / "huge.png", 14000, 14000)
+    argv = [sys.executable, "-m", "sst_fast", "predict", str(tiny_checkpoint), "--query", str(huge)]
+    argv += ["--support", str(voc_episode.supports[0]), "--mask", str(voc_episode.masks_255[0])]
+    argv += ["--out", str(tmp_path / "out")]
+    result = subprocess.run(argv, capture_output=True, text=True, check=False)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert "14000x14000" in result.stderr and "--max-pixels" in result.stderr
+    # Allowed, it is read (and found to hold no pixels): a clear error again, no traceback.
+    result = subprocess.run([*argv, "--max-pixels", "200000000"], capture_output=True, text=True, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "not a readable image" in result.stderr and "--max-pixels" not in result.stderr
+
+
+def test_the_figure_keeps_the_photos_aspect_ratio(balanced_checkpoint, voc_episode, tmp_path, capsys):
+    from sst_fast.cli import _prediction_figure
+    from sst_fast.cli import read_mask as cli_read_mask
+
+    model = model_from_checkpoint(balanced_checkpoint)
+    query, supports = voc_episode.read_query(), voc_episode.read_supports()[:1]
+    masks = [cli_read_mask(voc_episode.masks_255[0])]
+    captured = {}
+    original = viz.figure_tuning
+
+    def spy(explanations, path, title=None):
+        captured["ex"] = explanations[0]
+        return original(explanations, path, title)
+
+    viz.figure_tuning, saved = spy, viz.figure_tuning
+    try:
+        _prediction_figure(model, query, supports, masks, (64, 64), tmp_path)
+    finally:
+        viz.figure_tuning = saved
+    ex = captured["ex"]
+    height, width = query.shape[:2]
+    assert max(ex.query.shape[:2]) == 64 and ex.after.shape == ex.query.shape[:2]
+    assert ex.query.shape[0] / ex.query.shape[1] == pytest.approx(height / width, rel=0.05)
+    s_height, s_width = supports[0].shape[:2]
+    assert ex.supports.shape[1] / ex.supports.shape[2] == pytest.approx(s_height / s_width, rel=0.05)
+    assert ex.support_masks.shape[1:] == ex.supports.shape[1:3] and ex.gradient.shape == ex.support_masks.shape
+    assert (tmp_path / "figure.png").is_file()
