@@ -161,6 +161,9 @@ class RunSettings:
     val_every: epochs between validations.
     amp: mixed precision, ``off``, ``bf16`` or ``fp16`` (autocast; :mod:`sst_fast.engine.speed`).
     channels_last: keep weights and feature maps in the channels-last layout.
+    allow_random_backbone: train even though the backbone starts (partly) random: a frozen ResNet/VGG without
+        ``model.backbone_weights``, or a weights file that fills only part of it. Without it ``train``
+        refuses such a run, which can only learn on noise features.
     """
 
     seed: int = 0
@@ -171,8 +174,15 @@ class RunSettings:
     val_every: int = 1
     amp: str = "off"
     channels_last: bool = False
+    allow_random_backbone: bool = False
 
     def __post_init__(self) -> None:
+        _check(
+            isinstance(self.allow_random_backbone, bool),
+            "run.allow_random_backbone",
+            "true or false",
+            self.allow_random_backbone,
+        )
         _check(_is_int(self.seed) and self.seed >= 0, "run.seed", "an integer >= 0", self.seed)
         _check(self.amp in ("off", "bf16", "fp16"), "run.amp", "'off', 'bf16' or 'fp16'", self.amp)
         _check(isinstance(self.channels_last, bool), "run.channels_last", "true or false", self.channels_last)

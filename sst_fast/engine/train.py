@@ -175,6 +175,8 @@ class Trainer:
         if config.run.threads is not None:
             torch.set_num_threads(config.run.threads)
         self.device = resolve_device(config.run.device, world=world)
+        if _state is None:
+            _check_backbone_weights(config)
 
         self._build_data()
         torch.manual_seed(config.run.seed)  # the initial weights (the same on every rank)
@@ -184,6 +186,8 @@ class Trainer:
         self.model = set_memory_format(SST(model_config).to(self.device), config.run.channels_last)
         if world.distributed:  # each rank its own dropout stream
             torch.manual_seed(distributed.rank_seed(config.run.seed, world.rank))
+        if _state is None:
+            _check_weights_report(config, self.model.backbone.load_report, self.log)
         if config.model.backbone != "tiny" and config.model.backbone_weights is None and _state is None:
             self.log.warning(
                 "model.backbone_weights is not set: the %s backbone starts from random weights", config.model.backbone
@@ -663,6 +667,35 @@ def _optimizer(model: SST, optim) -> torch.optim.Optimizer:
     if optim.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=optim.lr, weight_decay=optim.weight_decay)
     return torch.optim.SGD(groups, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
+
+
+def _check_backbone_weights(config: RunConfig) -> None:
+    """A frozen ResNet/VGG without weights stays random for the whole run: refuse it unless allowed."""
+    model = config.model
+    if (
+        model.backbone != "tiny"
+        and model.freeze_backbone
+        and model.backbone_weights is None
+        and not config.run.allow_random_backbone
+    ):
+        raise ConfigError(
+            f"model.backbone_weights is not set: the frozen {model.backbone} backbone would stay random for the "
+            "whole run, which can only learn on noise; set model.backbone_weights=PATH (torchvision's ImageNet "
+            "weights, see docs/data.md), or run.allow_random_backbone=true to train anyway"
+        )
+
+
+def _check_weights_report(config: RunConfig, report, log) -> None:
+    """A weights file that left part of the backbone at its random initialisation: an error unless allowed."""
+    if report is None or not report.missing:
+        return
+    where = config.model.backbone_weights
+    if not config.run.allow_random_backbone:
+        raise ConfigError(
+            f"model.backbone_weights: {where} fills only part of the {config.model.backbone} backbone ({report}); "
+            "use a complete file, or run.allow_random_backbone=true to train with the rest random"
+        )
+    log.warning("model.backbone_weights: %s fills only part of the backbone (%s): the rest stays random", where, report)
 
 
 def train(config: RunConfig, run_dir, max_steps: int | None = None, progress: bool = True) -> TrainResult:

@@ -22,7 +22,7 @@ TRAIN = ["train", "--no-progress", "--run-dir", "{tmp}/run"]
 CASES = [
     # --- train: configuration and data ---
     pytest.param(
-        [*TRAIN, "--config", "pascal", "data.root={tmp}/nope"],
+        [*TRAIN, "--config", "pascal", "data.root={tmp}/nope", "run.allow_random_backbone=true"],
         ["PASCAL VOC", "{tmp}/nope"],
         id="train-missing-data-root",
     ),
@@ -34,6 +34,11 @@ CASES = [
         id="train-unknown-backbone",
     ),
     pytest.param([*TRAIN, "--config", "synthetic", "optim.lrr=1"], ["optim.lrr"], id="train-unknown-key"),
+    pytest.param(
+        [*TRAIN, "--config", "synthetic", *TINY, "model.backbone=resnet50", "model.freeze_backbone=true"],
+        ["model.backbone_weights is not set", "frozen resnet50", "run.allow_random_backbone=true"],
+        id="train-frozen-random-backbone",
+    ),
     pytest.param([*TRAIN, "--config", "synthetic", "foo.bar=1"], ["unknown section 'foo'"], id="train-unknown-section"),
     pytest.param(
         [*TRAIN, "--config", "synthetic", "optim.lr"],

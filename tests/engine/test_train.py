@@ -352,3 +352,28 @@ def test_every_json_file_of_a_run_is_strict_json_nan_as_null(tmp_path, monkeypat
     validations = [_strict(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     validations = [r for r in validations if "val_miou" in r]
     assert len(validations) == 2 and all(r["val_miou"] is None for r in validations)
+
+
+def test_a_frozen_random_or_partly_loaded_backbone_is_refused_unless_allowed(tmp_path, caplog):
+    from sst_fast.models.backbones import build_backbone
+
+    resnet = ("model.backbone=resnet50", "model.freeze_backbone=true", "model.channels=8")
+    with pytest.raises(ConfigError, match="model.backbone_weights is not set.*run.allow_random_backbone"):
+        Trainer(tiny_config(*resnet), tmp_path / "random", progress=False)
+    assert not (tmp_path / "random").exists()
+    Trainer(tiny_config(*resnet, "run.allow_random_backbone=true"), tmp_path / "allowed", progress=False).close()
+
+    state = build_backbone("resnet50").state_dict()
+    dropped = [key for key in state if key.startswith("layer3.5.")]
+    partial = tmp_path / "partial.pth"
+    torch.save({key: value for key, value in state.items() if key not in dropped}, partial)
+    weights = f"model.backbone_weights={partial}"
+    with pytest.raises(ConfigError, match=r"fills only part .*layer3\.5\.conv1\.weight"):
+        Trainer(tiny_config(*resnet, weights), tmp_path / "partial", progress=False)
+    trainer = Trainer(tiny_config(*resnet, weights, "run.allow_random_backbone=true"), tmp_path / "ok", progress=False)
+    trainer.close()
+    assert "fills only part of the backbone" in (tmp_path / "ok" / "train.log").read_text()
+    # A complete file trains without the setting.
+    complete = tmp_path / "complete.pth"
+    torch.save(state, complete)
+    Trainer(tiny_config(*resnet, f"model.backbone_weights={complete}"), tmp_path / "full", progress=False).close()
