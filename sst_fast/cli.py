@@ -23,7 +23,28 @@ EXIT_INTERRUPTED = 130
 DISTRIBUTED_COMMANDS = ("train", "eval")
 
 
+class _Formatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless the help already says what the default is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            action.option_strings
+            and "default" not in text
+            and action.default is not None
+            and action.default is not argparse.SUPPRESS
+            and not isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))
+        ):
+            shown = " ".join(map(str, action.default)) if isinstance(action.default, list) else action.default
+            text += f" (default: {shown})"
+        return text
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str):
         # argparse prints the whole usage block; one line with a pointer to --help reads better.
         self.exit(EXIT_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -31,20 +52,25 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="sst-fast", description="SST few-shot segmentation: train, evaluate, predict.")
+    parser.add_argument("--version", action="version", version=_version())
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
 
     train = commands.add_parser(
         "train",
         help="episodic training on the base classes of a fold",
         description="Train SST. The configuration is a YAML file or a packaged name "
-        "(pascal, coco, fss, synthetic), then KEY=VALUE overrides, e.g. optim.lr=0.001 "
-        "data.fold=1 model.ssm=false.",
+        "(pascal, coco, fss, synthetic), then KEY=VALUE overrides anywhere on the line (later ones win), "
+        "e.g. optim.lr=0.001 data.fold=1 model.ssm=false.",
     )
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="configuration overrides (section.key=value)")
     train.add_argument("--config", "-c", help="YAML file or packaged configuration name (default: built-in defaults)")
     train.add_argument("--run-dir", type=Path, help="the run folder (default: runs/<dataset>-fold<fold>-<time>)")
-    train.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR exactly")
-    train.add_argument("--max-steps", type=_positive_int, help="stop (resumably) after this global step")
+    train.add_argument(
+        "--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR exactly (default: a new run)"
+    )
+    train.add_argument(
+        "--max-steps", type=_positive_int, help="stop (resumably) after this global step (default: train to the end)"
+    )
     train.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
     _progress_flag(train)
     train.set_defaults(handler=_train)
@@ -55,20 +81,22 @@ def build_parser() -> argparse.ArgumentParser:
         description="Evaluate a checkpoint (a .pt file or a run folder: its best "
         "checkpoint). Data set and fold default to the checkpoint's training run.",
     )
-    evaluate.add_argument("checkpoint", type=Path)
-    evaluate.add_argument("--dataset", help="pascal, coco, fss or synthetic")
-    evaluate.add_argument("--root", help="the data folder")
-    evaluate.add_argument("--fold", help="the fold (0-3; FSS-1000: test or val)")
-    evaluate.add_argument("--shots", type=_positive_int, default=1)
-    evaluate.add_argument("--episodes", type=_positive_int, default=1000)
-    evaluate.add_argument("--seeds", type=int, nargs="+", default=[0])
-    evaluate.add_argument("--manifest", type=Path, nargs="+", help="replay the episodes of these manifests")
+    evaluate.add_argument("checkpoint", type=Path, help="a checkpoint file, or a run folder (its best checkpoint)")
+    evaluate.add_argument("--dataset", help="pascal, coco, fss or synthetic (default: the training run's)")
+    evaluate.add_argument("--root", help="the data folder (default: the training run's)")
+    evaluate.add_argument("--fold", help="the fold, 0-3; FSS-1000: test or val (default: the training run's)")
+    evaluate.add_argument("--shots", type=_positive_int, default=1, help="support images per episode")
+    evaluate.add_argument("--episodes", type=_positive_int, default=1000, help="episodes per seed")
+    evaluate.add_argument("--seeds", type=int, nargs="+", default=[0], help="episode seeds: one run per seed")
+    evaluate.add_argument(
+        "--manifest", type=Path, nargs="+", help="replay the episodes of these manifests (default: sample them)"
+    )
     evaluate.add_argument("--original-size", action="store_true", help="score at each label's own size")
     evaluate.add_argument("--fusion", choices=("weighted", "average", "max"), help="K-shot fusion (default: trained)")
     evaluate.add_argument("--size", type=int, nargs="+", help="network input size H [W] (default: trained)")
-    evaluate.add_argument("--batch-size", type=_positive_int, default=8)
-    evaluate.add_argument("--workers", type=int, default=0)
-    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--batch-size", type=_positive_int, default=8, help="episodes per forward pass")
+    evaluate.add_argument("--workers", type=int, default=0, help="data loader processes")
+    evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     evaluate.add_argument("--reference", action="store_true", help="run the plain-PyTorch reference model")
     evaluate.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off", help="mixed precision (autocast)")
     evaluate.add_argument(
@@ -81,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(handler=_eval)
 
     predict = commands.add_parser("predict", help="segment a query image given annotated support images")
-    predict.add_argument("checkpoint", type=Path)
+    predict.add_argument("checkpoint", type=Path, help="a checkpoint file, or a run folder (its best checkpoint)")
     predict.add_argument("--query", type=Path, required=True, help="the image to segment")
     predict.add_argument("--support", type=Path, nargs="+", required=True, help="K support images")
     predict.add_argument(
@@ -91,7 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="their masks (PNG): 0/1/255 (255 ignore), or 0/255 or 0/N binary, or with --class-id",
     )
-    predict.add_argument("--class-id", type=int, help="the label in the masks that marks the object")
+    predict.add_argument(
+        "--class-id", type=int, help="the label in the masks that marks the object (default: the masks' one label)"
+    )
     predict.add_argument("--out", type=Path, default=Path("prediction"), help="output folder (default: prediction)")
     predict.add_argument("--size", type=int, nargs="+", help="network input size H [W] (default: trained)")
     predict.add_argument("--figure", action="store_true", help="also draw the tuning figure (paper Fig. 3/6)")
@@ -101,11 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_MAX_PIXELS,
         help="refuse images with more pixels than this (a guard against decompression bombs)",
     )
-    predict.add_argument("--device", default="auto")
+    predict.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     predict.set_defaults(handler=_predict)
 
     demo = commands.add_parser("demo", help="train SST and its baseline on the synthetic data set; write a report")
-    demo.add_argument("--out", type=Path, default=Path("runs/demo"))
+    demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="the demo's folder (runs and report)")
     demo.add_argument("--quick", action="store_true", help="a smoke test in seconds (numbers meaningless)")
     demo.add_argument(
         "--episodes", type=_positive_int, help="evaluation episodes per seed (default: 1000 1-shot, 300 5-shot)"
@@ -121,9 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     ablation = commands.add_parser(
         "ablation", help="the paper's Table 1 and Table 2, or the tuning step's study (--study step), as one command"
     )
-    ablation.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
-    ablation.add_argument("--config", "-c", default="synthetic")
-    ablation.add_argument("--out", type=Path, required=True)
+    ablation.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="configuration overrides")
+    ablation.add_argument("--config", "-c", default="synthetic", help="YAML file or packaged configuration name")
+    ablation.add_argument("--out", type=Path, required=True, help="the study's folder (runs, tables)")
     ablation.add_argument(
         "--study",
         choices=("tables", "step"),
@@ -147,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     from .data import DataError
     from .engine import distributed
     from .engine.checkpoint import CheckpointError
@@ -174,6 +204,28 @@ def main(argv=None) -> int:
             raise
         print(f"sst-fast {args.command}: error: {_one_line(error)}", file=sys.stderr)
         return EXIT_ERROR
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """The command line, with KEY=VALUE overrides accepted anywhere after the subcommand (in their order)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    takes_overrides = hasattr(args, "overrides")
+    stray = [token for token in extra if not takes_overrides or token.startswith("-") or "=" not in token]
+    if stray:
+        command = f"{parser.prog} {args.command}"
+        parser.exit(
+            EXIT_ERROR, f"{command}: error: unrecognized arguments: {' '.join(stray)} (see {command} --help)\n"
+        )
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    return args
+
+
+def _version() -> str:
+    from .protocol import code_version
+
+    return code_version().replace("sst_fast", "sst-fast", 1)
 
 
 # --- subcommands --------------------------------------------------------------------------------

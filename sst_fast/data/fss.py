@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .base import DataError, FewShotDataset, Sample, file_stats, paired, read_image, require_paths
-from .splits import FoldSplit
+from .splits import FoldSplit, check_fold
 
 # Accepted names of each split's class list, first match wins: HSNet calls the train list trn.txt.
 SPLIT_FILES = {"train": ("train.txt", "trn.txt"), "val": ("val.txt",), "test": ("test.txt",)}
@@ -126,8 +126,7 @@ class FSS1000(FewShotDataset):
 
         Training is on the train classes either way.
         """
-        if fold not in ("test", "val"):
-            raise ValueError(f"fold must be 'test' or 'val' for {self.name} (it has no numbered folds), got {fold!r}")
+        check_fold("fss", fold)
         return FoldSplit(self.split_classes("train"), self.split_classes(fold), "train", fold)
 
     def fingerprint(self, split: str) -> dict:

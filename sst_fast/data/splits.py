@@ -40,6 +40,20 @@ def fold_classes(dataset: str, fold: int, style: str = "interleaved") -> list[in
     return list(range(5 * fold + 1, 5 * fold + 6))
 
 
+FSS_FOLDS = ("test", "val")
+
+
+def check_fold(dataset: str, fold):
+    """``fold`` if ``dataset`` has it, else the ValueError that every part of the project raises for it (the
+    configuration, ``train``, ``eval`` and the data sets all check a fold here)."""
+    if dataset == "fss":
+        if fold not in FSS_FOLDS:
+            raise ValueError(f"fold must be 'test' or 'val' for FSS-1000 (it has no numbered folds), got {fold!r}")
+        return fold
+    fold_classes(dataset, fold)
+    return fold
+
+
 def base_classes(dataset: str, fold: int, style: str = "interleaved") -> list[int]:
     """The training classes of ``fold``: every class of the data set that is not novel in it."""
     novel = set(fold_classes(dataset, fold, style))

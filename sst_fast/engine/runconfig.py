@@ -25,6 +25,7 @@ import yaml
 
 from ..config import SSTConfig
 from ..data import DATASETS
+from ..data.splits import check_fold
 
 CONFIG_PACKAGE = "sst_fast.configs"
 
@@ -67,12 +68,10 @@ class DataConfig:
     def __post_init__(self) -> None:
         _check(self.dataset in DATASETS, "data.dataset", f"one of {sorted(DATASETS)}", self.dataset)
         _check(self.root is None or isinstance(self.root, str), "data.root", "a path", self.root)
-        _check(
-            (_is_int(self.fold) and self.fold >= 0) or isinstance(self.fold, str),
-            "data.fold",
-            "an integer >= 0 (or 'test'/'val' for FSS-1000)",
-            self.fold,
-        )
+        try:  # the same check as the data sets' (so --print-config refuses what train would)
+            check_fold(self.dataset, self.fold)
+        except ValueError as error:
+            raise ConfigError(f"data.fold: {error}") from None
         _check(isinstance(self.options, dict), "data.options", "a mapping", self.options)
         _check(isinstance(self.exclude_novel, bool), "data.exclude_novel", "true or false", self.exclude_novel)
         _check(isinstance(self.augment, bool), "data.augment", "true or false", self.augment)

@@ -470,7 +470,14 @@ class Trainer:
     def _loop(self, max_steps, writer, bar) -> str:
         cfg = self.config
         if max_steps is not None and self.step >= max_steps:
-            return "stopped"  # already there (a resumed run asked to stop at an earlier step)
+            # Already there (a resumed run asked to stop at an earlier step): nothing to do, and the user is told.
+            self.log.warning(
+                "max_steps=%d is not beyond the step this run has reached (%d): nothing to train; "
+                "a larger --max-steps (or none) trains on",
+                max_steps,
+                self.step,
+            )
+            return "stopped"
         while self.epoch < cfg.optim.epochs:
             for batch in self._loader(self.epoch, self.batch_in_epoch):
                 record = self.train_step(batch)

@@ -205,3 +205,64 @@ def test_a_failing_write_after_the_work_still_prints_the_result(tiny_checkpoint,
     assert main(argv) == 2
     captured = capsys.readouterr()
     assert "\nmIoU " in captured.out and "No space left" in captured.err
+
+
+def test_overrides_may_come_anywhere_on_the_line_later_ones_winning(capsys):
+    argv = ["train", "optim.lr=0.1", "--config", "synthetic", "data.fold=2", "--print-config", "optim.lr=0.3"]
+    assert main(argv) == 0
+    config = RunConfig.from_dict(yaml.safe_load(capsys.readouterr().out))
+    assert config.optim.lr == 0.3 and config.data.fold == 2
+    assert config == load_run_config("synthetic", ["optim.lr=0.1", "data.fold=2", "optim.lr=0.3"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "stray"),
+    [
+        (["train", "--config", "synthetic", "--print-config", "--no-such-flag"], "--no-such-flag"),
+        (["train", "--config", "synthetic", "a=1", "--print-config", "notanoverride"], "notanoverride"),
+        (["eval", "x.pt", "optim.lr=1"], "optim.lr=1"),  # eval takes no overrides
+    ],
+)
+def test_a_stray_argument_is_one_error_line(argv, stray, capsys):
+    with pytest.raises(SystemExit) as exit:
+        main(argv)
+    assert exit.value.code == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and f"unrecognized arguments: {stray}" in error
+
+
+def test_print_config_refuses_a_fold_that_train_refuses(capsys):
+    for fold, dataset in (("9", "synthetic"), ("9", "pascal"), ("test", "coco"), ("0", "fss")):
+        overrides = [f"data.dataset={dataset}", f"data.fold={fold}"]
+        code = main(["train", "--config", "synthetic", *overrides, "--print-config"])
+        assert code == 2
+        assert "data.fold" in capsys.readouterr().err
+    assert main(["train", "--config", "fss", "data.fold=val", "--print-config"]) == 0
+
+
+def test_version(capsys):
+    from sst_fast import __version__
+
+    with pytest.raises(SystemExit) as exit:
+        main(["--version"])
+    assert exit.value.code == 0
+    assert capsys.readouterr().out.startswith(f"sst-fast {__version__}")
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "predict", "demo", "ablation"])
+def test_help_shows_every_default(command, capsys):
+    import argparse
+
+    from sst_fast.cli import build_parser
+
+    subcommands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    parser = subcommands.choices[command]
+    flags = (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse._HelpAction)
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    for action in parser._actions:
+        if not action.option_strings or action.required or isinstance(action, flags):
+            continue
+        help_text = " ".join(parser.formatter_class(command)._get_help_string(action).split())
+        assert "default" in help_text and help_text in shown, action.option_strings

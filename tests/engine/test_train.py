@@ -99,6 +99,9 @@ def test_max_steps_at_or_below_the_current_step_stops_at_once(tmp_path):
     train(tiny_config(), tmp_path, max_steps=2, progress=False)
     result = Trainer.resume(tmp_path, progress=False).fit(max_steps=2)
     assert result.status == "stopped" and result.step == 2
+    assert "max_steps=2 is not beyond the step this run has reached (2): nothing to train" in (
+        tmp_path / "train.log"
+    ).read_text()
 
 
 def test_resume_is_exact_with_loader_workers(tmp_path):
