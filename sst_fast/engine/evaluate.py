@@ -240,11 +240,20 @@ def _model_summary(model: nn.Module, amp: str = "off") -> dict:
 
 
 def _progress(iterable, description: str | None):
-    if description is None:
-        return iterable
+    if description is None or not _is_terminal():
+        return iterable  # no bar without a terminal: its carriage returns would run together in a log file
     from tqdm import tqdm
 
     return tqdm(iterable, desc=description, unit="batch", leave=False, dynamic_ncols=True)
+
+
+def _is_terminal() -> bool:
+    import sys
+
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def _json_keys(run: dict) -> dict:

@@ -160,6 +160,8 @@ class RunSettings:
     val_every: epochs between validations.
     amp: mixed precision, ``off``, ``bf16`` or ``fp16`` (autocast; :mod:`sst_fast.engine.speed`).
     channels_last: keep weights and feature maps in the channels-last layout.
+    progress_seconds: without a terminal (batch jobs), seconds between plain progress lines (step, loss, speed,
+        time left); on a terminal a progress bar shows the same.
     allow_random_backbone: train even though the backbone starts (partly) random: a frozen ResNet/VGG without
         ``model.backbone_weights``, or a weights file that fills only part of it. Without it ``train``
         refuses such a run, which can only learn on noise features.
@@ -174,6 +176,7 @@ class RunSettings:
     amp: str = "off"
     channels_last: bool = False
     allow_random_backbone: bool = False
+    progress_seconds: float = 30.0
 
     def __post_init__(self) -> None:
         _check(
@@ -181,6 +184,12 @@ class RunSettings:
             "run.allow_random_backbone",
             "true or false",
             self.allow_random_backbone,
+        )
+        _check(
+            _is_number(self.progress_seconds) and self.progress_seconds > 0,
+            "run.progress_seconds",
+            "a number > 0",
+            self.progress_seconds,
         )
         _check(_is_int(self.seed) and self.seed >= 0, "run.seed", "an integer >= 0", self.seed)
         _check(self.amp in ("off", "bf16", "fp16"), "run.amp", "'off', 'bf16' or 'fp16'", self.amp)

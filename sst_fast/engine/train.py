@@ -62,6 +62,7 @@ RESUMABLE_OVERRIDES = (
     "run.log_every",
     "run.checkpoint_every",
     "run.channels_last",
+    "run.progress_seconds",
 )
 
 
@@ -442,7 +443,9 @@ class Trainer:
         writer = None
         if self.world.main:
             writer = _summary_writer(self.run_dir / "tensorboard", purge_step=self.step + 1 if self.step else None)
-        bar = _progress_bar(self.total_steps, self.step, self.progress and self.world.main)
+        bar = _progress_bar(
+            self.total_steps, self.step, self.progress and self.world.main, self.config.run.progress_seconds, self.log
+        )
         status = "finished"
         started, start_step = time.perf_counter(), self.step
         try:
@@ -483,10 +486,10 @@ class Trainer:
                 record = self.train_step(batch)
                 self.step += 1
                 self.batch_in_epoch += 1
+                bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
                 bar.update(1)
                 if self.step % cfg.run.log_every == 0 or self.step == 1:
                     self._record({"step": self.step, "epoch": self.epoch, **record}, writer)
-                    bar.set_postfix(loss=f"{record['loss']:.4f}")
                 if self.step % cfg.run.checkpoint_every == 0:
                     self.save()
                 if self._stopping or (max_steps is not None and self.step >= max_steps):
@@ -795,19 +798,70 @@ class _NoBar:
     def update(self, _n):
         pass
 
-    def set_postfix(self, **_kwargs):
+    def set_postfix(self, *_args, **_kwargs):
         pass
 
     def close(self):
         pass
 
 
-def _progress_bar(total: int, initial: int, enabled: bool):
+class _ProgressLines:
+    """Progress without a terminal (batch jobs, ``nohup``, CI): a plain log line every ``seconds`` seconds (and at
+    the first and last step) with the step, the loss, the speed and the time left, instead of a bar whose
+    carriage returns a log file would run together."""
+
+    def __init__(self, total: int, initial: int, seconds: float, log: logging.Logger) -> None:
+        self.total, self.step, self.seconds, self.log = total, initial, seconds, log
+        self.start_step, self.started = initial, time.perf_counter()
+        self.last: float | None = None
+        self.loss: str | None = None
+
+    def update(self, n: int) -> None:
+        self.step += n
+        now = time.perf_counter()
+        if self.last is None or now - self.last >= self.seconds or self.step >= self.total:
+            self.last = now
+            self.log.info("%s", self.line(now))
+
+    def line(self, now: float) -> str:
+        rate = (self.step - self.start_step) / max(now - self.started, 1e-9)
+        left = (self.total - self.step) / rate if rate > 0 else math.inf
+        loss = f", loss {self.loss}" if self.loss is not None else ""
+        percent = 100 * self.step / max(self.total, 1)
+        return f"step {self.step}/{self.total} ({percent:.0f}%){loss}, {rate:.2f} steps/s, ETA {_duration(left)}"
+
+    def set_postfix(self, loss: str | None = None, refresh: bool = True) -> None:
+        self.loss = loss
+
+    def close(self) -> None:
+        pass
+
+
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "-"
+    seconds = round(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
+
+
+def _progress_bar(total: int, initial: int, enabled: bool, seconds: float = 30.0, log=None):
+    """A tqdm bar on a terminal, plain progress lines without one (:class:`_ProgressLines`), nothing if disabled."""
     if not enabled:
         return _NoBar()
+    if not _is_terminal(sys.stderr):
+        return _ProgressLines(total, initial, seconds, log or logging.getLogger(LOGGER_NAME))
     from tqdm import tqdm
 
     return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # replaced or closed streams
+        return False
 
 
 class _TqdmHandler(logging.Handler):

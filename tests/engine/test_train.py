@@ -380,3 +380,36 @@ def test_a_frozen_random_or_partly_loaded_backbone_is_refused_unless_allowed(tmp
     complete = tmp_path / "complete.pth"
     torch.save(state, complete)
     Trainer(tiny_config(*resnet, f"model.backbone_weights={complete}"), tmp_path / "full", progress=False).close()
+
+
+def test_without_a_terminal_progress_is_plain_lines_with_speed_and_eta(tmp_path):
+    """A batch job's log: no carriage returns, a line per interval with the step, loss, speed and time left."""
+    script = textwrap.dedent(
+        f"""
+        from tests.engine.tiny import tiny_config
+        from sst_fast.engine.train import train
+        train(tiny_config("run.progress_seconds=0.001"), {str(tmp_path / "run")!r}, progress=True)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=os.getcwd(), timeout=300
+    )
+    assert "\r" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("step ")]
+    assert len(lines) == 6  # every step, at this interval
+    assert lines[0].startswith("step 1/6 (17%), loss ") and "steps/s, ETA " in lines[0]
+    assert lines[-1].startswith("step 6/6 (100%)") and lines[-1].endswith("ETA 0m00s")
+    assert "step 6/6 (100%)" in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_on_a_terminal_progress_is_a_bar_and_off_is_nothing(monkeypatch):
+    from tqdm import tqdm
+
+    training = sys.modules[Trainer.__module__]
+    monkeypatch.setattr(training, "_is_terminal", lambda stream: True)
+    bar = training._progress_bar(10, 0, True)
+    assert isinstance(bar, tqdm)
+    bar.close()
+    assert isinstance(training._progress_bar(10, 0, False), training._NoBar)
+    monkeypatch.setattr(training, "_is_terminal", lambda stream: False)
+    assert isinstance(training._progress_bar(10, 0, True), training._ProgressLines)
