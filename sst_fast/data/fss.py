@@ -1,7 +1,10 @@
 """FSS-1000: 1000 classes of 10 images each, one annotated object per image (DESIGN §4).
 
 The data are the FSS-1000 class folders as their authors distribute them, plus the 520/240/240
-train/val/test class split files that HSNet distributes (see :data:`LAYOUT`). Conventions:
+train/val/test class split files that HSNet distributes (see :data:`LAYOUT`). Copies of HSNet's three
+lists ship with the package (``sst_fast/data/fss_splits/``, from github.com/juhongm999/hsnet
+``data/splits/fss/`` at commit e288916); they are used when the data folder has no ``splits/`` and
+no ``split_dir`` is given, so a read-only data mount needs nothing written into it. Conventions:
 
 - **Class ids** 1..N are the positions of the class names in the sorted union of the three split
   files (N = 1000 for the real data set).
@@ -16,6 +19,8 @@ train/val/test class split files that HSNet distributes (see :data:`LAYOUT`). Co
 
 from __future__ import annotations
 
+import hashlib
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -29,12 +34,13 @@ FOREGROUND_THRESHOLD = 127
 
 LAYOUT = """\
   <root>/
-    splits/train.txt   (or HSNet's trn.txt)   the 520 training class names, one a line
-    splits/val.txt                            the 240 validation class names
-    splits/test.txt                           the 240 test class names
     <class name>/1.jpg 1.png 2.jpg 2.png ...  each image beside its mask (white object on black)
+    splits/train.txt   (or HSNet's trn.txt)   optional: the 520 training class names, one a line
+    splits/val.txt                            optional: the 240 validation class names
+    splits/test.txt                           optional: the 240 test class names
 Get the class folders from FSS-1000 (https://github.com/HKUSTCV/FSS-1000; unzip them directly under
-<root>) and the split files from HSNet (https://github.com/juhongm999/hsnet, data/splits/fss/)."""
+<root>). The split lists default to <root>/splits/ when it exists, else to the copies of HSNet's lists
+shipped with sst_fast; data.options.split_dir=DIR names another folder holding the three lists."""
 
 
 def read_mask(path) -> np.ndarray:
@@ -53,7 +59,9 @@ class FSS1000(FewShotDataset):
     """FSS-1000 with its 520/240/240 train/val/test class split.
 
     Args:
-        root: the folder holding the class folders and ``splits/`` (:data:`LAYOUT`).
+        root: the folder holding the class folders (:data:`LAYOUT`).
+        split_dir: the folder of the train/val/test class lists (default: ``<root>/splits`` if it exists, else
+            the packaged copies of HSNet's 520/240/240 lists, :func:`packaged_split_dir`).
         min_pixels: a class counts as present in an image only with at least this many pixels;
             0 (the default) turns the filter off, as the FSS-1000 protocol uses every image.
         cache_dir: where :meth:`prepare` caches the class index (default: :func:`default_cache_dir`).
@@ -67,10 +75,17 @@ class FSS1000(FewShotDataset):
     splits = ("train", "val", "test")
     ignore_label = None  # masks are object/background only; class ids run past 255
 
-    def __init__(self, root, min_pixels: int = 0, cache_dir=None):
+    def __init__(self, root, min_pixels: int = 0, cache_dir=None, split_dir=None):
         super().__init__(min_pixels=min_pixels, cache_dir=cache_dir)
         self.root = Path(root).expanduser()
         require_paths("FSS-1000", self.root, [self.root], LAYOUT)
+        if split_dir is not None:
+            self.split_dir = Path(split_dir).expanduser()
+            require_paths("FSS-1000 split lists", self.split_dir, [self.split_dir], LAYOUT)
+        elif (self.root / "splits").is_dir():
+            self.split_dir = self.root / "splits"
+        else:
+            self.split_dir = packaged_split_dir()
         self.split_files = {split: self._find_split_file(split) for split in self.splits}
         self._split_classes = {split: _read_split_file(path) for split, path in self.split_files.items()}
         self._split_of_class: dict[str, str] = {}
@@ -97,7 +112,7 @@ class FSS1000(FewShotDataset):
         try:
             return self._class_ids[name]
         except KeyError:
-            raise ValueError(f"{name!r} is not a class of {self.name} (see {self.root / 'splits'})") from None
+            raise ValueError(f"{name!r} is not a class of {self.name} (see {self.split_dir})") from None
 
     def split_classes(self, split: str) -> tuple[int, ...]:
         """The class ids of ``split``, ascending."""
@@ -135,13 +150,23 @@ class FSS1000(FewShotDataset):
         return {"root": str(self.root.resolve()), "files": file_stats([*self.split_files.values(), *masks])}
 
     # -- files -----------------------------------------------------------------------------------
+    def describe(self) -> dict:
+        """With the split lists' identity: the class ids are positions in their union, so manifests, caches
+        and results drawn with other lists never pass for these."""
+        return {**super().describe(), "splits": self.splits_digest()}
+
+    def splits_digest(self) -> str:
+        """SHA-256 (first 16 hex digits) of the three lists' class names, split by split."""
+        text = "\n".join(f"{split}:{','.join(self._split_classes[split])}" for split in self.splits)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
     def _find_split_file(self, split: str) -> Path:
-        candidates = [self.root / "splits" / name for name in SPLIT_FILES[split]]
+        candidates = [self.split_dir / name for name in SPLIT_FILES[split]]
         for path in candidates:
             if path.is_file():
                 return path
-        require_paths("FSS-1000", self.root, candidates[:1], LAYOUT)
-        raise DataError(f"{candidates[0]} is not a file.\nExpected layout under {self.root}:\n{LAYOUT}")
+        require_paths("FSS-1000", self.split_dir, candidates[:1], LAYOUT)
+        raise DataError(f"{candidates[0]} is not a file.\nExpected layout:\n{LAYOUT}")
 
     def _class_images(self, name: str) -> tuple[str, ...]:
         """The image numbers of a class folder (every ``<n>.jpg`` must have its ``<n>.png``), sorted."""
@@ -195,3 +220,8 @@ def _read_split_file(path: Path) -> tuple[str, ...]:
     if not names:
         raise DataError(f"split file {path} lists no class.\nExpected layout:\n{LAYOUT}")
     return tuple(names)
+
+
+def packaged_split_dir() -> Path:
+    """The copies of HSNet's FSS-1000 train/val/test class lists that ship with sst_fast."""
+    return Path(str(resources.files("sst_fast.data") / "fss_splits"))

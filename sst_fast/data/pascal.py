@@ -23,20 +23,23 @@ LAYOUT = """\
   SegmentationClassAug/<id>.png             SBD-augmented labels (class ids 0..20, 255 = boundary)
   ImageSets/Segmentation/val.txt            the VOC2012 val list (1449 ids): the test images
   ImageSets/SegmentationAug/train_aug.txt   optional: the training ids (else every label minus val)
-(root is VOCdevkit/VOC2012 with SegmentationClassAug unpacked into it, as for CANet/PFENet/HSNet)"""
+(root is VOCdevkit/VOC2012 with SegmentationClassAug unpacked into it, as for CANet/PFENet/HSNet;
+data.options.train_list=FILE trains on another list of ids, e.g. PFENet's, from any folder)"""
 
 
 class PascalVOC(FewShotDataset):
     """PASCAL-5i: VOC2012 ``JPEGImages`` + ``SegmentationClassAug``.
 
-    Test images are the VOC2012 val list; training images are ``train_aug.txt`` when present, else
-    every augmented label, in both cases minus the val images (so no test image is trained on).
+    Test images are the VOC2012 val list; training images are ``train_list`` when given (a file of image
+    ids, one a line, or PFENet's ``JPEGImages/<id>.jpg SegmentationClassAug/<id>.png`` pairs), else
+    ``train_aug.txt`` when present, else every augmented label; in every case minus the val images (so
+    no test image is trained on). The training list's identity is part of :meth:`describe`.
     """
 
     name = "pascal"
     splits = ("train", "val")
 
-    def __init__(self, root, *, min_pixels: int = DEFAULT_MIN_PIXELS, cache_dir=None):
+    def __init__(self, root, *, min_pixels: int = DEFAULT_MIN_PIXELS, cache_dir=None, train_list=None):
         super().__init__(min_pixels=min_pixels, cache_dir=cache_dir)
         self.root = Path(root)
         self.images_dir = self.root / "JPEGImages"
@@ -44,11 +47,23 @@ class PascalVOC(FewShotDataset):
         self.val_list = self.root / "ImageSets" / "Segmentation" / "val.txt"
         self.train_list = self.root / "ImageSets" / "SegmentationAug" / "train_aug.txt"
         require_paths("PASCAL VOC", self.root, [self.images_dir, self.labels_dir, self.val_list], LAYOUT)
+        if train_list is not None:
+            self.train_list = Path(train_list).expanduser()
+            if not self.train_list.is_file():
+                raise DataError(f"train_list: {self.train_list} is not a file (a list of image ids, one a line)")
         self._ids: dict[str, list[str]] = {}
 
     @property
     def class_names(self) -> tuple[str, ...]:
         return PASCAL_CLASSES
+
+    def describe(self) -> dict:
+        """With the training list's identity (its name and a digest of its ids), so that runs, caches and
+        manifests made with another training list never pass for this one's."""
+        ids = self.image_ids("train")
+        digest = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
+        source = self.train_list.name if self.train_list.exists() else "all labels"
+        return {**super().describe(), "train_list": f"{source} ({len(ids)} ids, {digest})"}
 
     def image_ids(self, split: str) -> list[str]:
         self.check_split(split)

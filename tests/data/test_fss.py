@@ -145,14 +145,43 @@ def test_fold_split(fss_root):
             dataset.fold_split(fold)
 
 
-def test_describe(fss_root):
-    assert FSS1000(fss_root).describe() == {"dataset": "fss", "min_pixels": 0}
+def test_describe_names_the_split_lists(fss_root, tmp_path):
+    described = FSS1000(fss_root).describe()
+    assert described == {"dataset": "fss", "min_pixels": 0, "splits": described["splits"]}
+    assert len(described["splits"]) == 16
+    # Other lists (val and test swap a class): another description, so manifests never mix them.
+    write_splits(tmp_path / "lists", val=("dog",), test=("cat", "apple"))
+    assert FSS1000(fss_root, split_dir=tmp_path / "lists" / "splits").describe()["splits"] != described["splits"]
 
 
 def test_missing_root_names_the_layout(tmp_path):
     with pytest.raises(DataError, match="FSS-1000") as error:
         FSS1000(tmp_path / "nowhere")
     assert "splits/test.txt" in str(error.value) and "1.png" in str(error.value)
+
+
+def test_split_lists_from_another_folder_for_a_read_only_data_mount(fss_root, tmp_path):
+    lists = tmp_path / "lists"
+    write_splits(lists, train=("ab_wheel", "bee", "cat"), val=("zebra_fish",), test=("dog", "apple"))
+    dataset = FSS1000(fss_root, split_dir=lists / "splits")
+    assert dataset.split_files["val"] == lists / "splits" / "val.txt"
+    assert [dataset.class_names[c - 1] for c in dataset.split_classes("val")] == ["zebra_fish"]
+    with pytest.raises(DataError, match="FSS-1000 split lists"):
+        FSS1000(fss_root, split_dir=tmp_path / "nowhere")
+
+
+def test_the_packaged_split_lists_are_hsnets_520_240_240(tmp_path):
+    from sst_fast.data.fss import _read_split_file, packaged_split_dir
+
+    folder = packaged_split_dir()
+    lists = {split: _read_split_file(folder / f"{split}.txt") for split in ("train", "val", "test")}
+    assert [len(lists[s]) for s in ("train", "val", "test")] == [520, 240, 240]
+    assert len(set().union(*lists.values())) == 1000
+    assert lists["test"][:3] == ("bus", "hotel_slipper", "burj_al")  # HSNet's test.txt, in its order
+    # A data folder without splits/ takes them: its class folders are needed only when a split is used.
+    (tmp_path / "bus").mkdir()
+    dataset = FSS1000(tmp_path)
+    assert dataset.split_dir == folder and dataset.num_classes == 1000
 
 
 def test_missing_split_file(fss_root):

@@ -31,6 +31,24 @@ def test_without_train_aug_every_label_minus_val_is_training(tmp_path):
     assert dataset.image_ids("train") == sorted(images)[5:]
 
 
+def test_another_training_list_from_outside_the_data_folder(voc, tmp_path):
+    root, images, val = voc
+    ids = sorted(images)
+    chosen = [i for i in ids if i not in set(val)][::2]
+    listing = tmp_path / "lists" / "pfenet_train.txt"
+    listing.parent.mkdir()
+    # PFENet's format: image and label paths, one pair a line; a val id in it is dropped (never trained on).
+    listing.write_text("".join(f"JPEGImages/{i}.jpg SegmentationClassAug/{i}.png\n" for i in [*chosen, val[0]]))
+    dataset = PascalVOC(root, cache_dir=tmp_path / "cache", train_list=listing)
+    assert dataset.image_ids("train") == chosen and dataset.image_ids("val") == val
+    default = PascalVOC(root, cache_dir=tmp_path / "cache")
+    assert dataset.describe()["train_list"].startswith(f"pfenet_train.txt ({len(chosen)} ids, ")
+    assert default.describe()["train_list"].startswith("train_aug.txt (")
+    assert dataset.describe() != default.describe()
+    with pytest.raises(DataError, match="train_list: .*nowhere.txt is not a file"):
+        PascalVOC(root, train_list=tmp_path / "nowhere.txt")
+
+
 @pytest.mark.parametrize("fold", range(4))
 def test_class_images_per_fold_with_the_small_object_filter(voc, tmp_path, fold):
     root, images, val = voc
