@@ -249,7 +249,8 @@ def load_backbone_weights(
     source: str | os.PathLike | Mapping[str, torch.Tensor],
     strict: bool = False,
 ) -> LoadReport:
-    """Load a torchvision-format state dict (a local ``.pth`` path or a mapping) into ``backbone``.
+    """Load a torchvision-format state dict (a local ``.pth`` path, a ``.safetensors`` file as timm and the
+    Hugging Face hub distribute them, or a mapping) into ``backbone``.
 
     Accepts a plain state dict or one wrapped as ``{"state_dict": ...}``/``{"model": ...}``, with or
     without a DataParallel ``module.`` prefix. A shape mismatch is an error naming the keys; missing
@@ -265,7 +266,10 @@ def load_backbone_weights(
         if not os.path.isfile(where):
             raise FileNotFoundError(f"backbone weights: no such file {where!r}")
         try:
-            state = torch.load(where, map_location="cpu", weights_only=True)
+            if _is_safetensors(where):
+                state = read_safetensors(where)
+            else:
+                state = torch.load(where, map_location="cpu", weights_only=True)
         except Exception as exc:
             raise ValueError(f"backbone weights: cannot read {where!r} as a torch state dict: {exc}") from exc
     state = _unwrap_state_dict(state, where)
@@ -295,6 +299,48 @@ def load_backbone_weights(
     if report.missing:
         logger.warning("backbone weights from %s: %s", where, report)
     return report
+
+
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}  # fmt: skip
+
+
+def _is_safetensors(path: str) -> bool:
+    return path.endswith(".safetensors")
+
+
+def read_safetensors(path) -> dict[str, torch.Tensor]:
+    """The tensors of a ``.safetensors`` file (the format of timm's and Hugging Face's weight files), read
+    without the ``safetensors`` package: an 8-byte little-endian header length, a JSON header naming each
+    tensor's dtype, shape and byte range, then the bytes."""
+    import json
+    import struct
+
+    with open(path, "rb") as file:
+        data = file.read()
+    if len(data) < 8:
+        raise ValueError("too short for a safetensors file")
+    (length,) = struct.unpack("<Q", data[:8])
+    if length > len(data) - 8:
+        raise ValueError("its header runs past the end of the file")
+    header = json.loads(data[8 : 8 + length])
+    body = memoryview(data)[8 + length :]
+    tensors = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        dtype = SAFETENSORS_DTYPES.get(entry["dtype"])
+        if dtype is None:
+            raise ValueError(f"tensor {name!r} has the unsupported dtype {entry['dtype']}")
+        start, end = entry["data_offsets"]
+        if not 0 <= start <= end <= len(body):
+            raise ValueError(f"tensor {name!r} lies outside the file")
+        flat = torch.frombuffer(bytearray(body[start:end]), dtype=dtype) if end > start else torch.empty(0, dtype=dtype)
+        tensors[name] = flat.reshape(entry["shape"])  # safetensors stores little-endian, as x86 and ARM are
+    return tensors
 
 
 def _unwrap_state_dict(state, where: str) -> dict[str, torch.Tensor]:

@@ -484,3 +484,45 @@ def test_report_is_kept_on_the_backbone():
     report = load_backbone_weights(backbone, state)
     assert backbone.load_report is report and report.missing == ["stem.0.weight"]
     assert "1 missing (stem.0.weight)" in str(report)
+
+
+# --- timm / Hugging Face hub files (.safetensors) ----------------------------------------------
+
+
+def write_safetensors(path, state: dict[str, torch.Tensor]) -> None:
+    """The safetensors layout, written out by hand: 8-byte header length, JSON header, raw little-endian bytes."""
+    import json
+    import struct
+
+    names = {torch.float32: "F32", torch.float16: "F16", torch.int64: "I64"}
+    header, chunks, offset = {"__metadata__": {"format": "pt"}}, [], 0
+    for key, tensor in state.items():
+        raw = tensor.contiguous().numpy().tobytes()
+        header[key] = {
+            "dtype": names[tensor.dtype],
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + len(raw)],
+        }
+        chunks.append(raw)
+        offset += len(raw)
+    encoded = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(encoded)) + encoded + b"".join(chunks))
+
+
+@pytest.mark.parametrize("name", ["resnet50", "vgg16"])
+def test_a_safetensors_file_loads_like_the_pth(name, weights_files, tmp_path):
+    """timm's ResNet-50 has torchvision's keys; the hub ships it as model.safetensors."""
+    _, state = weights_files[name]
+    path = tmp_path / "model.safetensors"
+    write_safetensors(path, state)
+    backbone = BACKBONE_CLASS[name]()
+    report = load_backbone_weights(backbone, path)
+    assert report.missing == []
+    _assert_matches_file(backbone, state)
+
+
+def test_a_damaged_safetensors_file_is_a_clear_error(tmp_path):
+    path = tmp_path / "model.safetensors"
+    path.write_bytes((10**9).to_bytes(8, "little") + b"{}")
+    with pytest.raises(ValueError, match="cannot read .*model.safetensors.*header runs past the end"):
+        load_backbone_weights(ResNet50Backbone(), path)
