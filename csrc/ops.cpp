@@ -1,4 +1,4 @@
-// The sst_fast ops written once on top of a device's Kernels (DESIGN §3). The dense parts
+// The sst_fast ops written once on top of a device's Kernels (docs/design.md §3). The dense parts
 // (the query convolution, the small GEMMs with the weight) go to ATen: oneDNN/BLAS on the CPU,
 // cuDNN/cuBLAS on CUDA; the device kernels do the windowed sums, the tile-window bias and the
 // pooling, each in one pass over its feature-sized tensor.
@@ -202,7 +202,7 @@ at::Tensor prototype_update(
     const Kernels& k, const at::Tensor& delta, const at::Tensor& mask, const at::Tensor& weight, double eps,
     int64_t dilation) {
   const int64_t kernel = check_update_args("sst_fast::prototype_update", delta, mask, weight, eps, dilation);
-  // u = Wq . S / M + Wp . dQ * sum(m^2) / M^2  (DESIGN §3, op 3), as one batched GEMM over the two halves.
+  // u = Wq . S / M + Wp . dQ * sum(m^2) / M^2  (docs/design.md §3, op 3), as one batched GEMM over the two halves.
   const auto windows = k.window_sums(delta.contiguous(), mask.contiguous(), kernel, dilation);  // [B, Co, 2, k, k]
   const auto scales = update_scales(mask, eps);  // [2, B, 1]
   if (k.weight_contract != nullptr) {  // (plain, masked) pair with (Wp, Wq): swap the scales to match

@@ -1,4 +1,4 @@
-// The sst_fast ops (DESIGN §3): the device kernels every backend provides, and the
+// The sst_fast ops (docs/design.md §3): the device kernels every backend provides, and the
 // device-generic op bodies built on them.
 //
 // Notation: B batch, C channels, O (= Co) relation-conv output channels, H x W a feature map,

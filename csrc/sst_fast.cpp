@@ -1,4 +1,4 @@
-// The sst_fast op schemas (DESIGN §3) and the Python module stub of sst_fast._C.
+// The sst_fast op schemas (docs/design.md §3) and the Python module stub of sst_fast._C.
 //
 // Kernels are registered per dispatch key in csrc/cpu and csrc/cuda; fake (meta) kernels and
 // autograd are registered from Python by sst_fast.ops._compiled, which set_python_module names

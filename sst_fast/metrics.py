@@ -1,4 +1,6 @@
-"""Few-shot segmentation metrics, identical to PFENet/HSNet so that numbers compare (DESIGN §4).
+"""Few-shot segmentation metrics: PFENet's and HSNet's definitions (docs/design.md §4), equal to their code on
+ordinary episodes. Their edge conventions differ: a class with no episode or an empty union is left
+out of the mean here and counts 0 there.
 
 - mIoU: per class c of the fold, ``IoU_c = Σ_episodes |pred ∩ gt| / Σ_episodes |pred ∪ gt|`` on the
   foreground, then the mean over the fold's classes.

@@ -62,7 +62,7 @@ def test_batched_update_equals_one_by_one():
 
 
 def independent_metrics(episodes, class_ids):
-    """The DESIGN §4 definitions written out with numpy, one episode at a time."""
+    """The docs/design.md §4 definitions written out with numpy, one episode at a time."""
     inter = {c: 0 for c in class_ids}
     union = {c: 0 for c in class_ids}
     pooled = np.zeros((2, 2))

@@ -1,4 +1,4 @@
-"""Data: benchmark data sets, splits, episodes and augmentation (DESIGN §4).
+"""Data: benchmark data sets, splits, episodes and augmentation (docs/design.md §4).
 
 - Splits: :func:`fold_classes`, :func:`base_classes`.
 - Data sets (:class:`FewShotDataset`): :class:`PascalVOC` (PASCAL-5i), :class:`COCO20i`,

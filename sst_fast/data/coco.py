@@ -1,4 +1,4 @@
-"""COCO-20i: the 80 COCO 2014 categories in four folds of 20 (DESIGN §4), read as users have COCO.
+"""COCO-20i: the 80 COCO 2014 categories in four folds of 20 (docs/design.md §4), read as users have COCO.
 
 The data are the COCO 2014 images and instance annotations exactly as cocodataset.org distributes
 them (see :data:`LAYOUT`); masks are rendered from the annotations with pycocotools. Conventions:

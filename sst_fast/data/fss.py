@@ -1,4 +1,4 @@
-"""FSS-1000: 1000 classes of 10 images each, one annotated object per image (DESIGN §4).
+"""FSS-1000: 1000 classes of 10 images each, one annotated object per image (docs/design.md §4).
 
 The data are the FSS-1000 class folders as their authors distribute them, plus the 520/240/240
 train/val/test class split files that HSNet distributes (see :data:`LAYOUT`). Copies of HSNet's three

@@ -1,4 +1,4 @@
-"""Class splits of the few-shot benchmarks (DESIGN §4).
+"""Class splits of the few-shot benchmarks (docs/design.md §4).
 
 Class ids are 1-based everywhere, as in the label maps: VOC ids 1..20, COCO ids 1..80 in the order
 of COCO's sorted category ids, synthetic ids 1..20. FSS-1000 has no folds: its 520/240/240 class

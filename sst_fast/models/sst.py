@@ -1,4 +1,4 @@
-"""SST: the model users instantiate, the reference's algebra on the fused ops (DESIGN §3)."""
+"""SST: the model users instantiate, the reference's algebra on the fused ops (docs/design.md §3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The fused ops of SST (DESIGN §3), one public function each, dispatched to a backend.
+"""The fused ops of SST (docs/design.md §3), one public function each, dispatched to a backend.
 
 ``masked_avg_pool``, ``prototype_conv2d`` and ``tuned_prototype`` check their arguments
 here, once for every backend, then call the implementation chosen by
@@ -161,7 +161,7 @@ def tuned_prototype(
 
     With ``p = masked_avg_pool(F, mask, eps)``, ``y = prototype_conv2d(F, p, weight, ., dilation)``
     and ``delta = dL/dy``, returns ``masked_avg_pool(F - step * dL/dF, mask, eps)`` without
-    forming ``dL/dF`` (DESIGN §3, op 3).
+    forming ``dL/dF`` (docs/design.md §3, op 3).
 
     Args:
         delta: [B, Co, H, W], the loss gradient at the relation convolution's output.

@@ -1,7 +1,7 @@
 """The compiled ops: loading ``sst_fast._C``, fake kernels, autograd, and the ``cpp``/``cuda`` backends.
 
 ``csrc/sst_fast.cpp`` defines six ops in the ``sst_fast`` namespace: three forward ops and
-their backward ops (DESIGN §3). This module gives them what torch needs beyond the kernels:
+their backward ops (docs/design.md §3). This module gives them what torch needs beyond the kernels:
 
 * fake (meta) kernels, so ``torch.compile`` and ``torch.export`` can trace them;
 * autograd, with the backward served by the backward op;

@@ -1,4 +1,4 @@
-"""The reference implementations of the fused ops: plain PyTorch, the spec (DESIGN §3).
+"""The reference implementations of the fused ops: plain PyTorch, the spec (docs/design.md §3).
 
 Every fast backend is held against these functions. They take already-validated
 arguments (see :mod:`sst_fast.ops`), work on any device and dtype, and are differentiable
@@ -43,7 +43,7 @@ def tuned_prototype(
     eps: float = 5e-4,
     dilation: int = 1,
 ) -> torch.Tensor:
-    """``masked_avg_pool(F - step * dL/dF, mask)`` from ``delta = dL/dy`` alone (DESIGN §3, op 3)."""
+    """``masked_avg_pool(F - step * dL/dF, mask)`` from ``delta = dL/dy`` alone (docs/design.md §3, op 3)."""
     return proto - step * prototype_update(delta, mask, weight, eps, dilation)
 
 

@@ -144,7 +144,7 @@ def test_tuned_features_are_rs_minus_alpha_times_finite_difference_gradient(step
 
 
 def test_tuning_agrees_with_the_closed_form_op():
-    """The model's autograd tuning step equals ops.tuned_prototype fed with dLsup/dy (DESIGN §3)."""
+    """The model's autograd tuning step equals ops.tuned_prototype fed with dLsup/dy (docs/design.md §3)."""
     model = SSTReference(tiny_config(channels=6, tune_step=3.0)).double().eval()
     rs = torch.randn(3, 6, 7, 6, dtype=torch.float64, requires_grad=True)
     labels = (torch.rand(3, 28, 24) > 0.6).long()

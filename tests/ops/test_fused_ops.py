@@ -437,7 +437,7 @@ def test_property_compiled_op_equals_the_reference(name, budget):
 
 
 def test_reference_prototype_update_is_the_pooled_feature_gradient():
-    """prototype_update = masked_avg_pool(dL/dF) by autograd through the relation conv (DESIGN §3)."""
+    """prototype_update = masked_avg_pool(dL/dF) by autograd through the relation conv (docs/design.md §3)."""
     inputs = make((2, 3, 4, 6, 7, 3, 2), torch.float64, "cpu", mask_kind="soft")
     features = inputs["features"].requires_grad_()
     proto = reference.masked_avg_pool(features, inputs["mask"])
