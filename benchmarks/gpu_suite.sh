@@ -10,7 +10,7 @@
 #   test         the whole test suite (-m "not soak") with SST_FAST_REQUIRE_GPU=1: a CUDA, Triton or
 #                compiled-library test that skips is a failure (OUT/junit.xml)
 #   launch       sst-fast train and eval on CUDA under torchrun --nproc-per-node 1 (a few steps)
-#   sanitize     compute-sanitizer memcheck, racecheck and synccheck over benchmarks/kernel_drive.py,
+#   sanitize     compute-sanitizer memcheck, racecheck and synccheck over tests/ops/kernel_drive.py,
 #                which drives every kernel of the cuda and triton backends down each code path
 #   bench-ops    benchmarks/bench_ops.py: each op, reference vs cuda vs triton, fwd and fwd+bwd (OUT/ops.json)
 #   bench-model  benchmarks/bench_model.py: head step, whole ResNet-50 step and eval at 321x321, batch 16,
@@ -135,7 +135,7 @@ stage_launch() {
 
 stage_sanitize() {
     if [[ $GPU != 1 ]]; then
-        "$PY" benchmarks/kernel_drive.py --backend cpp --quick
+        "$PY" tests/ops/kernel_drive.py --backend cpp --quick
         return
     fi
     ensure_built || return 1
@@ -149,7 +149,7 @@ stage_sanitize() {
             [[ $backend == triton || $tool == racecheck ]] && quick=(--quick)
             echo "== compute-sanitizer --tool $tool, backend $backend"
             PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool "$tool" --error-exitcode 99 \
-                "${filter[@]}" "$PY" benchmarks/kernel_drive.py --backend "$backend" "${quick[@]}" || failed=1
+                "${filter[@]}" "$PY" tests/ops/kernel_drive.py --backend "$backend" "${quick[@]}" || failed=1
         done
     done
     return $failed

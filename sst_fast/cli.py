@@ -405,7 +405,7 @@ def _claim_output(out: Path, setting: dict, overwrite: bool) -> Path | None:
 
 
 def _write_setting(out: Path, setting: dict) -> None:
-    from .data.base import write_json_atomic
+    from .files import write_json_atomic
 
     write_json_atomic(out / SETTING_FILE, setting)
 

@@ -10,6 +10,9 @@ from typing import Any
 BACKBONES = ("resnet50", "vgg16", "tiny")
 FUSIONS = ("weighted", "average", "max")
 TUNE_FORMS = ("paper", "relative")
+# The label of pixels that count nowhere (object borders in VOC labels, padding): the losses ignore them, the
+# metrics leave them out, augmentation fills with it. One constant for the data, the model and the metrics.
+IGNORE_LABEL = 255
 
 
 @dataclasses.dataclass

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .data.base import IGNORE_LABEL
+from .config import IGNORE_LABEL
 
 
 class FewShotMeter:

@@ -20,10 +20,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data.base import write_atomic
+from .files import write_atomic
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from .models.episode import check_episode
-from .models.functional import IGNORE_INDEX, downsample_mask, foreground_iou, fuse
+from .config import IGNORE_LABEL
+from .models.functional import downsample_mask, foreground_iou, fuse
 
 # Predictions in red, annotations (support masks, ground truth) in blue, so the two never get confused.
 PREDICTION_COLOR = (255, 40, 40)
@@ -79,7 +80,7 @@ def overlay(image: np.ndarray, mask: np.ndarray, color=PREDICTION_COLOR, alpha: 
     if mask.dtype == bool:
         obj = mask
     else:
-        if not np.isin(mask, (0, 1, IGNORE_INDEX)).all():
+        if not np.isin(mask, (0, 1, IGNORE_LABEL)).all():
             raise ValueError("mask must be bool or hold only 0 (background), 1 (object) and 255 (ignore)")
         obj = mask == 1
     rgb = _check_color(color)

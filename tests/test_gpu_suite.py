@@ -15,7 +15,8 @@ from sst_fast import ops
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import gpu_report  # noqa: E402
-import kernel_drive  # noqa: E402
+
+from tests.ops import kernel_drive  # noqa: E402
 
 needs_cpp = pytest.mark.skipif("cpp" not in ops.backends(), reason="sst_fast._C (CPU) is not built")
 no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="checks what happens on a machine without CUDA")

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import as_size
-from .base import IGNORE_LABEL
+from ..config import IGNORE_LABEL
 
 
 @dataclass(frozen=True)

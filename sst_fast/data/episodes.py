@@ -20,7 +20,8 @@ import torch
 
 from . import transforms
 from ..config import as_size, positive_int
-from .base import DataError, FewShotDataset, sha256_json, strict_json, write_text_atomic
+from ..files import sha256_json, strict_json, write_text_atomic
+from .base import DataError, FewShotDataset
 
 MANIFEST_FORMAT = 1
 

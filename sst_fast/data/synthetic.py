@@ -57,7 +57,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .base import DEFAULT_MIN_PIXELS, IGNORE_LABEL, FewShotDataset, Sample
+from ..config import IGNORE_LABEL
+from .base import DEFAULT_MIN_PIXELS, FewShotDataset, Sample
 from .splits import FoldSplit, base_classes, fold_classes
 
 # Bumped whenever the same parameters would render different images or labels.

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from ..config import SSTConfig
-from ..data.base import write_atomic
+from ..files import write_atomic
 
 FORMAT = 2
 READABLE_FORMATS = (1, 2)  # 1: without the content digest

@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 
 from ..data import EpisodeDataset, collate_episodes
-from ..data.base import strict_json, write_text_atomic
+from ..files import strict_json, write_text_atomic
 from ..metrics import mean_ci
 from .checkpoint import model_from_checkpoint
 from .evaluate import EvaluationResult, evaluate

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import as_size, positive_int
-from ..data.base import FewShotDataset, write_json_atomic, write_text_atomic
+from ..data.base import FewShotDataset
+from ..files import write_json_atomic, write_text_atomic
 from ..data.episodes import Episode, EpisodeDataset, EpisodeManifest, collate_episodes, fold_sampler
 from ..metrics import FewShotMeter, mean_ci
 from ..protocol import ProtocolCard, code_version

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..config import positive_int
 from ..data import FewShotDataset, open_dataset
-from ..data.base import write_json_atomic, write_text_atomic
+from ..files import write_json_atomic, write_text_atomic
 from ..metrics import mean_ci
 from .checkpoint import load_checkpoint, model_from_checkpoint, saved_config
 from .evaluate import EvaluationResult, check_seeds, evaluate

@@ -8,7 +8,7 @@ maps it into memory; :class:`CachedEpisodeDataset` then serves episodes as backb
 training runs only the head (``SST.head``). The trainer does this with ``data.feature_cache=true``.
 
 A cache lives in ``<cache dir>/features/<key>/`` (``$SST_FAST_CACHE``, see
-:func:`~sst_fast.data.base.default_cache_dir`), ``key`` a SHA-256 of the backbone's weights, the
+:func:`~sst_fast.files.default_cache_dir`), ``key`` a SHA-256 of the backbone's weights, the
 data set's description, the input size and the image list: another backbone or data set gets
 another cache, and the same ones reuse it across runs. ``features.f16`` is written first and
 ``meta.json`` last, each atomically, so an interrupted build leaves no cache that looks complete.
@@ -28,7 +28,8 @@ import torch
 from torch import nn
 
 from ..config import as_size
-from ..data.base import FewShotDataset, default_cache_dir, strict_json, write_text_atomic
+from ..data.base import FewShotDataset
+from ..files import default_cache_dir, strict_json, write_text_atomic
 from ..data.episodes import EpisodeDataset, network_input, network_mask
 
 FORMAT = 1

@@ -256,7 +256,7 @@ class RunConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
 
     def save(self, path) -> Path:
-        from ..data.base import write_text_atomic
+        from ..files import write_text_atomic
 
         return write_text_atomic(Path(path), self.to_yaml())
 

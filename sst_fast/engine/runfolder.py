@@ -23,7 +23,7 @@ import time
 import uuid
 from pathlib import Path
 
-from ..data.base import strict_json, write_json_atomic
+from ..files import strict_json, write_json_atomic
 from .runconfig import ConfigError
 
 LOCK_NAME = ".lock"

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from ..data import EpisodeDataset, collate_episodes, open_dataset
-from ..data.base import write_json_atomic, write_text_atomic
+from ..files import write_json_atomic, write_text_atomic
 from ..data.episodes import EpisodeManifest, fold_sampler
 from ..metrics import mean_ci
 from ..models.functional import downsample_mask, foreground_iou

@@ -36,7 +36,7 @@ import torch
 
 from ..config import positive_int
 from ..data import Augment, EpisodeDataset, EpisodeManifest, EpisodeSampler, collate_episodes, open_dataset
-from ..data.base import strict_json, write_json_atomic, write_text_atomic
+from ..files import strict_json, write_json_atomic, write_text_atomic
 from ..data.episodes import fold_sampler, holdout
 from ..models import SST
 from ..protocol import code_version

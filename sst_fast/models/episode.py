@@ -6,8 +6,6 @@ import dataclasses
 
 import torch
 
-LABEL_VALUES = (0, 1, 255)
-
 
 @dataclasses.dataclass
 class SSTOutput:

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-IGNORE_INDEX = 255
+from ..config import IGNORE_LABEL
 
 
 def init_head(module: nn.Module) -> None:
@@ -38,8 +38,8 @@ def per_image_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch
     An image with no valid pixel contributes 0 (not NaN). Per image, so that an episode's loss
     and its inner gradient do not depend on the other episodes in the batch.
     """
-    pixel_loss = F.cross_entropy(logits, labels.long(), ignore_index=IGNORE_INDEX, reduction="none")
-    valid = (labels != IGNORE_INDEX).sum((1, 2)).clamp_min(1)
+    pixel_loss = F.cross_entropy(logits, labels.long(), ignore_index=IGNORE_LABEL, reduction="none")
+    valid = (labels != IGNORE_LABEL).sum((1, 2)).clamp_min(1)
     return pixel_loss.sum((1, 2)) / valid.to(pixel_loss.dtype)
 
 
@@ -48,7 +48,7 @@ def foreground_iou(prediction: torch.Tensor, labels: torch.Tensor) -> torch.Tens
 
     0 when the union is empty (an empty support mask with an empty prediction carries no evidence).
     """
-    valid = labels != IGNORE_INDEX
+    valid = labels != IGNORE_LABEL
     predicted = (prediction == 1) & valid
     target = labels == 1
     intersection = (predicted & target).sum((1, 2))

@@ -36,7 +36,6 @@ __all__ = [
     "masked_avg_pool",
     "prototype_conv2d",
     "library_status",
-    "register_backend",
     "tuned_prototype",
     "use_backend",
 ]

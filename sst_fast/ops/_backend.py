@@ -37,7 +37,8 @@ _forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("sst_fast_b
 
 
 def register_backend(name: str, ops: dict[str, Callable], device_types: tuple[str, ...] | None = None) -> None:
-    """Make ``name`` available; a kernel library calls this once it has loaded."""
+    """Make ``name`` available; :mod:`sst_fast.ops` calls this for each kernel library once it has loaded. Internal:
+    the backends are the fixed set :data:`KNOWN_BACKENDS`, each backed by this package's own kernels."""
     if name not in KNOWN_BACKENDS:
         raise ValueError(f"register_backend: unknown backend {name!r}; known: {KNOWN_BACKENDS}")
     _registry[name] = Backend(name, None if device_types is None else frozenset(device_types), dict(ops))

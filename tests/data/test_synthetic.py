@@ -4,7 +4,8 @@ import itertools
 import numpy as np
 import pytest
 
-from sst_fast.data.base import IGNORE_LABEL, binary_mask
+from sst_fast.config import IGNORE_LABEL
+from sst_fast.data.base import binary_mask
 from sst_fast.data.splits import base_classes, fold_classes
 from sst_fast.data.synthetic import (
     CLASS_RECIPES,

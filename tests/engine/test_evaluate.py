@@ -8,7 +8,7 @@ import torch
 
 import sst_fast
 from sst_fast.data import EpisodeDataset, EpisodeManifest, collate_episodes
-from sst_fast.data.base import strict_json
+from sst_fast.files import strict_json
 from sst_fast.engine import evaluate
 from sst_fast.metrics import FewShotMeter
 from sst_fast.protocol import ProtocolCard

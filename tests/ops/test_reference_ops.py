@@ -241,7 +241,7 @@ def test_dispatch_follows_env_context_and_device(monkeypatch):
         return reference.masked_avg_pool(features, mask, eps)
 
     monkeypatch.setattr(_backend, "_registry", dict(_backend._registry))
-    ops.register_backend("cpp", {"masked_avg_pool": recording_pool}, device_types=("cpu",))
+    _backend.register_backend("cpp", {"masked_avg_pool": recording_pool}, device_types=("cpu",))
     features, mask = torch.randn(1, 2, 3, 3), torch.ones(1, 1, 3, 3)
 
     monkeypatch.delenv("SST_FAST_BACKEND", raising=False)
@@ -259,8 +259,8 @@ def test_dispatch_follows_env_context_and_device(monkeypatch):
     with pytest.raises(RuntimeError, match="does not implement"):
         ops.prototype_conv2d(features, torch.randn(1, 2), torch.randn(2, 4, 3, 3))
     monkeypatch.delenv("SST_FAST_BACKEND")
-    ops.register_backend("cuda", {"masked_avg_pool": recording_pool}, device_types=("cuda",))
+    _backend.register_backend("cuda", {"masked_avg_pool": recording_pool}, device_types=("cuda",))
     with ops.use_backend("cuda"), pytest.raises(RuntimeError, match="runs on"):
         ops.masked_avg_pool(features, mask)
     with pytest.raises(ValueError, match="unknown backend"):
-        ops.register_backend("mine", {})
+        _backend.register_backend("mine", {})

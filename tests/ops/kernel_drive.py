@@ -17,7 +17,7 @@ Results are compared with the reference ops (float64, on the CPU, from the same 
 dtype under test); a mismatch is an error, so a clean
 sanitizer run is also a correct one. Run::
 
-    python benchmarks/kernel_drive.py --backend cuda      # or triton (CUDA), cpp (CPU)
+    python tests/ops/kernel_drive.py --backend cuda      # or triton (CUDA), cpp (CPU)
 """
 
 from __future__ import annotations
