@@ -7,6 +7,8 @@ import subprocess
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from ._version import __version__
+
 METRIC_DEFINITION = (
     "class-wise mIoU (per class: sum of intersections / sum of unions over its episodes; mean over classes), "
     "FB-IoU (foreground and background IoU pooled over episodes, mean of the two), episode-wise mean IoU; "
@@ -79,8 +81,6 @@ class ProtocolCard:
 
 def code_version() -> str:
     """``sst_fast <version>`` plus the git commit (and ``+dirty``) when running from a checkout."""
-    from . import __version__
-
     root = Path(__file__).resolve().parent.parent
     if not (root / "pyproject.toml").exists():  # an installed copy, not a checkout
         return f"sst_fast {__version__}"

@@ -24,7 +24,7 @@ from .files import write_atomic
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from .models.episode import check_episode
 from .config import IGNORE_LABEL
-from .models.functional import downsample_mask, foreground_iou, fuse
+from .models.functional import foreground_iou
 
 # Predictions in red, annotations (support masks, ground truth) in blue, so the two never get confused.
 PREDICTION_COLOR = (255, 40, 40)
@@ -146,9 +146,9 @@ def explain(
 ) -> list[Explanation]:
     """Run the model's forward stage by stage and return one :class:`Explanation` per episode.
 
-    The forward is the model's (same stages, same batching), with the decoder run a second time on the
-    untuned prototypes, so ``after`` is exactly ``model(...).logits.argmax(1)`` in eval mode. The model is
-    put in eval mode for the call and every module's mode is restored afterwards.
+    It is the model's own forward with ``explain=True`` (the decoder also run on the untuned prototypes,
+    the full feature gradient formed), so ``after`` is exactly ``model(...).logits.argmax(1)`` in eval mode.
+    The model is put in eval mode for the call and every module's mode is restored afterwards.
 
     Args:
         model: an :class:`sst_fast.SST` or :class:`sst_fast.reference.SSTReference`.
@@ -157,11 +157,10 @@ def explain(
         support_masks: [B, K, Hs, Ws], labels 0/1/255.
         query_mask: [B, H, W] ground truth (only shown, never used by the model), or None.
     """
-    missing = [
-        name for name in ("config", "encode", "tune", "relate", "shot_weights", "decoder") if not hasattr(model, name)
-    ]
-    if missing:
-        raise TypeError(f"model must be an SST / SSTReference, got {type(model).__name__} (no {', '.join(missing)})")
+    from .models import SSTReference
+
+    if not isinstance(model, SSTReference):  # sst_fast.SST is one too
+        raise TypeError(f"model must be an SST / SSTReference, got {type(model).__name__}")
     check_episode(query, support_images, support_masks, query_mask, like=next(model.parameters(), None))
 
     # Restore each module's own flag rather than model.train(mode): a frozen backbone keeps BN in eval.
@@ -176,32 +175,18 @@ def explain(
 
 
 def _explain(model, query, support_images, support_masks, query_mask) -> list[Explanation]:
-    cfg = model.config
     batch, shots = support_images.shape[:2]
-
-    # SSTReference.forward, stage by stage.
-    rq = model.encode(query)
-    rs = model.encode(support_images.flatten(0, 1))
+    # The model's own forward, asked for its intermediates: the untuned decoding, the self-segmentations, dL/dRs.
+    out = model(query, support_images, support_masks, explain=True)
     labels = support_masks.flatten(0, 1).long()
-    mask = downsample_mask(labels, rs.shape[-2:], rs.dtype)
-    # Always tune: the figures need every support's self-segmentation, even where the model skips it.
-    tuning = model.tune(rs, mask, labels, feature_gradient=True)
-    # The model passes no tuning result when it did not run one (ssm off, no weighted K > 1 fusion).
-    weighted = cfg.fusion == "weighted" and shots > 1
-    weights = model.shot_weights(tuning if (cfg.ssm or weighted) else None, labels, batch, shots)
-
-    def predict(protos: torch.Tensor) -> torch.Tensor:
-        relations = model.relate(rq, protos.unflatten(0, (batch, shots)))
-        return model.decoder(fuse(relations, cfg.fusion, weights), query.shape[-2:]).argmax(1)
-
-    before = predict(tuning.prototypes)
-    after = predict(tuning.tuned_prototypes) if cfg.ssm else before
-
-    support_predictions = tuning.support_logits.argmax(1)  # [B*K, Hs, Ws]
+    before = out.untuned_logits.argmax(1)
+    after = out.logits.argmax(1)
+    weights = out.shot_weights
+    support_predictions = out.support_logits.flatten(0, 1).argmax(1)  # [B*K, Hs, Ws]
     support_iou = foreground_iou(support_predictions, labels).float()
     gradient = None
-    if tuning.feature_gradient is not None:
-        norm = tuning.feature_gradient.float().norm(dim=1, keepdim=True)  # [B*K, 1, h, w]
+    if out.feature_gradient is not None:
+        norm = out.feature_gradient.flatten(0, 1).float().norm(dim=1, keepdim=True)  # [B*K, 1, h, w]
         norm = F.interpolate(norm, size=tuple(labels.shape[-2:]), mode="bilinear", align_corners=True)[:, 0]
         # Per shot, divide by the maximum (not min-max): zero keeps meaning "no gradient here".
         peak = norm.flatten(1).amax(1)[:, None, None]

@@ -116,8 +116,7 @@ def model_from_checkpoint(checkpoint, device="cpu", fast: bool = True, **config_
     ``config_overrides`` change settings that do not alter the parameters (e.g. ``fusion``,
     ``tune_step``); ``fast=False`` builds the reference model instead of :class:`sst_fast.SST`.
     """
-    from ..models import SST
-    from ..reference import SSTReference
+    from ..models import SST, SSTReference
 
     state = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
     values = saved_config(state)["model"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from ..data.episodes import Episode, EpisodeDataset, EpisodeManifest, collate_ep
 from ..metrics import FewShotMeter, mean_ci
 from ..protocol import ProtocolCard, code_version
 from . import distributed
+from .runlog import is_terminal
 from .speed import AMP_DTYPES, autocast
 
 
@@ -241,20 +243,11 @@ def _model_summary(model: nn.Module, amp: str = "off") -> dict:
 
 
 def _progress(iterable, description: str | None):
-    if description is None or not _is_terminal():
+    if description is None or not is_terminal(sys.stderr):
         return iterable  # no bar without a terminal: its carriage returns would run together in a log file
     from tqdm import tqdm
 
     return tqdm(iterable, desc=description, unit="batch", leave=False, dynamic_ncols=True)
-
-
-def _is_terminal() -> bool:
-    import sys
-
-    try:
-        return sys.stderr.isatty()
-    except (AttributeError, ValueError):
-        return False
 
 
 def _json_keys(run: dict) -> dict:

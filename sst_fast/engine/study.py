@@ -64,6 +64,8 @@ def step_variants(lr: float = 0.02) -> list[Variant]:
         *(variant(f"baseline-lr{r:g}", "baseline", BASELINE, {"lr": r}) for r in (lr / 2, lr, lr * 2.5)),
         # The auxiliary loss without the tuning module: what training on the self-segmentation alone does.
         variant(f"aux-lr{lr:g}", "aux", {"ssm": False, "aux_loss": True}),
+        # The tuning module without the auxiliary loss (Table 1's "+SSM"), at the default step.
+        variant(f"ssm-lr{lr:g}", "ssm", {"ssm": True, "aux_loss": False, **relative_default}),
         *(variant(f"sst-alpha{a:g}", "paper", {"tune_step": float(a)}) for a in (1, 10, 100, 1000, 10000)),
         *(
             variant(f"sst-relative{a:g}", "relative", {"tune_form": "relative", "tune_step": a})

@@ -21,15 +21,10 @@ N steps in one go or k steps, stop, resume, N - k steps ends with the same param
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 import shutil
-import signal
-import sys
-import threading
 import time
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -40,7 +35,7 @@ from ..files import strict_json, write_json_atomic, write_text_atomic
 from ..data.episodes import fold_sampler, holdout
 from ..models import SST
 from ..protocol import code_version
-from . import distributed
+from . import distributed, runlog
 from .checkpoint import load_checkpoint, save_checkpoint, saved_config
 from .evaluate import score_episodes
 from .features import CachedEpisodeDataset, FeatureCache
@@ -48,7 +43,6 @@ from .runconfig import ConfigError, RunConfig
 from .runfolder import RunFolderBusy, RunLock, check_belongs, folder_run_id, new_run_id, record_run_id
 from .speed import autocast, grad_scaler, set_memory_format
 
-LOGGER_NAME = "sst_fast.train"
 HOLDOUT_SALT = "validation"
 VALIDATION_SEED = 0
 # Settings a resumed run may change: where the data are, how it runs and logs, and how long it trains
@@ -139,7 +133,7 @@ class Trainer:
             self._setup(_state)
         except BaseException:
             # A run that could not start leaves nothing behind: no half-made folder, no files in the user's.
-            _close_logger()
+            runlog.close_logger()
             self._abandon(created, lock_file_existed, existing)
             raise
         self._stop_reason: str | None = None
@@ -172,7 +166,7 @@ class Trainer:
 
     def _setup(self, _state: dict | None) -> None:
         config, world = self.config, self.world
-        self.log = _run_logger(self.run_dir / "train.log" if world.main else None, world)
+        self.log = runlog.run_logger(self.run_dir / "train.log" if world.main else None, world)
         if config.run.threads is not None:
             torch.set_num_threads(config.run.threads)
         self.device = resolve_device(config.run.device, world=world)
@@ -226,7 +220,7 @@ class Trainer:
             (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
             shutil.rmtree(self.run_dir / "tensorboard", ignore_errors=True)
             config.save(self.run_dir / "config.yaml")
-            versions = {**_versions(), "run_id": self.run_id}
+            versions = {**runlog.versions(), "run_id": self.run_id}
             write_json_atomic(self.run_dir / "version.json", versions)
 
     # --- construction ---------------------------------------------------------------------------
@@ -442,14 +436,15 @@ class Trainer:
         # Events after the checkpoint's step were logged by a run that crashed: drop them (step+1 keeps the step's own).
         writer = None
         if self.world.main:
-            writer = _summary_writer(self.run_dir / "tensorboard", purge_step=self.step + 1 if self.step else None)
-        bar = _progress_bar(
+            purge = self.step + 1 if self.step else None
+            writer = runlog.summary_writer(self.run_dir / "tensorboard", purge_step=purge)
+        bar = runlog.progress_bar(
             self.total_steps, self.step, self.progress and self.world.main, self.config.run.progress_seconds, self.log
         )
         status = "finished"
         started, start_step = time.perf_counter(), self.step
         try:
-            with _stop_on_signals(self._request_stop):
+            with runlog.stop_on_signals(self._request_stop):
                 status = self._loop(max_steps, writer, bar)
         finally:
             bar.close()
@@ -462,7 +457,7 @@ class Trainer:
             self.step,
             self.total_steps,
             rate,
-            _percent(self.best_miou),
+            runlog.percent(self.best_miou),
         )
         if status == "interrupted":
             self.log.info("resume with: sst-fast train --resume %s", self.run_dir)
@@ -579,8 +574,8 @@ class Trainer:
             "epoch %d step %d: validation mIoU %s, FB-IoU %s%s",
             self.epoch,
             self.step,
-            _percent(miou),
-            _percent(metrics["fb_iou"]),
+            runlog.percent(miou),
+            runlog.percent(metrics["fb_iou"]),
             " (best)" if improved else "",
         )
         return improved
@@ -607,7 +602,7 @@ class Trainer:
             num_workers=cfg.data.workers,
             collate_fn=collate_episodes,
             pin_memory=self.device.type == "cuda",
-            worker_init_fn=_ignore_interrupts,
+            worker_init_fn=runlog.ignore_interrupts,
             # Its own generator: creating an iterator must not draw from the torch RNG that dropout uses.
             generator=torch.Generator().manual_seed(0),
             persistent_workers=False,
@@ -742,165 +737,3 @@ def _first_missing(path: Path) -> Path | None:
             break
         missing = folder
     return missing
-
-
-def _versions() -> dict:
-    import platform
-
-    return {
-        "code_version": code_version(),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "command": sys.argv,
-    }
-
-
-def _ignore_interrupts(_worker_id: int) -> None:
-    # Ctrl-C and a group-wide SIGTERM (timeout, batch schedulers) reach the workers too: they leave them to the
-    # main process, which stops cleanly and then shuts them down.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
-@contextmanager
-def _stop_on_signals(request_stop):
-    """The first SIGINT/SIGTERM asks the loop to stop after the current step; a second SIGINT aborts at once."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-    def handler(signum, _frame):
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        request_stop("interrupted" if signum == signal.SIGINT else "terminated")
-
-    for sig in previous:
-        signal.signal(sig, handler)
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
-def _summary_writer(folder: Path, purge_step: int | None):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is a dependency; a broken install still trains, with the JSON log
-        logging.getLogger(LOGGER_NAME).warning("tensorboard is not importable: no TensorBoard scalars")
-        return None
-    return SummaryWriter(str(folder), purge_step=purge_step)
-
-
-class _NoBar:
-    def update(self, _n):
-        pass
-
-    def set_postfix(self, *_args, **_kwargs):
-        pass
-
-    def close(self):
-        pass
-
-
-class _ProgressLines:
-    """Progress without a terminal (batch jobs, ``nohup``, CI): a plain log line every ``seconds`` seconds (and at
-    the first and last step) with the step, the loss, the speed and the time left, instead of a bar whose
-    carriage returns a log file would run together."""
-
-    def __init__(self, total: int, initial: int, seconds: float, log: logging.Logger) -> None:
-        self.total, self.step, self.seconds, self.log = total, initial, seconds, log
-        self.start_step, self.started = initial, time.perf_counter()
-        self.last: float | None = None
-        self.loss: str | None = None
-
-    def update(self, n: int) -> None:
-        self.step += n
-        now = time.perf_counter()
-        if self.last is None or now - self.last >= self.seconds or self.step >= self.total:
-            self.last = now
-            self.log.info("%s", self.line(now))
-
-    def line(self, now: float) -> str:
-        rate = (self.step - self.start_step) / max(now - self.started, 1e-9)
-        left = (self.total - self.step) / rate if rate > 0 else math.inf
-        loss = f", loss {self.loss}" if self.loss is not None else ""
-        percent = 100 * self.step / max(self.total, 1)
-        return f"step {self.step}/{self.total} ({percent:.0f}%){loss}, {rate:.2f} steps/s, ETA {_duration(left)}"
-
-    def set_postfix(self, loss: str | None = None, refresh: bool = True) -> None:
-        self.loss = loss
-
-    def close(self) -> None:
-        pass
-
-
-def _duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "-"
-    seconds = round(seconds)
-    hours, rest = divmod(seconds, 3600)
-    minutes, seconds = divmod(rest, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
-
-
-def _progress_bar(total: int, initial: int, enabled: bool, seconds: float = 30.0, log=None):
-    """A tqdm bar on a terminal, plain progress lines without one (:class:`_ProgressLines`), nothing if disabled."""
-    if not enabled:
-        return _NoBar()
-    if not _is_terminal(sys.stderr):
-        return _ProgressLines(total, initial, seconds, log or logging.getLogger(LOGGER_NAME))
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)
-
-
-def _is_terminal(stream) -> bool:
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):  # replaced or closed streams
-        return False
-
-
-class _TqdmHandler(logging.Handler):
-    """Console log lines that do not tear the progress bar."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        from tqdm import tqdm
-
-        try:
-            tqdm.write(self.format(record), file=sys.stderr)
-        except Exception:
-            self.handleError(record)
-
-
-def _run_logger(path: Path | None, world: distributed.World | None = None) -> logging.Logger:
-    """The ``sst_fast.train`` logger writing to ``path`` (all records) and the console (INFO and up). The other
-    ranks of a run on several processes (``path`` None) print only errors, marked with their rank."""
-    logger = _close_logger()
-    logger.setLevel(logging.DEBUG)
-    logger.propagate = False
-    if path is not None:
-        file_handler = logging.FileHandler(path)
-        file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        logger.addHandler(file_handler)
-    world = world or distributed.World()
-    console = _TqdmHandler(logging.INFO if world.main else logging.ERROR)
-    console.setFormatter(logging.Formatter(f"[rank {world.rank}] %(message)s" if world.distributed else "%(message)s"))
-    logger.addHandler(console)
-    return logger
-
-
-def _close_logger() -> logging.Logger:
-    """Detach (and close) the handlers of the ``sst_fast.train`` logger; returns the logger."""
-    logger = logging.getLogger(LOGGER_NAME)
-    for handler in list(logger.handlers):
-        handler.close()
-        logger.removeHandler(handler)
-    return logger
-
-
-def _percent(value) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}%"

@@ -1,9 +1,10 @@
-"""Model stages (named after the paper's symbols) and the :class:`SST` model."""
+"""Model stages (named after the paper's symbols), the literal :class:`SSTReference` and the fused :class:`SST`."""
 
 from .backbones import BACKBONE_CLASSES, Backbone, LoadReport, build_backbone, load_backbone_weights
 from .decoder import Decoder
 from .encoder import Encoder
 from .episode import SSTOutput
+from .reference import SSTReference, TuningResult
 from .relation import Relation
 from .sst import SST
 from .tuning import SelfSupervisedTuning
@@ -17,7 +18,9 @@ __all__ = [
     "Relation",
     "SST",
     "SSTOutput",
+    "SSTReference",
     "SelfSupervisedTuning",
+    "TuningResult",
     "build_backbone",
     "load_backbone_weights",
 ]

@@ -23,6 +23,10 @@ class SSTOutput:
         shot_weights: [B, K] fusion weights (Eq. 14), None for ``fusion='max'``.
         prototypes: [B, K, C] support prototypes before tuning.
         tuned_prototypes: [B, K, C] prototypes of the tuned features R's, or None with ``ssm=False``.
+        untuned_logits: with ``explain=True`` only: [B, 2, H, W] the query logits with the untuned
+            prototypes p (``logits`` are those with p'); the same as ``logits`` with ``ssm=False``.
+        feature_gradient: with ``explain=True`` only: [B, K, C, hs, ws] dLsup/dRs of each support (paper
+            Fig. 3), or None with ``ssm=False``.
     """
 
     logits: torch.Tensor
@@ -33,6 +37,8 @@ class SSTOutput:
     shot_weights: torch.Tensor | None = None
     prototypes: torch.Tensor | None = None
     tuned_prototypes: torch.Tensor | None = None
+    untuned_logits: torch.Tensor | None = None
+    feature_gradient: torch.Tensor | None = None
 
     def detach(self) -> SSTOutput:
         return SSTOutput(**{f.name: _detach(getattr(self, f.name)) for f in dataclasses.fields(self)})

@@ -7,8 +7,8 @@ import math
 import torch
 
 from .. import ops
-from ..models.functional import per_image_cross_entropy
-from ..reference.model import SSTReference, TuningResult
+from .functional import per_image_cross_entropy
+from .reference import SSTReference, TuningResult
 
 
 class SST(SSTReference):

@@ -247,6 +247,11 @@ def test_version(capsys):
         main(["--version"])
     assert exit.value.code == 0
     assert capsys.readouterr().out.startswith(f"sst-fast {__version__}")
+    import tomllib
+    from pathlib import Path
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    assert pyproject["project"]["version"] == __version__
 
 
 @pytest.mark.parametrize("command", ["train", "eval", "predict", "demo", "ablation"])

@@ -405,11 +405,12 @@ def test_without_a_terminal_progress_is_plain_lines_with_speed_and_eta(tmp_path)
 def test_on_a_terminal_progress_is_a_bar_and_off_is_nothing(monkeypatch):
     from tqdm import tqdm
 
-    training = sys.modules[Trainer.__module__]
-    monkeypatch.setattr(training, "_is_terminal", lambda stream: True)
-    bar = training._progress_bar(10, 0, True)
+    from sst_fast.engine import runlog
+
+    monkeypatch.setattr(runlog, "is_terminal", lambda stream: True)
+    bar = runlog.progress_bar(10, 0, True)
     assert isinstance(bar, tqdm)
     bar.close()
-    assert isinstance(training._progress_bar(10, 0, False), training._NoBar)
-    monkeypatch.setattr(training, "_is_terminal", lambda stream: False)
-    assert isinstance(training._progress_bar(10, 0, True), training._ProgressLines)
+    assert isinstance(runlog.progress_bar(10, 0, False), runlog.NoBar)
+    monkeypatch.setattr(runlog, "is_terminal", lambda stream: False)
+    assert isinstance(runlog.progress_bar(10, 0, True), runlog.ProgressLines)

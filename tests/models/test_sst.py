@@ -411,3 +411,33 @@ def test_aux_weight_scales_the_auxiliary_loss():
     model = sst_fast.SST(tiny_config(aux_weight=0.25)).eval()
     out = model(*episode(shots=2))
     assert_close(out.loss, out.main_loss + 0.25 * out.aux_loss, 1e-6, 1e-7)
+
+
+# --- intermediates for the figures (explain=True) --------------------------------------------
+
+
+@pytest.mark.parametrize("form", ["paper", "relative"])
+def test_explain_returns_the_untuned_decoding_and_the_feature_gradient(form):
+    import dataclasses
+
+    torch.manual_seed(0)
+    config = tiny_config(tune_form=form, tune_step=0.5 if form == "relative" else 50.0)
+    model = sst_fast.SST(config).eval()
+    reference = SSTReference(config).eval()
+    reference.load_state_dict(model.state_dict())
+    untuned = sst_fast.SST(dataclasses.replace(config, ssm=False)).eval()
+    untuned.load_state_dict(model.state_dict())
+    query, supports, masks, _ = episode(batch=2, shots=1)
+    plain = model(query, supports, masks)
+    assert plain.untuned_logits is None and plain.feature_gradient is None  # nothing extra unless asked
+    out = model(query, supports, masks, explain=True)
+    assert_close(out.logits, plain.logits, atol=1e-5, rtol=1e-4)
+    assert_close(out.untuned_logits, untuned(query, supports, masks).logits, atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(out.untuned_logits, out.logits)  # the step moved the prediction
+    expected = reference(query, supports, masks, explain=True).feature_gradient
+    assert out.feature_gradient.shape == (2, 1, config.channels, *expected.shape[-2:])
+    assert_close(out.feature_gradient, expected, atol=1e-7, rtol=1e-5)
+    # Without the tuning module: the untuned decoding is the prediction and there is no gradient.
+    no_ssm = untuned(query, supports, masks, explain=True)
+    assert torch.equal(no_ssm.untuned_logits, no_ssm.logits) and no_ssm.feature_gradient is None
+    assert no_ssm.support_logits is not None

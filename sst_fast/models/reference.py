@@ -1,6 +1,7 @@
 """SSTReference: the model literally as the paper writes it (§4), in plain PyTorch.
 
-This is the spec every fast path is held against: the relation runs on ``cat(Rq, tile(p))``
+This is the spec every fast path is held against (:class:`sst_fast.SST` in ``models/sst.py`` overrides its
+relation and tuning stages with the fused ops; everything else is shared): the relation runs on ``cat(Rq, tile(p))``
 (Eq. 12-13) and the tuning step differentiates the self-segmentation loss with respect to the
 full support feature map with ``torch.autograd.grad`` (Eq. 11). Nothing here is fused.
 """
@@ -13,11 +14,12 @@ import torch
 from torch import nn
 
 from ..config import SSTConfig
-from ..models.backbones import build_backbone
-from ..models.decoder import Decoder
-from ..models.encoder import Encoder
-from ..models.episode import SSTOutput, check_episode, check_features
-from ..models.functional import (
+from ..ops.reference import masked_avg_pool
+from .backbones import build_backbone
+from .decoder import Decoder
+from .encoder import Encoder
+from .episode import SSTOutput, check_episode, check_features
+from .functional import (
     downsample_mask,
     foreground_iou,
     fuse,
@@ -25,9 +27,8 @@ from ..models.functional import (
     init_head,
     per_image_cross_entropy,
 )
-from ..models.relation import Relation
-from ..models.tuning import SelfSupervisedTuning
-from ..ops.reference import masked_avg_pool
+from .relation import Relation
+from .tuning import SelfSupervisedTuning
 
 
 @dataclasses.dataclass
@@ -65,6 +66,7 @@ class SSTReference(nn.Module):
         support_images: torch.Tensor,
         support_masks: torch.Tensor,
         query_mask: torch.Tensor | None = None,
+        explain: bool = False,
     ) -> SSTOutput:
         """Segment each query with its K supports; with ``query_mask`` also return the training loss.
 
@@ -73,13 +75,15 @@ class SSTReference(nn.Module):
             support_images: [B, K, 3, Hs, Ws].
             support_masks: [B, K, Hs, Ws], 0 background, 1 object, 255 ignore.
             query_mask: [B, H, W] in the same convention, or None.
+            explain: also return what the figures show (see :meth:`segment`); off, nothing extra is computed.
         """
         cfg = self.config
         if cfg.check_inputs:
             check_episode(query, support_images, support_masks, query_mask, like=self.embed.conv.weight)
         rq = self.encode(query)  # [B, C, h, w]
         rs = self.encode(support_images.flatten(0, 1))  # [B*K, C, hs, ws]
-        return self.segment(rq, rs.unflatten(0, support_images.shape[:2]), support_masks, query_mask, query.shape[-2:])
+        rs = rs.unflatten(0, support_images.shape[:2])
+        return self.segment(rq, rs, support_masks, query_mask, query.shape[-2:], explain=explain)
 
     def head(
         self,
@@ -111,8 +115,15 @@ class SSTReference(nn.Module):
         support_masks: torch.Tensor,
         query_mask: torch.Tensor | None,
         size: tuple[int, int],
+        explain: bool = False,
     ) -> SSTOutput:
-        """Everything after the encoder: rq [B, C, h, w], rs [B, K, C, hs, ws] -> logits at ``size``."""
+        """Everything after the encoder: rq [B, C, h, w], rs [B, K, C, hs, ws] -> logits at ``size``.
+
+        ``explain=True`` (for figures; opt-in, the training forward never pays for it): the supports'
+        self-segmentation runs whatever the settings, the full feature gradient dLsup/dRs is formed, and
+        the query is decoded a second time with the untuned prototypes, into the output's
+        ``untuned_logits`` and ``feature_gradient``.
+        """
         cfg = self.config
         batch, shots = rs.shape[:2]
         training_loss = query_mask is not None
@@ -122,8 +133,8 @@ class SSTReference(nn.Module):
 
         weighted = cfg.fusion == "weighted" and shots > 1
         tuning = None
-        if cfg.ssm or weighted or (cfg.aux_loss and training_loss):
-            tuning = self.tune(rs, mask, support_labels)
+        if cfg.ssm or weighted or (cfg.aux_loss and training_loss) or explain:
+            tuning = self.tune(rs, mask, support_labels, feature_gradient=explain)
             protos = tuning.tuned_prototypes if cfg.ssm else tuning.prototypes
         else:
             protos = self.pool(rs, mask)  # [B*K, C]
@@ -132,6 +143,11 @@ class SSTReference(nn.Module):
         weights = self.shot_weights(tuning, support_labels, batch, shots)  # [B, K] or None
         fused = fuse(relations, cfg.fusion, weights)  # Eq. 14: M [B, C, h, w]
         logits = self.decoder(fused, size)  # Eq. 7: S [B, 2, H, W]
+        if explain:
+            untuned = logits
+            if cfg.ssm:  # the same decoding with the prototypes before the step
+                untuned_relations = self.relate(rq, tuning.prototypes.unflatten(0, (batch, shots)))
+                untuned = self.decoder(fuse(untuned_relations, cfg.fusion, weights), size)
 
         out = SSTOutput(
             logits=logits,
@@ -143,6 +159,10 @@ class SSTReference(nn.Module):
             out.aux_loss = tuning.support_loss.mean()
             if tuning.tuned_prototypes is not None:
                 out.tuned_prototypes = tuning.tuned_prototypes.unflatten(0, (batch, shots))
+        if explain:
+            out.untuned_logits = untuned
+            if tuning.feature_gradient is not None:
+                out.feature_gradient = tuning.feature_gradient.unflatten(0, (batch, shots))
         if training_loss:
             out.main_loss = per_image_cross_entropy(logits, query_mask).mean()
             out.loss = out.main_loss + cfg.aux_weight * out.aux_loss if cfg.aux_loss else out.main_loss
