@@ -19,6 +19,17 @@
 namespace sst_fast {
 
 // --- device kernels: csrc/cpu/*.cpp and csrc/cuda/*.cu implement each one -------------------
+//
+// Which op each primitive serves (the same names in csrc/cpu/kernels.cpp, csrc/cuda/kernels.cu and
+// sst_fast/ops/_triton.py):
+//   masked_avg_pool, masked_avg_pool_backward   op masked_avg_pool
+//   tap_expand_add_                               op prototype_conv2d (forward: the tile's term T)
+//   tap_sums                                      op prototype_conv2d (backward: dQ)
+//   window_sums                                   op prototype_update (S and dQ; the public tuned_prototype)
+//   window_expand                                 op prototype_update's backward (d delta)
+//   weight_contract                               ops prototype_update and its backward (the Wq / Wp contraction)
+// The schema's prototype_update is the pooled feature gradient pool(dL/dF, m); the public Python op
+// tuned_prototype(delta, mask, weight, proto, step) returns proto - step * prototype_update(...).
 
 struct Kernels {
   // out[b, c] = sum_p f[b, c, p] m[b, p] / (sum_p m[b, p] + eps)

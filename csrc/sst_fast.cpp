@@ -16,6 +16,8 @@ TORCH_LIBRARY(sst_fast, m) {
   m.def(
       "prototype_conv2d_backward(Tensor grad, Tensor query, Tensor proto, Tensor weight, int dilation,"
       " bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
+  // prototype_update = pool(dL/dF, mask), the pooled feature gradient; the public Python op
+  // sst_fast.ops.tuned_prototype(delta, mask, weight, proto, step) is proto - step * prototype_update.
   m.def("prototype_update(Tensor delta, Tensor mask, Tensor weight, float eps, int dilation) -> Tensor");
   m.def(
       "prototype_update_backward(Tensor grad, Tensor delta, Tensor mask, Tensor weight, float eps, int dilation,"

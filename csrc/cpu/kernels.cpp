@@ -178,7 +178,7 @@ std::tuple<at::Tensor, at::Tensor> masked_avg_pool_backward_cpu(
   return {d_features, d_mask};
 }
 
-// --- the tile-window bias and its adjoint ---------------------------------------------------
+// --- the tile-window bias and its adjoint (op prototype_conv2d: forward T, backward dQ) ------
 //
 // Along a side of length n, the k tap ranges cut [0, n) into at most 2k + 1 bands of pixels that
 // see the same set of taps. Both kernels work band by band, so each pixel is touched once and no
@@ -298,7 +298,7 @@ at::Tensor tap_sums_cpu(const at::Tensor& x, int64_t kernel, int64_t dilation) {
   return sums;
 }
 
-// --- the masked window sums, as GEMMs against the shifted masks -------------------------------
+// --- the masked window sums, as GEMMs against the shifted masks (op prototype_update) ---------
 
 // [B, 2 k^2, H W]: rows t < k^2 are the in-image indicator of tap t, rows k^2 + t the mask
 // shifted by tap t (zero outside).
@@ -351,7 +351,7 @@ at::Tensor window_expand_cpu(const at::Tensor& coeffs, const at::Tensor& mask, i
   return at::bmm(coeffs.reshape({batch, channels, -1}), windows).view({batch, channels, mask.size(2), mask.size(3)});
 }
 
-// --- contraction with the relation weight, without re-laying the weight out ----------------------
+// --- contraction with the relation weight, without re-laying it out (op prototype_update) -------
 
 // acc[c, b] += sum_t w[c, t] coeffs[t, b] for one (o, h) block of the weight: w [n, taps], coeffs [taps, batch].
 template <typename T>

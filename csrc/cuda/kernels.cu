@@ -270,7 +270,8 @@ __global__ void __launch_bounds__(kBlock) pool_backward_mask_kernel(
 // batch item b = x / chunks and its tiles of `rows` planes chunk, chunk + chunks, ...
 // (chunk = x % chunks), so that a block caches the mask plane of b once for several planes.
 //
-// tap_sums (kMask = false) and window_sums (kMask = true) of x [B, O, H, W]:
+// tap_sums (kMask = false; op prototype_conv2d's backward) and window_sums (kMask = true; op
+// prototype_update, the public tuned_prototype) of x [B, O, H, W]:
 //   [.., 0, i, j] = sum of x over the pixels where tap (i, j) is inside
 //   [.., 1, i, j] = sum_p x[p] m[tap (i, j) of p]   (0 outside)
 // One row per plane, one pass over x. Per thread, v holds: v[0] the interior total (every tap
@@ -333,7 +334,7 @@ __global__ void __launch_bounds__(kBlock) window_sums_kernel(
 }
 
 // ---------------------------------------------------------------------------------------------
-// The adjoints, one coalesced pass over out:
+// The adjoints, one coalesced pass over out (op prototype_conv2d's forward; op prototype_update's backward):
 //   kMask = false (tap_expand_add_): out[p] += sum_{t inside at p} taps[t]            taps [B, O, K, K]
 //   kMask = true  (window_expand):   out[p]  = sum_{t inside at p} c0[t] + c1[t] m[tap t of p]
 //                                                                         coeffs [B, O, 2, K, K]
@@ -487,7 +488,7 @@ bool mask_fits_smem(int64_t hw) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The Kernels members
+// The Kernels members (which op each serves: csrc/ops.h)
 
 at::Tensor masked_avg_pool_cuda(const at::Tensor& features, const at::Tensor& mask, double eps) {
   const char* fn = "masked_avg_pool";

@@ -160,7 +160,9 @@ def tuned_prototype(
 
     With ``p = masked_avg_pool(F, mask, eps)``, ``y = prototype_conv2d(F, p, weight, ., dilation)``
     and ``delta = dL/dy``, returns ``masked_avg_pool(F - step * dL/dF, mask, eps)`` without
-    forming ``dL/dF`` (docs/design.md §3, op 3).
+    forming ``dL/dF`` (docs/design.md §3, op 3). Every backend computes the bracket, the pooled feature
+    gradient ``masked_avg_pool(dL/dF, mask, eps)``, as the schema op ``torch.ops.sst_fast.prototype_update``
+    (:func:`sst_fast.ops.reference.prototype_update`); this function returns ``proto - step *`` it.
 
     Args:
         delta: [B, Co, H, W], the loss gradient at the relation convolution's output.

@@ -156,6 +156,7 @@ def _pool_backward_mask_kernel(dot_ptr, m_ptr, inv_mass_ptr, dm_ptr, P, ACC: tl.
         tl.store(dm_ptr + b * P + ps, ((dot - pooled) * inv_mass).to(dm_ptr.dtype.element_ty), mask=p_in)
 
 
+# Op prototype_update (the public tuned_prototype): S and dQ in one pass; op prototype_conv2d's backward: dQ.
 @triton.jit
 def _window_sums_kernel(
     x_ptr,
@@ -214,6 +215,7 @@ def _window_sums_kernel(
         tl.store(out_ptr + base + K * K, masked, mask=store_in)
 
 
+# The adjoint of the window sums: op prototype_update's backward (d delta), op prototype_conv2d's forward (T).
 @triton.jit
 def _window_expand_kernel(
     c_ptr,

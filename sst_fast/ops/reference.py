@@ -50,7 +50,8 @@ def tuned_prototype(
 def prototype_update(
     delta: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor, eps: float = 5e-4, dilation: int = 1
 ) -> torch.Tensor:
-    """``masked_avg_pool(dL/dF, mask)``: the pooled feature gradient, [B, C].
+    """``masked_avg_pool(dL/dF, mask)``: the pooled feature gradient, [B, C]; the schema op behind the public
+    :func:`sst_fast.ops.tuned_prototype` (which returns ``proto - step *`` it).
 
     ``y = prototype_conv2d(F, masked_avg_pool(F, mask), weight)``, so ``dL/dF`` has a direct
     part, ``conv_transpose(delta, Wq)``, and a part through the prototype,
