@@ -39,7 +39,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
 import sst_fast
-from sst_fast.engine.speed import set_memory_format
+from sst_fast.engine.speed import cuda_graph, set_memory_format
 from sst_fast.reference import SSTReference
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -127,22 +127,8 @@ def step_body(level: str, shape: str, variant: str, shots: int, first_order: boo
 
 
 def captured(body, model):
-    """``body`` captured in a CUDA graph after three warm-up runs on a side stream; returns its replay.
-
-    Gradients are set to None before the capture, so that the captured backward writes them (in the
-    graph's memory) instead of adding to them: each replay leaves one step's gradients.
-    """
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            model.zero_grad(set_to_none=True)
-            body()
-    torch.cuda.current_stream().wait_stream(side)
-    model.zero_grad(set_to_none=True)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        body()
+    """``body`` captured in a CUDA graph (:func:`sst_fast.engine.speed.cuda_graph`); returns its replay."""
+    graph, _ = cuda_graph(body, model)
     return graph.replay
 
 

@@ -487,6 +487,30 @@ bool mask_fits_smem(int64_t hw) {
   return hw * static_cast<int64_t>(sizeof(acc_t)) <= kMaskSmemBytes;
 }
 
+// Calls f(std::bool_constant<kSmem>{}, dynamic shared-memory bytes): kSmem when the mask plane of HW values
+// fits in shared memory (the kernel caches it there), else the kernel reads it through L1.
+template <typename acc_t, typename F>
+void with_mask_cache(int64_t HW, F&& f) {
+  if (mask_fits_smem<acc_t>(HW)) {
+    f(std::true_type{}, static_cast<size_t>(HW) * sizeof(acc_t));
+  } else {
+    f(std::false_type{}, size_t{0});
+  }
+}
+
+// The launch of every per-plane kernel, written once: dispatch on the dtype and the kernel size, then
+// launch(scalar_t{}, std::integral_constant<int, K>{}, geometry, stream) and check the launch.
+template <typename Launch>
+void launch_per_plane(at::ScalarType dtype, int64_t k, int64_t H, int64_t W, int64_t dilation, Launch&& launch) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "sst_fast_per_plane_cuda", [&] {
+    with_kernel_size(k, [&](auto kc) {
+      constexpr int K = decltype(kc)::value;
+      launch(scalar_t{}, kc, make_geom<K>(H, W, dilation), c10::cuda::getCurrentCUDAStream());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+}
+
 // ---------------------------------------------------------------------------------------------
 // The Kernels members (which op each serves: csrc/ops.h)
 
@@ -580,14 +604,12 @@ void tap_expand_add_cuda(at::Tensor& out, const at::Tensor& taps, int64_t dilati
   c10::cuda::CUDAGuard device_guard(out.device());
 
   const PlaneGrid pg = plane_grid(fn, B, O, H * W);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "sst_fast_tap_expand_add_cuda", [&] {
-    with_kernel_size(k, [&](auto kc) {
-      constexpr int K = decltype(kc)::value;
-      window_expand_kernel<scalar_t, K, false, false><<<pg.grid, pg.block, 0, c10::cuda::getCurrentCUDAStream()>>>(
-          taps.const_data_ptr<scalar_t>(), nullptr, out.mutable_data_ptr<scalar_t>(), make_geom<K>(H, W, dilation), O,
-          pg.ntiles, pg.chunks);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
+  launch_per_plane(out.scalar_type(), k, H, W, dilation,
+                   [&](auto tag, auto kc, const auto& g, cudaStream_t stream) {
+    using scalar_t = decltype(tag);
+    constexpr int K = decltype(kc)::value;
+    window_expand_kernel<scalar_t, K, false, false><<<pg.grid, pg.block, 0, stream>>>(
+        taps.const_data_ptr<scalar_t>(), nullptr, out.mutable_data_ptr<scalar_t>(), g, O, pg.ntiles, pg.chunks);
   });
 }
 
@@ -610,25 +632,21 @@ at::Tensor window_sums_impl(const char* fn, const at::Tensor& x, const at::Tenso
 
   const int64_t HW = H * W;
   const PlaneGrid pg = plane_grid(fn, B, O, HW);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "sst_fast_window_sums_cuda", [&] {
+  launch_per_plane(x.scalar_type(), k, H, W, dilation,
+                   [&](auto tag, auto kc, const auto& g, cudaStream_t stream) {
+    using scalar_t = decltype(tag);
     using acc_t = at::opmath_type<scalar_t>;
-    with_kernel_size(k, [&](auto kc) {
-      constexpr int K = decltype(kc)::value;
-      const auto g = make_geom<K>(H, W, dilation);
-      const auto stream = c10::cuda::getCurrentCUDAStream();
-      const scalar_t* xp = x.const_data_ptr<scalar_t>();
-      scalar_t* op = out.mutable_data_ptr<scalar_t>();
-      if (!with_mask) {
-        window_sums_kernel<scalar_t, K, false, false><<<pg.grid, pg.block, 0, stream>>>(
-            xp, nullptr, op, g, O, pg.ntiles, pg.chunks);
-      } else if (mask_fits_smem<acc_t>(HW)) {
-        window_sums_kernel<scalar_t, K, true, true><<<pg.grid, pg.block, HW * sizeof(acc_t), stream>>>(
-            xp, mask.const_data_ptr<scalar_t>(), op, g, O, pg.ntiles, pg.chunks);
-      } else {
-        window_sums_kernel<scalar_t, K, true, false><<<pg.grid, pg.block, 0, stream>>>(
-            xp, mask.const_data_ptr<scalar_t>(), op, g, O, pg.ntiles, pg.chunks);
-      }
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    constexpr int K = decltype(kc)::value;
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    scalar_t* op = out.mutable_data_ptr<scalar_t>();
+    if (!with_mask) {
+      window_sums_kernel<scalar_t, K, false, false><<<pg.grid, pg.block, 0, stream>>>(
+          xp, nullptr, op, g, O, pg.ntiles, pg.chunks);
+      return;
+    }
+    with_mask_cache<acc_t>(HW, [&](auto smem, size_t bytes) {
+      window_sums_kernel<scalar_t, K, true, decltype(smem)::value><<<pg.grid, pg.block, bytes, stream>>>(
+          xp, mask.const_data_ptr<scalar_t>(), op, g, O, pg.ntiles, pg.chunks);
     });
   });
   return out;
@@ -660,23 +678,17 @@ at::Tensor window_expand_cuda(const at::Tensor& coeffs, const at::Tensor& mask, 
 
   const int64_t HW = H * W;
   const PlaneGrid pg = plane_grid(fn, B, O, HW);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, coeffs.scalar_type(), "sst_fast_window_expand_cuda", [&] {
+  launch_per_plane(coeffs.scalar_type(), k, H, W, dilation,
+                   [&](auto tag, auto kc, const auto& g, cudaStream_t stream) {
+    using scalar_t = decltype(tag);
     using acc_t = at::opmath_type<scalar_t>;
-    with_kernel_size(k, [&](auto kc) {
-      constexpr int K = decltype(kc)::value;
-      const auto g = make_geom<K>(H, W, dilation);
-      const auto stream = c10::cuda::getCurrentCUDAStream();
-      const scalar_t* cp = coeffs.const_data_ptr<scalar_t>();
-      const scalar_t* mp = mask.const_data_ptr<scalar_t>();
-      scalar_t* op = out.mutable_data_ptr<scalar_t>();
-      if (mask_fits_smem<acc_t>(HW)) {
-        window_expand_kernel<scalar_t, K, true, true><<<pg.grid, pg.block, HW * sizeof(acc_t), stream>>>(
-            cp, mp, op, g, O, pg.ntiles, pg.chunks);
-      } else {
-        window_expand_kernel<scalar_t, K, true, false><<<pg.grid, pg.block, 0, stream>>>(
-            cp, mp, op, g, O, pg.ntiles, pg.chunks);
-      }
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    constexpr int K = decltype(kc)::value;
+    const scalar_t* cp = coeffs.const_data_ptr<scalar_t>();
+    const scalar_t* mp = mask.const_data_ptr<scalar_t>();
+    scalar_t* op = out.mutable_data_ptr<scalar_t>();
+    with_mask_cache<acc_t>(HW, [&](auto smem, size_t bytes) {
+      window_expand_kernel<scalar_t, K, true, decltype(smem)::value><<<pg.grid, pg.block, bytes, stream>>>(
+          cp, mp, op, g, O, pg.ntiles, pg.chunks);
     });
   });
   return out;

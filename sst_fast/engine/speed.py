@@ -34,3 +34,25 @@ def grad_scaler(device: torch.device, amp: str) -> torch.amp.GradScaler:
 def set_memory_format(model: nn.Module, channels_last: bool) -> nn.Module:
     """Store the model's convolution weights channels-last (or back in the default layout)."""
     return model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def cuda_graph(body, model: nn.Module, warmup: int = 3):
+    """``body`` (a training step: forward and backward) captured in a CUDA graph after ``warmup`` runs on a side
+    stream; returns ``(graph, what body returned during the capture)``. ``graph.replay()`` reruns the step on
+    whatever the captured input tensors hold.
+
+    Gradients are set to None before the capture, so that the captured backward writes them (in the graph's
+    memory) instead of adding to them: each replay leaves one step's gradients in ``p.grad``.
+    """
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            model.zero_grad(set_to_none=True)
+            body()
+    torch.cuda.current_stream().wait_stream(side)
+    model.zero_grad(set_to_none=True)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        result = body()
+    return graph, result

@@ -156,6 +156,15 @@ def _pool_backward_mask_kernel(dot_ptr, m_ptr, inv_mass_ptr, dm_ptr, P, ACC: tl.
         tl.store(dm_ptr + b * P + ps, ((dot - pooled) * inv_mass).to(dm_ptr.dtype.element_ty), mask=p_in)
 
 
+@triton.jit
+def _tap(h, w, p_in, i, j, R: tl.constexpr, dilation, H, W):
+    """Where tap (i, j) of a k x k kernel (r = R) reads for the pixels (h, w): whether it reads inside the
+    H x W plane, and the flat index it reads. The tap geometry of both window kernels, written once."""
+    hh = h + (i - R) * dilation
+    ww = w + (j - R) * dilation
+    return p_in & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W), hh * W + ww
+
+
 # Op prototype_update (the public tuned_prototype): S and dQ in one pass; op prototype_conv2d's backward: dQ.
 @triton.jit
 def _window_sums_kernel(
@@ -196,16 +205,13 @@ def _window_sums_kernel(
         x = tl.load(x_ptr + (b * CO + os[:, None]) * P + ps[None, :], mask=o_in[:, None] & p_in[None, :], other=0.0)
         x = x.to(ACC)
         for i in range(K):
-            hh = h + (i - R) * dilation
-            row_in = p_in & (hh >= 0) & (hh < H)
             for j in range(K):
-                ww = w + (j - R) * dilation
-                inside = row_in & (ww >= 0) & (ww < W)
+                inside, read = _tap(h, w, p_in, i, j, R, dilation, H, W)
                 at_tap = (taps == i * K + j)[None, :]
                 s = tl.sum(tl.where(inside[None, :], x, 0.0), axis=1)
                 plain += tl.where(at_tap, s[:, None], 0.0)
                 if MASKED:
-                    m = tl.load(m_ptr + b * P + hh * W + ww, mask=inside, other=0.0).to(ACC)
+                    m = tl.load(m_ptr + b * P + read, mask=inside, other=0.0).to(ACC)
                     s = tl.sum(x * m[None, :], axis=1)
                     masked += tl.where(at_tap, s[:, None], 0.0)
     base = ((split * tl.num_programs(1) + b) * CO + os[:, None]) * (NS * K * K) + taps[None, :]
@@ -248,15 +254,12 @@ def _window_expand_kernel(
     coeffs = c_ptr + (b * CO + os) * (NS * K * K)
     total = tl.zeros([BLOCK_O, BLOCK_P], dtype=ACC)
     for i in range(K):
-        hh = h + (i - R) * dilation
-        row_in = p_in & (hh >= 0) & (hh < H)
         for j in range(K):
-            ww = w + (j - R) * dilation
-            inside = row_in & (ww >= 0) & (ww < W)
+            inside, read = _tap(h, w, p_in, i, j, R, dilation, H, W)
             c = tl.load(coeffs + i * K + j, mask=o_in, other=0.0)
             total += tl.where(inside[None, :], c[:, None], 0.0)
             if MASKED:
-                m = tl.load(m_ptr + b * P + hh * W + ww, mask=inside, other=0.0).to(ACC)
+                m = tl.load(m_ptr + b * P + read, mask=inside, other=0.0).to(ACC)
                 c = tl.load(coeffs + K * K + i * K + j, mask=o_in, other=0.0)
                 total += c[:, None] * m[None, :]
     offsets = (b * CO + os[:, None]) * P + ps[None, :]

@@ -13,7 +13,7 @@ import torch
 
 import sst_fast
 from sst_fast import ops
-from sst_fast.engine.speed import set_memory_format
+from sst_fast.engine.speed import cuda_graph, set_memory_format
 from sst_fast.reference import SSTReference
 from tests.models.helpers import episode, tiny_config
 from tests.models.test_fast_equivalence import OUTPUTS, assert_equivalent, run, unbalanced_threshold
@@ -140,17 +140,7 @@ def test_a_train_step_captured_in_a_cuda_graph_replays_the_eager_step(backend, a
         return loss
 
     with ops.use_backend(backend):
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(3):
-                fast.zero_grad(set_to_none=True)
-                step()
-        torch.cuda.current_stream().wait_stream(side)
-        fast.zero_grad(set_to_none=True)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            captured_loss = step()
+        graph, captured_loss = cuda_graph(step, fast)
         # The gradients the graph writes on every replay (they live in its memory pool).
         captured = {name: p.grad for name, p in fast.named_parameters() if p.grad is not None}
         assert captured, "the captured step must produce gradients"
