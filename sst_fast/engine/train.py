@@ -30,21 +30,18 @@ from pathlib import Path
 import torch
 
 from ..config import positive_int
-from ..data import Augment, EpisodeDataset, EpisodeManifest, EpisodeSampler, collate_episodes, open_dataset
 from ..files import strict_json, write_json_atomic, write_text_atomic
-from ..data.episodes import fold_sampler, holdout
 from ..models import SST
 from ..protocol import code_version
 from . import distributed, runlog
 from .checkpoint import load_checkpoint, save_checkpoint, saved_config
 from .evaluate import score_episodes
-from .features import CachedEpisodeDataset, FeatureCache
+from .features import FeatureCache
 from .runconfig import ConfigError, RunConfig
 from .runfolder import RunFolderBusy, RunLock, check_belongs, folder_run_id, new_run_id, record_run_id
 from .speed import autocast, grad_scaler, set_memory_format
+from .trainingdata import TrainingData
 
-HOLDOUT_SALT = "validation"
-VALIDATION_SEED = 0
 # Settings a resumed run may change: where the data are, how it runs and logs, and how long it trains
 # (``optim.epochs`` only with the constant schedule: the poly schedule's length is part of every step's lr).
 RESUMABLE_OVERRIDES = (
@@ -173,7 +170,8 @@ class Trainer:
         if _state is None:
             _check_backbone_weights(config)
 
-        self._build_data()
+        manifest = self.run_dir / "validation" / "manifest.json" if world.main else None
+        self.data = TrainingData(config, world, self.log, manifest)
         torch.manual_seed(config.run.seed)  # the initial weights (the same on every rank)
         model_config = config.model
         if _state is not None:  # the checkpoint holds the backbone: never reread a file that may have moved
@@ -191,12 +189,12 @@ class Trainer:
         if config.data.feature_cache:
             if not self.model.config.freeze_backbone:
                 raise ConfigError("data.feature_cache needs a frozen backbone: set model.freeze_backbone=true")
-            images = sorted(set().union(*self.sampler.pools.values()))
+            images = sorted(set().union(*self.data.sampler.pools.values()))
             # Rank 0 builds the cache; the others wait for it, then open it.
             if not world.main:
                 distributed.barrier(world)
             self.feature_cache = FeatureCache.open_or_build(
-                self.model.backbone, self.dataset, images, model_config.image_size, log=self.log
+                self.model.backbone, self.data.dataset, images, model_config.image_size, log=self.log
             )
             if world.main:
                 distributed.barrier(world)
@@ -253,70 +251,6 @@ class Trainer:
             config.save(run_dir / "config.yaml")
         return trainer
 
-    def _build_data(self) -> None:
-        data, shots = self.config.data, self.config.model.shots
-        self.dataset = open_dataset(data.dataset, data.root, **data.options)
-        split = self.dataset.fold_split(data.fold)
-        train_images = self.dataset.image_ids(split.train_split)
-        held_out = holdout(train_images, data.val_fraction, HOLDOUT_SALT)
-        kept = [image for image in train_images if image not in held_out]
-        self.sampler = fold_sampler(self.dataset, data.fold, shots, "train", data.exclude_novel, images=kept)
-        self.episodes_per_epoch = self.config.optim.episodes_per_epoch or len(kept)
-        batch_size, processes = self.config.optim.batch_size, self.world.size
-        if batch_size < processes:
-            raise ConfigError(
-                f"optim.batch_size={batch_size} (the global batch) is smaller than the {processes} processes"
-            )
-        self.steps_per_epoch = self.episodes_per_epoch // batch_size
-        if self.episodes_per_epoch % batch_size >= processes:  # a last, smaller batch that every rank can share
-            self.steps_per_epoch += 1
-        self.total_steps = self.config.optim.epochs * self.steps_per_epoch
-
-        # Validation: base-class episodes on the held-out training images, the same episodes every time.
-        excluded = set(split.test_classes) if data.exclude_novel else set()
-        classes = []
-        for class_id in split.train_classes:
-            pool = [i for i in self.dataset.class_images(split.train_split, class_id) if i in held_out]
-            pool = [i for i in pool if excluded.isdisjoint(self.dataset.image_classes(split.train_split, i))]
-            if len(pool) >= shots + 1:
-                classes.append(class_id)
-        if not classes:
-            raise ConfigError(
-                f"data.val_fraction={data.val_fraction} holds out too few images for {shots}-shot validation "
-                "episodes of any base class; raise it"
-            )
-        missing = sorted(set(split.train_classes) - set(classes))
-        sampler = EpisodeSampler(self.dataset, classes, split.train_split, shots, tuple(excluded), images=held_out)
-        self.val_classes = classes
-        self.val_episodes = sampler.sample(data.val_episodes, VALIDATION_SEED)
-        manifest = EpisodeManifest(
-            self.dataset.describe(), split.train_split, data.fold, shots, VALIDATION_SEED, self.val_episodes
-        )
-        if self.world.main:
-            manifest.save(self.run_dir / "validation" / "manifest.json")
-        self.log.info(
-            "%s fold %d: %d training images (%d held out for validation), %d base classes, %d-shot, "
-            "%d episodes/epoch = %d steps of %d",
-            data.dataset,
-            data.fold,
-            len(kept),
-            len(held_out),
-            len(split.train_classes),
-            shots,
-            self.episodes_per_epoch,
-            self.steps_per_epoch,
-            self.config.optim.batch_size,
-        )
-        if missing:
-            self.log.warning("validation leaves out base classes %s (too few held-out images)", missing)
-        leftover = self.episodes_per_epoch % batch_size
-        if 0 < leftover < processes:
-            self.log.warning(
-                "the last %d episode(s) of each epoch are left out: fewer than the %d processes", leftover, processes
-            )
-        if processes > 1:
-            self.log.info("%d processes share each batch of %d episodes", processes, batch_size)
-
     def _wrap(self, model: SST) -> torch.nn.Module:
         """The module a training step calls: the model's training forward, in DistributedDataParallel on
         several processes (gradients averaged over the ranks during the backward pass)."""
@@ -342,7 +276,7 @@ class Trainer:
 
     def _lr_factor(self, step: int) -> float:
         if self.config.optim.schedule == "poly":
-            return max(1.0 - step / self.total_steps, 0.0) ** 0.9
+            return max(1.0 - step / self.data.total_steps, 0.0) ** 0.9
         return 1.0
 
     # --- checkpoints ----------------------------------------------------------------------------
@@ -438,9 +372,8 @@ class Trainer:
         if self.world.main:
             purge = self.step + 1 if self.step else None
             writer = runlog.summary_writer(self.run_dir / "tensorboard", purge_step=purge)
-        bar = runlog.progress_bar(
-            self.total_steps, self.step, self.progress and self.world.main, self.config.run.progress_seconds, self.log
-        )
+        shown = self.progress and self.world.main
+        bar = runlog.progress_bar(self.data.total_steps, self.step, shown, self.config.run.progress_seconds, self.log)
         status = "finished"
         started, start_step = time.perf_counter(), self.step
         try:
@@ -455,7 +388,7 @@ class Trainer:
             "%s at step %d/%d (%.2f steps/s); best validation mIoU %s",
             status,
             self.step,
-            self.total_steps,
+            self.data.total_steps,
             rate,
             runlog.percent(self.best_miou),
         )
@@ -477,7 +410,7 @@ class Trainer:
             )
             return "stopped"
         while self.epoch < cfg.optim.epochs:
-            for batch in self._loader(self.epoch, self.batch_in_epoch):
+            for batch in self.data.loader(self.epoch, self.batch_in_epoch, self.world, self.device, self.feature_cache):
                 record = self.train_step(batch)
                 self.step += 1
                 self.batch_in_epoch += 1
@@ -554,9 +487,9 @@ class Trainer:
             warnings.simplefilter("ignore", UserWarning)
             metrics = score_episodes(
                 self.model,
-                self.dataset,
-                self.val_classes,
-                self.val_episodes,
+                self.data.dataset,
+                self.data.val_classes,
+                self.data.val_episodes,
                 self.config.model.image_size,
                 batch_size=self.config.optim.batch_size,
                 num_workers=self.config.data.workers,
@@ -579,34 +512,6 @@ class Trainer:
             " (best)" if improved else "",
         )
         return improved
-
-    def _loader(self, epoch: int, start_batch: int):
-        cfg = self.config
-        episodes = self.sampler.sample(self.episodes_per_epoch, (cfg.run.seed, epoch))
-        augment = Augment(cfg.model.image_size) if cfg.data.augment else None
-        if self.feature_cache is not None:
-            dataset = CachedEpisodeDataset(self.dataset, episodes, cfg.model.image_size, self.feature_cache)
-        else:
-            dataset = EpisodeDataset(
-                self.dataset, episodes, cfg.model.image_size, augment=augment, seed=(cfg.run.seed, epoch)
-            )
-        # The global batches of the epoch (the last one only if every rank can take part), from start_batch on;
-        # this rank loads its share of each.
-        size = cfg.optim.batch_size
-        batches = [range(first, min(first + size, len(dataset))) for first in range(0, len(dataset), size)]
-        batches = batches[: self.steps_per_epoch][start_batch:]
-        shares = [[batch[i] for i in distributed.split(len(batch), self.world)] for batch in batches]
-        return torch.utils.data.DataLoader(
-            dataset,
-            batch_sampler=shares,
-            num_workers=cfg.data.workers,
-            collate_fn=collate_episodes,
-            pin_memory=self.device.type == "cuda",
-            worker_init_fn=runlog.ignore_interrupts,
-            # Its own generator: creating an iterator must not draw from the torch RNG that dropout uses.
-            generator=torch.Generator().manual_seed(0),
-            persistent_workers=False,
-        )
 
     def _record(self, record: dict, writer) -> None:
         self.history.append(record)
