@@ -4,9 +4,8 @@ from .backbones import BACKBONE_CLASSES, Backbone, LoadReport, build_backbone, l
 from .decoder import Decoder
 from .encoder import Encoder
 from .episode import SSTOutput
-from .reference import SSTReference, TuningResult
 from .relation import Relation
-from .sst import SST
+from .sst import SST, SSTReference, TuningResult
 from .tuning import SelfSupervisedTuning
 
 __all__ = [

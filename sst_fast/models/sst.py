@@ -1,14 +1,244 @@
-"""SST: the model users instantiate, the reference's algebra on the fused ops (docs/design.md §3)."""
+"""SST in one file, read top-down: :class:`SSTReference`, the model literally as the paper writes it (§4) in
+plain PyTorch, then :class:`SST`, the model users train, which overrides the reference's two costly stages
+with the fused ops (docs/design.md §2-3).
+
+The reference is the spec every fast path is held against: its relation runs on ``cat(Rq, tile(p))``
+(Eq. 12-13) and its tuning step differentiates the self-segmentation loss with respect to the full
+support feature map with ``torch.autograd.grad`` (Eq. 11). Nothing in it is fused. :class:`SST` keeps
+every module, parameter name, input and output, and replaces only ``pool``, ``relation_map`` and
+``_tune``: follow the support features through ``segment`` -> ``tune`` -> ``SST._tune`` -> :mod:`sst_fast.ops`.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
+from torch import nn
 
 from .. import ops
-from .functional import per_image_cross_entropy
-from .reference import SSTReference, TuningResult
+from ..config import SSTConfig
+from ..ops.reference import masked_avg_pool
+from .backbones import build_backbone
+from .decoder import Decoder
+from .encoder import Encoder
+from .episode import SSTOutput, check_episode, check_features
+from .functional import (
+    downsample_mask,
+    foreground_iou,
+    fuse,
+    fusion_weights,
+    init_head,
+    per_image_cross_entropy,
+)
+from .relation import Relation
+from .tuning import SelfSupervisedTuning
+
+
+@dataclasses.dataclass
+class TuningResult:
+    """The self-supervised tuning of N = B*K support feature maps (paper §4.2)."""
+
+    support_logits: torch.Tensor  # [N, 2, Hs, Ws], Ssup (Eq. 9)
+    support_loss: torch.Tensor  # [N], Lsup per support image (Eq. 10)
+    prototypes: torch.Tensor  # [N, C], pool(Rs, Ts)
+    tuned_prototypes: torch.Tensor | None  # [N, C], pool(R's, Ts); None with ssm=False
+    feature_gradient: torch.Tensor | None  # [N, C, h, w], dLsup/dRs (paper Fig. 3); None with ssm=False
+
+
+class SSTReference(nn.Module):
+    """SST (Zhu et al., IJCAI 2020): encoder, self-supervised tuning, relation metric, decoder."""
+
+    def __init__(self, config: SSTConfig | None = None) -> None:
+        super().__init__()
+        self.config = config = config if config is not None else SSTConfig()
+        self.backbone = build_backbone(config.backbone, config.backbone_weights, freeze=config.freeze_backbone)
+        self.embed = Encoder(self.backbone.out_channels, config.channels, config.dropout)  # fe
+        self.relation = Relation(config.channels, config.dropout)  # fm
+        self.decoder = Decoder(config.channels, config.dropout)  # fd
+        self.tuning = SelfSupervisedTuning(config.tune_step, config.learnable_step, config.tune_form)  # ft
+        for head in (self.embed, self.relation, self.decoder):
+            init_head(head)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Eq. 2-3: images [N, 3, H, W] -> latent features R [N, C, h, w]."""
+        return self.embed(self.backbone(images))
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        support_images: torch.Tensor,
+        support_masks: torch.Tensor,
+        query_mask: torch.Tensor | None = None,
+        explain: bool = False,
+    ) -> SSTOutput:
+        """Segment each query with its K supports; with ``query_mask`` also return the training loss.
+
+        Args:
+            query: [B, 3, H, W] normalised images.
+            support_images: [B, K, 3, Hs, Ws].
+            support_masks: [B, K, Hs, Ws], 0 background, 1 object, 255 ignore.
+            query_mask: [B, H, W] in the same convention, or None.
+            explain: also return what the figures show (see :meth:`segment`); off, nothing extra is computed.
+        """
+        cfg = self.config
+        if cfg.check_inputs:
+            check_episode(query, support_images, support_masks, query_mask, like=self.embed.conv.weight)
+        rq = self.encode(query)  # [B, C, h, w]
+        rs = self.encode(support_images.flatten(0, 1))  # [B*K, C, hs, ws]
+        rs = rs.unflatten(0, support_images.shape[:2])
+        return self.segment(rq, rs, support_masks, query_mask, query.shape[-2:], explain=explain)
+
+    def head(
+        self,
+        query_features: torch.Tensor,
+        support_features: torch.Tensor,
+        support_masks: torch.Tensor,
+        query_mask: torch.Tensor | None = None,
+        size: tuple[int, int] | None = None,
+    ) -> SSTOutput:
+        """:meth:`forward` from the backbone's outputs on: embedding, tuning, relation, decoder.
+
+        For training on cached features of a frozen backbone. ``query_features`` [B, Cb, h, w] and
+        ``support_features`` [B, K, Cb, hs, ws] are what ``self.backbone`` returns for the images;
+        ``size`` is the query images' (H, W) (default: ``query_mask``'s size, else the support masks').
+        """
+        if self.config.check_inputs:
+            check_features(query_features, support_features, support_masks, query_mask, self.backbone.out_channels,
+                           like=self.embed.conv.weight)
+        if size is None:
+            size = (query_mask if query_mask is not None else support_masks).shape[-2:]
+        rq = self.embed(query_features)
+        rs = self.embed(support_features.flatten(0, 1)).unflatten(0, support_features.shape[:2])
+        return self.segment(rq, rs, support_masks, query_mask, tuple(size))
+
+    def segment(
+        self,
+        rq: torch.Tensor,
+        rs: torch.Tensor,
+        support_masks: torch.Tensor,
+        query_mask: torch.Tensor | None,
+        size: tuple[int, int],
+        explain: bool = False,
+    ) -> SSTOutput:
+        """Everything after the encoder: rq [B, C, h, w], rs [B, K, C, hs, ws] -> logits at ``size``.
+
+        ``explain=True`` (for figures; opt-in, the training forward never pays for it): the supports'
+        self-segmentation runs whatever the settings, the full feature gradient dLsup/dRs is formed, and
+        the query is decoded a second time with the untuned prototypes, into the output's
+        ``untuned_logits`` and ``feature_gradient``.
+        """
+        cfg = self.config
+        batch, shots = rs.shape[:2]
+        training_loss = query_mask is not None
+        rs = rs.flatten(0, 1)  # [B*K, C, hs, ws]
+        support_labels = support_masks.flatten(0, 1).long()  # [B*K, Hs, Ws]
+        mask = downsample_mask(support_labels, rs.shape[-2:], rs.dtype)  # [B*K, 1, hs, ws]
+
+        weighted = cfg.fusion == "weighted" and shots > 1
+        tuning = None
+        if cfg.ssm or weighted or (cfg.aux_loss and training_loss) or explain:
+            tuning = self.tune(rs, mask, support_labels, feature_gradient=explain)
+            protos = tuning.tuned_prototypes if cfg.ssm else tuning.prototypes
+        else:
+            protos = self.pool(rs, mask)  # [B*K, C]
+
+        relations = self.relate(rq, protos.unflatten(0, (batch, shots)))  # [B, K, C, h, w]
+        weights = self.shot_weights(tuning, support_labels, batch, shots)  # [B, K] or None
+        fused = fuse(relations, cfg.fusion, weights)  # Eq. 14: M [B, C, h, w]
+        logits = self.decoder(fused, size)  # Eq. 7: S [B, 2, H, W]
+        if explain:
+            untuned = logits
+            if cfg.ssm:  # the same decoding with the prototypes before the step
+                untuned_relations = self.relate(rq, tuning.prototypes.unflatten(0, (batch, shots)))
+                untuned = self.decoder(fuse(untuned_relations, cfg.fusion, weights), size)
+
+        out = SSTOutput(
+            logits=logits,
+            shot_weights=weights,
+            prototypes=(tuning.prototypes if tuning is not None else protos).unflatten(0, (batch, shots)),
+        )
+        if tuning is not None:
+            out.support_logits = tuning.support_logits.unflatten(0, (batch, shots))
+            out.aux_loss = tuning.support_loss.mean()
+            if tuning.tuned_prototypes is not None:
+                out.tuned_prototypes = tuning.tuned_prototypes.unflatten(0, (batch, shots))
+        if explain:
+            out.untuned_logits = untuned
+            if tuning.feature_gradient is not None:
+                out.feature_gradient = tuning.feature_gradient.unflatten(0, (batch, shots))
+        if training_loss:
+            out.main_loss = per_image_cross_entropy(logits, query_mask).mean()
+            out.loss = out.main_loss + cfg.aux_weight * out.aux_loss if cfg.aux_loss else out.main_loss
+        # The inner loop always runs with autograd on; under no_grad nothing returned keeps a graph.
+        return out if torch.is_grad_enabled() else out.detach()
+
+    def pool(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Eq. 12's ``pool(R * T)``: [N, C, h, w], [N, 1, h, w] -> prototypes [N, C]."""
+        return masked_avg_pool(features, mask, self.config.eps)
+
+    def relate(self, rq: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
+        """Eq. 13 for every shot at once: rq [B, C, h, w] meets its K prototypes [B, K, C] -> [B, K, C, h, w]."""
+        batch, shots = protos.shape[:2]
+        rq_per_shot = rq[:, None].expand(-1, shots, -1, -1, -1).flatten(0, 1)  # [B*K, C, h, w]
+        return self.relation_map(rq_per_shot, protos.flatten(0, 1)).unflatten(0, (batch, shots))
+
+    def relation_map(self, features: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
+        """fm (Eq. 12-13): features [N, C, h, w] scored against prototypes [N, C] -> [N, C, h, w]."""
+        return self.relation(features, protos)
+
+    def tune(self, rs: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor, feature_gradient: bool = False):
+        """§4.2: the supports segment themselves (Eq. 8-10) and their features take one gradient step (Eq. 11).
+
+        rs [N, C, h, w] (N = B*K), mask [N, 1, h, w], labels [N, Hs, Ws] -> :class:`TuningResult`.
+        Each support image's loss is its own per-image mean, so the sum over the batch gives every
+        image exactly the gradient of its own loss. The gradient is taken with autograd enabled
+        even under ``torch.no_grad()`` and ``torch.inference_mode()`` (evaluation tunes too); it is
+        part of the outer graph (second order) only when gradients are on and ``first_order`` is off.
+        ``feature_gradient``: return the full gradient map dLsup/dRs too (paper Fig. 3); the
+        reference forms it anyway, :class:`sst_fast.SST` only when asked.
+        """
+        if torch.is_inference_mode_enabled():
+            # enable_grad cannot lift inference mode: step out of it, with ordinary copies of the inputs.
+            with torch.inference_mode(False), torch.no_grad():
+                return self.tune(rs.clone(), mask.clone(), labels.clone(), feature_gradient)
+        outer_grad = torch.is_grad_enabled()
+        with torch.enable_grad():
+            rs = rs if rs.requires_grad else rs.detach().requires_grad_()
+            return self._tune(rs, mask, labels, outer_grad, feature_gradient)
+
+    def _tune(self, rs, mask, labels, outer_grad: bool, feature_gradient: bool) -> TuningResult:
+        """Eq. 8-12 literally: autograd down to the full feature map, the step, then the pooling."""
+        cfg = self.config
+        proto = self.pool(rs, mask)  # Eq. 12, pool(Rs * Ts): [N, C]
+        support_logits = self.decoder(self.relation(rs, proto), labels.shape[-2:])  # Eq. 8-9
+        support_loss = per_image_cross_entropy(support_logits, labels)  # Eq. 10: [N]
+        if not cfg.ssm:
+            return TuningResult(support_logits, support_loss, proto, None, None)
+        (gradient,) = torch.autograd.grad(
+            support_loss.sum(), rs, create_graph=outer_grad and not cfg.first_order, retain_graph=outer_grad
+        )
+        steps = self.tuning.feature_steps(proto, self.pool(gradient, mask))  # alpha, or [N, 1] per shot
+        if isinstance(steps, torch.Tensor) and steps.dim() == 2:
+            steps = steps[:, :, None, None]
+        tuned = rs - steps * gradient  # Eq. 11: R's [N, C, h, w]
+        tuned_proto = self.pool(tuned, mask)  # Eq. 12, pool(R's * Ts)
+        return TuningResult(support_logits, support_loss, proto, tuned_proto, gradient)
+
+    def shot_weights(self, tuning: TuningResult | None, labels: torch.Tensor, batch: int, shots: int):
+        """Eq. 14's fusion weights [B, K] (not differentiated); None for element-wise max."""
+        fusion = self.config.fusion
+        if fusion == "max":
+            return None
+        if fusion == "average" or tuning is None:  # one shot: its weight is 1 whatever its IoU
+            return torch.full((batch, shots), 1.0 / shots, device=labels.device)
+        with torch.no_grad():
+            ious = foreground_iou(tuning.support_logits.argmax(1), labels)  # fIoU(Ssup_i, Ts_i): [B*K]
+            return fusion_weights(ious.view(batch, shots))
+
+
+# --- the fused model -------------------------------------------------------------------------------------
 
 
 class SST(SSTReference):
