@@ -11,6 +11,7 @@ processes with ``gloo``): see :mod:`sst_fast.engine.distributed`.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 from pathlib import Path
@@ -390,11 +391,9 @@ def _claim_output(out: Path, setting: dict, overwrite: bool) -> Path | None:
                 f"--out {out} holds the results of another evaluation (its setting {what}): "
                 "choose another --out, or pass --overwrite to replace them"
             )
-    made = None
-    for folder in (out, *out.parents):
-        if folder.exists():
-            break
-        made = folder
+    from .files import first_missing
+
+    made = first_missing(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
@@ -494,9 +493,7 @@ def _data_check(args) -> int:
     data = config.data
     dataset = open_dataset(data.dataset, data.root, **data.options)
     print(f"checking {data.dataset}" + (f" at {data.root}" if data.root else ""), flush=True)
-    def log(text: str) -> None:
-        print(text, flush=True)
-
+    log = functools.partial(print, flush=True)
     report = check_dataset(dataset, shots=config.model.shots, read=args.read, workers=args.workers, log=log)
     print(report)
     return 0 if report.ok else EXIT_ERROR

@@ -18,11 +18,21 @@ def default_cache_dir() -> Path:
     return Path(base) / "sst_fast"
 
 
+def first_missing(path) -> Path | None:
+    """The outermost folder of ``path`` that does not exist yet (what ``mkdir(parents=True)`` would create), or
+    None: what to remove again when the work that made it fails."""
+    path = Path(path)
+    missing = None
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        missing = folder
+    return missing
+
 
 def sha256_json(payload) -> str:
     """SHA-256 of a JSON-able value in canonical form (sorted keys, no spaces): equal content, equal hash."""
     return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
 
 
 def strict_json(value, indent: int | None = 1, **options) -> str:
@@ -32,11 +42,9 @@ def strict_json(value, indent: int | None = 1, **options) -> str:
     return json.dumps(_finite_or_none(value), indent=indent, allow_nan=False, **options)
 
 
-
 def write_json_atomic(path: Path, value) -> Path:
     """:func:`strict_json` of ``value`` written atomically (:func:`write_text_atomic`), with a final newline."""
     return write_text_atomic(path, strict_json(value) + "\n")
-
 
 
 def _finite_or_none(value):
@@ -49,11 +57,9 @@ def _finite_or_none(value):
     return value
 
 
-
 def write_text_atomic(path: Path, text: str) -> Path:
     """Write ``text`` to ``path`` through a temporary file and a rename: readers never see half a file."""
     return write_atomic(path, lambda file: file.write(text.encode()))
-
 
 
 def write_atomic(path, write) -> Path:
@@ -74,7 +80,6 @@ def write_atomic(path, write) -> Path:
         raise
     _sync_directory(path.parent)
     return path
-
 
 
 def _sync_directory(directory: Path) -> None:

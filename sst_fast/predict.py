@@ -114,29 +114,26 @@ def open_photo(path, name: str = "image", max_pixels: int | None = DEFAULT_MAX_P
 
     path = Path(path)
     limit = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None  # our own limit, below, with its own message
+    Image.MAX_IMAGE_PIXELS = None  # PIL's own check runs in open(); ours, below, has its own message
     try:
-        try:
-            image = Image.open(path)
-        except (UnidentifiedImageError, OSError) as error:
-            raise PhotoError(f"{name} {path} is not a readable image ({_first_line(error)})") from None
-        finally:
-            Image.MAX_IMAGE_PIXELS = limit
-        with image:
-            width, height = image.size
-            if max_pixels is not None and width * height > max_pixels:
-                raise PhotoError(
-                    f"{name} {path} is {width}x{height} ({width * height / 1e6:.1f} megapixels), over the limit of "
-                    f"{max_pixels / 1e6:g} megapixels: raise it (--max-pixels) to read it"
-                )
-            try:
-                image.load()
-                shown = ImageOps.exif_transpose(image)
-            except (OSError, ValueError, SyntaxError) as error:  # truncated or damaged data, a bad EXIF block
-                raise PhotoError(f"{name} {path} is not a readable image ({_first_line(error)})") from None
-            yield shown
+        image = Image.open(path)
+    except (UnidentifiedImageError, OSError) as error:
+        raise PhotoError(f"{name} {path} is not a readable image ({_first_line(error)})") from None
     finally:
         Image.MAX_IMAGE_PIXELS = limit
+    with image:
+        width, height = image.size
+        if max_pixels is not None and width * height > max_pixels:
+            raise PhotoError(
+                f"{name} {path} is {width}x{height} ({width * height / 1e6:.1f} megapixels), over the limit of "
+                f"{max_pixels / 1e6:g} megapixels: raise it (--max-pixels) to read it"
+            )
+        try:
+            image.load()
+            shown = ImageOps.exif_transpose(image)
+        except (OSError, ValueError, SyntaxError) as error:  # truncated or damaged data, a bad EXIF block
+            raise PhotoError(f"{name} {path} is not a readable image ({_first_line(error)})") from None
+        yield shown
 
 
 def read_photo(path, name: str = "image", max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:

@@ -144,7 +144,7 @@ def explain(
     support_masks: torch.Tensor,
     query_mask: torch.Tensor | None = None,
 ) -> list[Explanation]:
-    """Run the model's forward stage by stage and return one :class:`Explanation` per episode.
+    """Run the model's forward with its intermediates and return one :class:`Explanation` per episode.
 
     It is the model's own forward with ``explain=True`` (the decoder also run on the untuned prototypes,
     the full feature gradient formed), so ``after`` is exactly ``model(...).logits.argmax(1)`` in eval mode.

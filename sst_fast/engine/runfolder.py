@@ -94,27 +94,24 @@ def new_run_id() -> str:
     return uuid.uuid4().hex
 
 
-def folder_run_id(folder) -> str | None:
-    """The run id recorded in ``folder`` (None for a folder without one, e.g. a run from before run ids)."""
+def _version_record(folder) -> dict:
+    """The folder's ``version.json`` as a dict ({} when it is missing or not a JSON object)."""
     try:
         record = json.loads((Path(folder) / VERSION_NAME).read_text())
     except (OSError, ValueError):
-        return None
-    value = record.get("run_id") if isinstance(record, dict) else None
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def folder_run_id(folder) -> str | None:
+    """The run id recorded in ``folder`` (None for a folder without one, e.g. a run from before run ids)."""
+    value = _version_record(folder).get("run_id")
     return value if isinstance(value, str) else None
 
 
 def record_run_id(folder, run_id: str) -> None:
     """Write ``run_id`` into the folder's ``version.json`` (keeping what else it records)."""
-    path = Path(folder) / VERSION_NAME
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
-        record = {}
-    if not isinstance(record, dict):
-        record = {}
-    record["run_id"] = run_id
-    write_json_atomic(path, record)
+    write_json_atomic(Path(folder) / VERSION_NAME, {**_version_record(folder), "run_id": run_id})
 
 
 def check_belongs(folder, state: dict, saved: dict, resumable: tuple[str, ...]) -> str:

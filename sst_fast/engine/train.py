@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from ..config import positive_int
-from ..files import strict_json, write_json_atomic, write_text_atomic
+from ..files import first_missing, strict_json, write_json_atomic, write_text_atomic
 from ..models import SST
 from ..protocol import code_version
 from . import distributed, runlog
@@ -98,7 +98,7 @@ class Trainer:
         self.world = distributed.current()
         if _state is None:
             self._refuse_a_held_run()  # before taking the lock: a refused start leaves the folder as it was
-        created = _first_missing(self.run_dir)
+        created = first_missing(self.run_dir)
         # One writer per run folder: rank 0 holds its lock from here to the end of fit() (the other ranks write
         # nothing). A folder that another process holds is left exactly as it is.
         self._lock = RunLock(self.run_dir) if self.world.main else None
@@ -410,7 +410,7 @@ class Trainer:
             )
             return "stopped"
         while self.epoch < cfg.optim.epochs:
-            for batch in self.data.loader(self.epoch, self.batch_in_epoch, self.world, self.device, self.feature_cache):
+            for batch in self.data.loader(self.epoch, self.batch_in_epoch, self.device, self.feature_cache):
                 record = self.train_step(batch)
                 self.step += 1
                 self.batch_in_epoch += 1
@@ -632,13 +632,3 @@ def resolve_device(name: str, setting: str = "run.device", world: distributed.Wo
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise ConfigError(f"{setting}={name!r} but there are {torch.cuda.device_count()} CUDA device(s)")
     return device
-
-
-def _first_missing(path: Path) -> Path | None:
-    """The outermost folder of ``path`` that does not exist yet (what ``mkdir(parents=True)`` creates)."""
-    missing = None
-    for folder in (path, *path.parents):
-        if folder.exists():
-            break
-        missing = folder
-    return missing

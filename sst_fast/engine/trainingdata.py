@@ -25,6 +25,7 @@ class TrainingData:
 
     def __init__(self, config: RunConfig, world: distributed.World, log, manifest_path: Path | None) -> None:
         self.config = config
+        self.world = world
         data, shots = config.data, config.model.shots
         self.dataset = open_dataset(data.dataset, data.root, **data.options)
         split = self.dataset.fold_split(data.fold)
@@ -88,7 +89,7 @@ class TrainingData:
         if processes > 1:
             log.info("%d processes share each batch of %d episodes", processes, batch_size)
 
-    def loader(self, epoch: int, start_batch: int, world, device: torch.device, feature_cache=None):
+    def loader(self, epoch: int, start_batch: int, device: torch.device, feature_cache=None):
         """Epoch ``epoch``'s episodes (seeded by ``(run.seed, epoch)``) from global batch ``start_batch`` on, as
         this rank's share of each global batch; from ``feature_cache`` when given, else from the images."""
         cfg = self.config
@@ -105,7 +106,7 @@ class TrainingData:
         size = cfg.optim.batch_size
         batches = [range(first, min(first + size, len(dataset))) for first in range(0, len(dataset), size)]
         batches = batches[: self.steps_per_epoch][start_batch:]
-        shares = [[batch[i] for i in distributed.split(len(batch), world)] for batch in batches]
+        shares = [[batch[i] for i in distributed.split(len(batch), self.world)] for batch in batches]
         return torch.utils.data.DataLoader(
             dataset,
             batch_sampler=shares,
