@@ -11,7 +11,7 @@ PIP := $(PY) -m pip
 
 install: $(VENV)/.installed
 
-KERNEL_SOURCES := $(wildcard csrc/build.cfg csrc/*.h csrc/*.cpp csrc/cpu/*.cpp csrc/cuda/*.cu)
+KERNEL_SOURCES := $(wildcard csrc/build.cfg csrc/*.h csrc/*.cpp csrc/cpu/*.h csrc/cpu/*.cpp csrc/cuda/*.h csrc/cuda/*.cuh csrc/cuda/*.cu csrc/cuda/*.cpp)
 
 # Rebuilt when the build description or a kernel source changes (pip prints what it compiles).
 $(VENV)/.installed: pyproject.toml setup.py CMakeLists.txt $(KERNEL_SOURCES)

@@ -18,10 +18,10 @@
 
 namespace sst_fast {
 
-// --- device kernels: csrc/cpu/*.cpp and csrc/cuda/*.cu implement each one -------------------
+// --- device kernels: csrc/cpu/<op>_kernel.cpp and csrc/cuda/<op>_kernel.cu implement each one ---
 //
-// Which op each primitive serves (the same names in csrc/cpu/kernels.cpp, csrc/cuda/kernels.cu and
-// sst_fast/ops/_triton.py):
+// Which op each primitive serves, and so which file holds it (csrc/cpu/<op>_kernel.cpp,
+// csrc/cuda/<op>_kernel.cu; the same names in sst_fast/ops/_triton.py, under a section per op):
 //   masked_avg_pool, masked_avg_pool_backward   op masked_avg_pool
 //   tap_expand_add_                               op prototype_conv2d (forward: the tile's term T)
 //   tap_sums                                      op prototype_conv2d (backward: dQ)
