@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from .predict import DEFAULT_MAX_PIXELS, read_photo
+from .protocol import PROTOCOLS, protocol_for
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -78,23 +79,45 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser(
         "eval",
-        help="evaluate a checkpoint on the novel classes of a fold",
-        description="Evaluate a checkpoint (a .pt file or a run folder: its best "
-        "checkpoint). Data set and fold default to the checkpoint's training run.",
+        help="evaluate a checkpoint (or any model with SST's call signature) on the novel classes of a fold",
+        description="Evaluate a checkpoint (a .pt file or a run folder: its best checkpoint), or with "
+        "--model any model with SST's call signature. Data set and fold default to the checkpoint's "
+        "training run. --protocol draws and scores the episodes as SST, PFENet or HSNet do.",
     )
-    evaluate.add_argument("checkpoint", type=Path, help="a checkpoint file, or a run folder (its best checkpoint)")
+    evaluate.add_argument(
+        "checkpoint", type=Path, nargs="?", help="a checkpoint file, or a run folder (its best checkpoint)"
+    )
+    evaluate.add_argument(
+        "--model",
+        metavar="MODULE:FACTORY",
+        help="evaluate FACTORY() (FACTORY(checkpoint) when a checkpoint is given) from MODULE, a module "
+        "name or a .py file: a model(query, support_images, support_masks) -> logits [B, 2, H, W] "
+        "(default: the checkpoint's SST)",
+    )
+    evaluate.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        help="how episodes are drawn and scored: sst (this project's), pfenet or hsnet (as their test code); "
+        "default: sst, or the protocol of the --manifest files",
+    )
     evaluate.add_argument("--dataset", help="pascal, coco, fss or synthetic (default: the training run's)")
     evaluate.add_argument("--root", help="the data folder (default: the training run's)")
     evaluate.add_argument("--fold", help="the fold, 0-3; FSS-1000: test or val (default: the training run's)")
     evaluate.add_argument("--shots", type=_positive_int, default=1, help="support images per episode")
-    evaluate.add_argument("--episodes", type=_positive_int, default=1000, help="episodes per seed")
-    evaluate.add_argument("--seeds", type=int, nargs="+", default=[0], help="episode seeds: one run per seed")
+    evaluate.add_argument(
+        "--episodes", type=_positive_int, help="episodes per seed (default: the protocol's; sst 1000)"
+    )
+    evaluate.add_argument(
+        "--seeds", type=int, nargs="+", help="episode seeds, one run per seed (default: the protocol's; sst 0)"
+    )
     evaluate.add_argument(
         "--manifest", type=Path, nargs="+", help="replay the episodes of these manifests (default: sample them)"
     )
     evaluate.add_argument("--original-size", action="store_true", help="score at each label's own size")
     evaluate.add_argument("--fusion", choices=("weighted", "average", "max"), help="K-shot fusion (default: trained)")
-    evaluate.add_argument("--size", type=int, nargs="+", help="network input size H [W] (default: trained)")
+    evaluate.add_argument(
+        "--size", type=int, nargs="+", help="network input size H [W] (default: trained; needed with --model)"
+    )
     evaluate.add_argument("--batch-size", type=_positive_int, default=8, help="episodes per forward pass")
     evaluate.add_argument("--workers", type=int, default=0, help="data loader processes")
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -143,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--seeds", type=int, nargs="+", help="evaluation seeds (default 0)")
     demo.add_argument(
+        "--protocol", choices=PROTOCOLS, default="sst", help="how the test episodes are drawn and scored"
+    )
+    demo.add_argument(
         "--train-seeds", type=int, nargs="+", help="run.seed of each model's training runs (default 0 1)"
     )
     demo.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides of the synthetic configuration")
@@ -161,8 +187,18 @@ def build_parser() -> argparse.ArgumentParser:
         default="tables",
         help="tables: the paper's Table 1 and 2; step: the tuning step's scale, form and order (default: tables)",
     )
-    ablation.add_argument("--episodes", type=_positive_int, default=1000, help="test episodes per seed")
-    ablation.add_argument("--seeds", type=int, nargs="+", default=[0], help="evaluation seeds (--study step: one)")
+    ablation.add_argument(
+        "--episodes", type=_positive_int, help="test episodes per seed (default: the protocol's; sst 1000)"
+    )
+    ablation.add_argument(
+        "--seeds", type=int, nargs="+", help="evaluation seeds (default: the protocol's; --study step: one)"
+    )
+    ablation.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default="sst",
+        help="how the test episodes are drawn and scored (--study step: sst only)",
+    )
     ablation.add_argument(
         "--train-seeds", type=int, nargs="+", default=[0], help="run.seed of each training run of every variant"
     )
@@ -279,29 +315,40 @@ def _train(args) -> int:
 def _eval(args) -> int:
     from .data import EpisodeManifest, open_dataset
     from .engine import distributed
-    from .engine.checkpoint import load_checkpoint, model_from_checkpoint
-    from .engine.evaluate import evaluate
+    from .engine.evaluate import evaluate, model_input_size
     from .engine.train import resolve_device
 
-    state = load_checkpoint(args.checkpoint)
-    trained = state["config"]["data"]
-    dataset_name = args.dataset or trained["dataset"]
-    same_data = dataset_name == trained["dataset"]
-    root = args.root if args.root is not None else (trained.get("root") if same_data else None)
-    options = dict(trained.get("options") or {}) if same_data else {}
-    fold = _fold(args.fold) if args.fold is not None else trained["fold"]
-    overrides = {"fusion": args.fusion} if args.fusion else {}
-    model = model_from_checkpoint(
-        state, device=resolve_device(args.device, "--device"), fast=not args.reference, **overrides
-    )
-    size = _size(args.size, model.config.image_size)
+    device = resolve_device(args.device, "--device")
+    if args.model is not None:
+        model, data, checkpoint = _own_model(args, device), {}, args.checkpoint
+        default_size = model_input_size(model) if getattr(model, "config", None) is not None else None
+    else:
+        model, data, checkpoint = _sst_model(args, device)
+        default_size = model.config.image_size
+    dataset_name = args.dataset or data.get("dataset")
+    if dataset_name is None:
+        raise ValueError("--dataset: a model from --model has no training run to take the data set from")
+    same_data = dataset_name == data.get("dataset")
+    root = args.root if args.root is not None else (data.get("root") if same_data else None)
+    options = dict(data.get("options") or {}) if same_data else {}
+    if args.fold is not None:
+        fold = _fold(args.fold)
+    elif "fold" in data:
+        fold = data["fold"]
+    elif dataset_name == "fss":
+        fold = "test"
+    else:
+        raise ValueError("--fold: a model from --model has no training run to take the fold from")
+    if args.size is None and default_size is None:
+        raise ValueError(f"--size: {type(model).__name__} has no config.image_size; pass --size H [W]")
+    size = _size(args.size, default_size)
     dataset = open_dataset(dataset_name, root, **options)
     dataset.fold_split(fold)  # a wrong fold is refused before anything is written
     manifests = [EpisodeManifest.load(path) for path in args.manifest] if args.manifest else None
-    setting = _eval_setting(state["path"], dataset_name, fold, size, args, model, manifests)
+    setting = _eval_setting(checkpoint, dataset_name, fold, size, args, model, manifests)
     world = distributed.current()
     # The output folder is checked before the work, so that a result is never computed only to be lost.
-    out = args.out or _default_eval_dir(Path(state["path"]), setting, args)
+    out = args.out or _default_eval_dir(checkpoint, setting, args)
     made = None
     problem = None
     if world.main:
@@ -325,9 +372,12 @@ def _eval(args) -> int:
             batch_size=args.batch_size,
             num_workers=args.workers,
             manifests=manifests,
-            checkpoint=state["path"],
+            checkpoint=str(checkpoint) if checkpoint is not None else None,
             progress=args.progress,
             amp=args.amp,
+            protocol=args.protocol,
+            device=device,
+            model_source=args.model,
         )
     except BaseException:
         if made is not None:  # a failed evaluation leaves no empty folder behind
@@ -350,20 +400,75 @@ def _eval(args) -> int:
     return 0
 
 
+def _sst_model(args, device):
+    """The SST model of ``args.checkpoint``, its training run's data settings and the checkpoint file."""
+    from .engine.checkpoint import load_checkpoint, model_from_checkpoint
+
+    if args.checkpoint is None:
+        raise ValueError("checkpoint: name a checkpoint or a run folder, or a model with --model MODULE:FACTORY")
+    state = load_checkpoint(args.checkpoint)
+    overrides = {"fusion": args.fusion} if args.fusion else {}
+    model = model_from_checkpoint(state, device=device, fast=not args.reference, **overrides)
+    return model, state["config"]["data"], Path(state["path"])
+
+
+def _own_model(args, device):
+    """``args.model``'s factory called (with the checkpoint, if one is named) and moved to ``device``."""
+    for flag, given in (("--fusion", args.fusion), ("--reference", args.reference)):
+        if given:
+            raise ValueError(f"{flag} applies to SST checkpoints, not to a model from --model")
+    factory = load_factory(args.model)
+    model = factory(str(args.checkpoint)) if args.checkpoint is not None else factory()
+    if not callable(model):
+        raise ValueError(f"--model: {args.model} returned {type(model).__name__}, not a model (a callable)")
+    import torch
+
+    return model.to(device) if isinstance(model, torch.nn.Module) else model
+
+
+def load_factory(spec: str):
+    """``MODULE:FACTORY`` -> the callable FACTORY of MODULE, a module name (``package.module``) or a .py file."""
+    import importlib
+    import importlib.util
+
+    module_name, colon, name = spec.rpartition(":")
+    if not colon or not module_name or not name:
+        raise ValueError(f"--model must be MODULE:FACTORY (a module name or a .py file, then a callable), got {spec!r}")
+    if module_name.endswith(".py") or "/" in module_name:
+        path = Path(module_name)
+        if not path.is_file():
+            raise ValueError(f"--model: no file {path}")
+        loader = importlib.util.spec_from_file_location(f"sst_fast_user_model_{path.stem}", path)
+        module = importlib.util.module_from_spec(loader)
+        loader.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            raise ValueError(f"--model: cannot import {module_name} ({error})") from None
+    factory = getattr(module, name, None)
+    if not callable(factory):
+        raise ValueError(f"--model: {module_name} has no callable {name}")
+    return factory
+
+
 def _eval_setting(checkpoint, dataset: str, fold, size, args, model, manifests) -> dict:
     """What decides an evaluation's numbers, known before it runs: two evaluations with the same setting
     (of the same checkpoint file) may share a folder, different ones may not."""
+    rules = protocol_for(manifests[0].protocol if manifests else args.protocol or "sst", dataset)
     return {
-        "checkpoint": str(checkpoint),
+        "checkpoint": str(checkpoint) if checkpoint is not None else None,
+        "model": args.model,
+        "protocol": rules.name,
         "dataset": dataset,
         "fold": fold,
         "shots": manifests[0].shots if manifests else args.shots,
-        "episodes": len(manifests[0].episodes) if manifests else args.episodes,
-        "seeds": [m.seed for m in manifests] if manifests else list(args.seeds),
+        "episodes": len(manifests[0].episodes) if manifests else (args.episodes or rules.episodes),
+        "seeds": [m.seed for m in manifests] if manifests else list(args.seeds or [rules.seed]),
         "manifests": [m.sha256 for m in manifests] if manifests else None,
         "input_size": list(size),
         "original_size": args.original_size,
-        "fusion": model.config.fusion,
+        "fusion": getattr(getattr(model, "config", None), "fusion", None),
         "amp": args.amp,
         "reference": args.reference,
     }
@@ -453,6 +558,7 @@ def _demo(args) -> int:
         seeds=args.seeds,
         train_seeds=args.train_seeds,
         progress=args.progress,
+        protocol=args.protocol,
     )
     return 0
 
@@ -465,20 +571,29 @@ def _ablation(args) -> int:
     if args.study == "step":
         from .engine.study import step_study
 
-        if len(args.seeds) != 1:
-            raise ValueError(f"--seeds: the step study evaluates on one seed's episodes, got {args.seeds}")
+        seeds = args.seeds or [0]
+        if len(seeds) != 1:
+            raise ValueError(f"--seeds: the step study evaluates on one seed's episodes, got {seeds}")
+        if args.protocol != "sst":
+            raise ValueError(f"--protocol: the step study draws its episodes under sst, got {args.protocol}")
         step_study(
             config,
             args.out,
             train_seeds=args.train_seeds,
-            episodes=args.episodes,
-            seed=args.seeds[0],
+            episodes=args.episodes or 1000,
+            seed=seeds[0],
             probes=args.probes,
             progress=args.progress,
         )
         return 0
     report = ablation(
-        config, args.out, episodes=args.episodes, seeds=args.seeds, train_seeds=args.train_seeds, progress=args.progress
+        config,
+        args.out,
+        episodes=args.episodes,
+        seeds=args.seeds,
+        train_seeds=args.train_seeds,
+        progress=args.progress,
+        protocol=args.protocol,
     )
     print(report.read_text())
     return 0
@@ -604,17 +719,21 @@ def _default_run_dir(config) -> Path:
     return Path("runs") / f"{config.data.dataset}-fold{config.data.fold}-{config.model.shots}shot-{stamp}"
 
 
-def _default_eval_dir(checkpoint: Path, setting: dict, args) -> Path:
+def _default_eval_dir(checkpoint: Path | None, setting: dict, args) -> Path:
     """One folder per evaluation setting, so that different settings never overwrite each other."""
     name = f"{setting['dataset']}-fold{setting['fold']}-{setting['shots']}shot"
-    if setting["shots"] > 1:
+    if setting["shots"] > 1 and setting["fusion"]:
         name += f"-{setting['fusion']}"
+    if setting["protocol"] != "sst":
+        name += f"-{setting['protocol']}"
     if setting["manifests"]:
         import hashlib
 
         name += "-manifest-" + hashlib.sha256("".join(setting["manifests"]).encode()).hexdigest()[:12]
     else:
-        name += f"-e{setting['episodes']}-s" + "-".join(str(s) for s in setting["seeds"])
+        if setting["episodes"] is not None:  # None: every test image once
+            name += f"-e{setting['episodes']}"
+        name += "-s" + "-".join(str(s) for s in setting["seeds"])
     if args.size:
         name += "-{}x{}".format(*setting["input_size"])
     if setting["original_size"]:
@@ -623,6 +742,9 @@ def _default_eval_dir(checkpoint: Path, setting: dict, args) -> Path:
         name += f"-{setting['amp']}"
     if setting["reference"]:
         name += "-reference"
+    if setting["model"] is not None:  # a model of the user's: its own folder under eval/
+        own = "".join(c if c.isalnum() or c in "-_." else "-" for c in setting["model"])
+        return Path("eval") / own / name
     if checkpoint.parent.name == "checkpoints":  # inside a run folder: keep results with the run
         return checkpoint.parent.parent / "eval" / name
     return Path("eval") / name

@@ -1,6 +1,11 @@
-"""Few-shot segmentation metrics: PFENet's and HSNet's definitions (docs/design.md §4), equal to their code on
-ordinary episodes. Their edge conventions differ: a class with no episode or an empty union is left
-out of the mean here and counts 0 there.
+"""Few-shot segmentation metrics: PFENet's and HSNet's definitions (docs/design.md §4).
+
+On episodes where every class has a non-empty union and both FB-IoU terms are non-empty, the numbers
+equal those peers' metric code (to float rounding). The edge cases are conventions, chosen by the
+meter's options (defaults first): a class with no episode or an empty union is left out of the mean
+(``empty_class="skip"``) or counts 0 (``"zero"``: PFENet and HSNet); an FB-IoU term with an empty
+union leaves the other term alone (``empty_fb_term="skip"``), counts 0 (``"zero"``: PFENet) or makes
+FB-IoU NaN (``"nan"``: HSNet). The evaluation protocols (:mod:`sst_fast.protocol`) set both.
 
 - mIoU: per class c of the fold, ``IoU_c = Σ_episodes |pred ∩ gt| / Σ_episodes |pred ∪ gt|`` on the
   foreground, then the mean over the fold's classes.
@@ -18,22 +23,31 @@ from collections.abc import Sequence
 import torch
 
 from .config import IGNORE_LABEL
+from .protocol import EMPTY_CLASS, EMPTY_FB_TERM
 
 
 class FewShotMeter:
     """Accumulates episodes of the classes ``class_ids`` (the fold's novel classes) and computes the metrics.
 
-    A class whose foreground union is empty over all its episodes (no episode, or nothing to find
-    and nothing predicted) has no IoU: it is reported as NaN and left out of the mean, with a
-    warning. An episode whose foreground union is empty (for example, all pixels ignored) is left
-    out of the episode-wise mean; its pixels still count in FB-IoU.
+    ``empty_class``: a class whose foreground union is empty over all its episodes (no episode, or
+    nothing to find and nothing predicted) is reported as NaN and left out of the mean, with a
+    warning (``"skip"``, the default), or scores 0 and counts in the mean (``"zero"``, as PFENet and
+    HSNet do). ``empty_fb_term``: when the pooled background or foreground union is empty, FB-IoU is
+    the other term alone (``"skip"``, the default), their mean with the empty one as 0 (``"zero"``,
+    PFENet) or NaN (``"nan"``, HSNet). An episode whose foreground union is empty (for example, all
+    pixels ignored) is left out of the episode-wise mean; its pixels still count in FB-IoU.
     """
 
-    def __init__(self, class_ids: Sequence[int]):
+    def __init__(self, class_ids: Sequence[int], empty_class: str = "skip", empty_fb_term: str = "skip"):
         class_ids = [int(c) for c in class_ids]
         if not class_ids or len(set(class_ids)) != len(class_ids):
             raise ValueError(f"class_ids must be a non-empty sequence of distinct class ids, got {class_ids!r}")
+        if empty_class not in EMPTY_CLASS:
+            raise ValueError(f"empty_class must be one of {sorted(EMPTY_CLASS)}, got {empty_class!r}")
+        if empty_fb_term not in EMPTY_FB_TERM:
+            raise ValueError(f"empty_fb_term must be one of {sorted(EMPTY_FB_TERM)}, got {empty_fb_term!r}")
         self.class_ids = tuple(class_ids)
+        self.empty_class, self.empty_fb_term = empty_class, empty_fb_term
         self.reset()
 
     def reset(self) -> None:
@@ -90,6 +104,8 @@ class FewShotMeter:
         """Add another meter's episodes (same classes) to this one: evaluation sharded over processes."""
         if other.class_ids != self.class_ids:
             raise ValueError(f"cannot merge meters of different classes: {self.class_ids} vs {other.class_ids}")
+        if (other.empty_class, other.empty_fb_term) != (self.empty_class, self.empty_fb_term):
+            raise ValueError("cannot merge meters of different empty-class / FB-IoU conventions")
         self.intersection += other.intersection
         self.union += other.union
         self.episodes += other.episodes
@@ -99,16 +115,22 @@ class FewShotMeter:
 
     def compute(self) -> dict:
         """``{"miou", "fb_iou", "class_iou": {c: iou}, "episode_miou", "episodes", "class_episodes"}``."""
+        empty = math.nan if self.empty_class == "skip" else 0.0
         class_iou = {}
         for c, inter, union in zip(self.class_ids, self.intersection.tolist(), self.union.tolist(), strict=True):
-            class_iou[c] = inter / union if union > 0 else math.nan
+            class_iou[c] = inter / union if union > 0 else empty
         missing = [c for c, iou in class_iou.items() if math.isnan(iou)]
         if missing:
             reason = "no episode or an empty foreground union"
             warnings.warn(f"classes {missing} have no IoU ({reason}): left out of the mIoU", stacklevel=2)
         scored = [iou for iou in class_iou.values() if not math.isnan(iou)]
-        (bg_inter, bg_union), (fg_inter, fg_union) = self.pooled.tolist()
-        fb = [inter / union for inter, union in ((bg_inter, bg_union), (fg_inter, fg_union)) if union > 0]
+        terms = self.pooled.tolist()  # [background, foreground] x [intersection, union]
+        if self.empty_fb_term == "skip":
+            fb = [inter / union for inter, union in terms if union > 0]
+        elif self.empty_fb_term == "zero":
+            fb = [inter / union if union > 0 else 0.0 for inter, union in terms]
+        else:
+            fb = [inter / union if union > 0 else math.nan for inter, union in terms]
         return {
             "miou": sum(scored) / len(scored) if scored else math.nan,
             "fb_iou": sum(fb) / len(fb) if fb else math.nan,

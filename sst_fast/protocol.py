@@ -1,4 +1,14 @@
-"""The protocol card: every choice behind a number, printed and saved with every result."""
+"""Evaluation protocols and the protocol card.
+
+A :class:`Protocol` is how one paper's test code draws and scores episodes on one data set: the
+sampling, the episode count and seed, the scoring resolution, the support draw and the metric's
+edge conventions (docs/design.md §4.3, which cites the peers' code line by line). ``sst`` is this
+project's own (the paper's 1000 class-uniform episodes, scored at the model's input size);
+``pfenet`` and ``hsnet`` reproduce PFENet's and HSNet's test protocols, so that a number sits in
+their tables. A protocol changes how episodes are drawn and scored, never the model's input.
+
+The protocol card records every choice behind a number; it is printed and saved with every result.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +19,158 @@ from pathlib import Path
 
 from ._version import __version__
 
+PROTOCOLS = ("sst", "pfenet", "hsnet")
+
+SAMPLINGS = {
+    "class-first": "a class uniformly among the test classes, then the query uniformly among its images",
+    "image-first": (
+        "the test images that hold a test class (past the small-object filter), in the data set's order, "
+        "wrapping around; the class uniformly among the test classes present in the query"
+    ),
+    "pair-list": "every (test image, test class) pair past the small-object filter, in the data set's order, wrapping",
+    "every-image": "every test image once as the query, class by class",
+}
+SUPPORT_DRAWS = {
+    "distinct": "K distinct images of the class, none the query",
+    "independent": "K independent uniform draws among the class's other images (repeats possible)",
+}
+EMPTY_CLASS = {"skip": "no IoU (NaN), left out of the mIoU", "zero": "IoU 0, counted in the mIoU"}
+EMPTY_FB_TERM = {
+    "skip": "FB-IoU is the other term alone",
+    "zero": "the empty term counts 0",
+    "nan": "FB-IoU is NaN",
+}
+
 METRIC_DEFINITION = (
     "class-wise mIoU (per class: sum of intersections / sum of unions over its episodes; mean over classes), "
     "FB-IoU (foreground and background IoU pooled over episodes, mean of the two), episode-wise mean IoU; "
     "label 255 excluded"
 )
 CLASS_SAMPLING = "class uniform over the test classes, then K+1 distinct images of it (query first)"
+
+PFENET = "PFENet (github.com/dvlab-research/PFENet, commit a505675)"
+HSNET = "HSNet (github.com/juhongm999/hsnet, commit 6b1bc12)"
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """One peer's test protocol on one data set (see the module docstring and docs/design.md §4.3)."""
+
+    name: str  # sst | pfenet | hsnet
+    dataset: str  # the data set whose rules these are ("pascal" rules also serve data sets the peer never used)
+    sampling: str  # a key of SAMPLINGS
+    episodes: int | None  # per seed; None: one per test image (every-image)
+    seed: int  # the default episode seed
+    resolution: str = "input"  # "input": the model's input size; "original": each label's size; "fixed": score_size
+    score_size: tuple[int, int] | None = None
+    supports: str = "distinct"  # a key of SUPPORT_DRAWS
+    empty_class: str = "skip"  # a key of EMPTY_CLASS
+    empty_fb_term: str = "skip"  # a key of EMPTY_FB_TERM
+    align_corners: bool = False  # how logits are resized to the scored labels (bilinear)
+    requires: tuple[tuple[str, object], ...] = ()  # (describe() key, value) the data set must have
+    source: str = ""  # the code the rules come from
+    comparable: str = ""  # the published tables a number under this protocol sits in
+
+    def describe(self) -> str:
+        """One line per setting, for the card and the README table."""
+        if self.resolution == "fixed":
+            scored = f"labels resized (nearest) to {self.score_size[0]}x{self.score_size[1]}, logits bilinearly"
+        elif self.resolution == "original":
+            scored = "each label's stored size, logits resized bilinearly"
+        if self.resolution != "input":
+            scored += " (align_corners=True)" if self.align_corners else ""
+        else:
+            scored = "the model's input size"
+        return "; ".join(
+            [
+                SAMPLINGS[self.sampling],
+                f"supports: {SUPPORT_DRAWS[self.supports]}",
+                "episodes: " + (f"{self.episodes}, seed {self.seed}" if self.episodes else "one per test image"),
+                f"scored at {scored}",
+                f"empty class: {EMPTY_CLASS[self.empty_class]}",
+                f"empty FB-IoU term: {EMPTY_FB_TERM[self.empty_fb_term]}",
+            ]
+        )
+
+
+_SST = Protocol(
+    "sst", "any", "class-first", 1000, 0,
+    source="the paper (1000 episodes per run); this project's conventions",
+    comparable="the SST paper's tables and this project's own results",
+)  # fmt: skip
+_PFENET_PASCAL = Protocol(
+    "pfenet", "pascal", "image-first", 5000, 321, resolution="original",
+    empty_class="zero", empty_fb_term="zero", align_corners=True,
+    source=f"{PFENET}: util/dataset.py:39-69 and :162-197, test.py:163-246",
+    comparable="PFENet (TPAMI 2020)'s PASCAL-5i tables and work scored with PFENet's test.py",
+)  # fmt: skip
+_HSNET_PASCAL = Protocol(
+    "hsnet", "pascal", "pair-list", 1000, 0, resolution="fixed", score_size=(400, 400),
+    supports="independent", empty_class="zero", empty_fb_term="nan", align_corners=True,
+    source=f"{HSNET}: data/pascal.py:30-148, data/dataset.py:26-35, common/logger.py:24-43, test.py:20",
+    comparable="HSNet (ICCV 2021)'s PASCAL-5i tables and work scored with HSNet's test.py",
+)  # fmt: skip
+
+_BUNDLES: dict[tuple[str, str], Protocol] = {
+    ("pfenet", "pascal"): _PFENET_PASCAL,
+    ("pfenet", "coco"): Protocol(
+        "pfenet", "coco", "image-first", 20000, 321, resolution="original",
+        empty_class="zero", empty_fb_term="zero", align_corners=True, requires=(("style", "interleaved"),),
+        source=f"{PFENET}: util/dataset.py:39-115 (use_split_coco), test.py:163-246",
+        comparable="PFENet (TPAMI 2020)'s COCO-20i tables and work scored with PFENet's test.py",
+    ),
+    ("hsnet", "pascal"): _HSNET_PASCAL,
+    ("hsnet", "coco"): Protocol(
+        "hsnet", "coco", "class-first", 1000, 0, resolution="fixed", score_size=(400, 400),
+        supports="independent", empty_class="zero", empty_fb_term="nan", align_corners=True,
+        requires=(("style", "interleaved"),),
+        source=f"{HSNET}: data/coco.py:30-107, common/logger.py:24-43, test.py:20",
+        comparable="HSNet (ICCV 2021)'s COCO-20i tables and work scored with HSNet's test.py",
+    ),
+    ("hsnet", "fss"): Protocol(
+        "hsnet", "fss", "every-image", None, 0, resolution="fixed", score_size=(400, 400),
+        supports="independent", empty_class="zero", empty_fb_term="nan", align_corners=True,
+        source=f"{HSNET}: data/fss.py:22-114, common/logger.py:24-43, test.py:20",
+        comparable="HSNet (ICCV 2021)'s FSS-1000 table and work scored with HSNet's test.py",
+    ),
+}  # fmt: skip
+
+
+def protocol_for(name: str, dataset: str) -> Protocol:
+    """The protocol ``name`` (sst, pfenet, hsnet) on the data set called ``dataset``.
+
+    A peer's rules for a data set it never used (the synthetic one, say) are its PASCAL rules; PFENet
+    has no FSS-1000 protocol. A ValueError names ``protocol`` for anything else.
+    """
+    if name not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {name!r}")
+    if name == "sst":
+        return _SST
+    if name == "pfenet" and dataset == "fss":
+        raise ValueError("protocol: PFENet defines no FSS-1000 protocol (its code has no FSS-1000 loader): use hsnet")
+    return _BUNDLES.get((name, dataset), _BUNDLES[(name, "pascal")])
+
+
+def small_object_rule(sampling: str, min_pixels: int) -> str:
+    """How the small-object filter of ``min_pixels`` pixels applies under ``sampling``: the card's line."""
+    if not min_pixels:
+        return "off"
+    at = f">= {min_pixels} px"
+    if sampling == "image-first":
+        return f"{at}: a query holds a test class past it, each support the episode's class; the query's class any size"
+    if sampling == "pair-list":
+        return f"{at}: the class of each (image, class) pair and of each support"
+    return f"{at}: the episode's class in the query and in each support"
+
+
+def check_protocol_data(protocol: Protocol, described: dict) -> None:
+    """Refuse a data set whose configuration the protocol's peer never used (COCO-20i in the contiguous style)."""
+    for key, value in protocol.requires:
+        if described.get(key) != value:
+            raise ValueError(
+                f"protocol {protocol.name}: {protocol.dataset} must have {key}={value} (the peer's class split), "
+                f"got {key}={described.get(key)!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -35,6 +191,11 @@ class ProtocolCard:
     min_pixels: int = 0
     class_sampling: str = CLASS_SAMPLING
     metric: str = METRIC_DEFINITION
+    protocol: str = "sst"
+    protocol_source: str = ""
+    score_size: tuple[int, int] | None = None  # resolution "fixed": the size labels and logits are scored at
+    small_objects: str = ""  # how the small-object filter applies (small_object_rule)
+    align_corners: bool = False  # resolution "original" / "fixed": how logits are resized to the labels
     checkpoint: str | None = None
     model: dict = field(default_factory=dict)
     manifests: tuple[str, ...] = ()  # SHA-256 of each seed's episode manifest
@@ -50,17 +211,25 @@ class ProtocolCard:
         if unknown:
             raise ValueError(f"unknown protocol card fields {unknown}")
         values = dict(data)
-        for name in ("seeds", "test_classes", "input_size", "manifests"):
+        for name in ("seeds", "test_classes", "input_size", "manifests", "score_size"):
             if name in values and values[name] is not None:
                 values[name] = tuple(values[name])
         return cls(**values)
 
     def __str__(self) -> str:
         size = f"{self.input_size[0]}x{self.input_size[1]}"
-        resolution = f"network input {size}" if self.resolution == "input" else f"original label size (input {size})"
+        corners = ", logits align_corners=True" if self.align_corners else ""
+        if self.resolution == "fixed":
+            scored = f"{self.score_size[0]}x{self.score_size[1]}"
+            resolution = f"labels resized (nearest) to {scored} (input {size}{corners})"
+        elif self.resolution == "original":
+            resolution = f"original label size (input {size}{corners})"
+        else:
+            resolution = f"network input {size}"
         style = f" ({self.split_style})" if self.split_style else ""
-        small = f">= {self.min_pixels} px per class per image" if self.min_pixels else "off"
+        small = self.small_objects or (f">= {self.min_pixels} px per class per image" if self.min_pixels else "off")
         rows = [
+            ("protocol", self.protocol + (f" ({self.protocol_source})" if self.protocol_source else "")),
             ("data set", f"{self.dataset}{style}, fold {self.fold}, test images: {self.test_split}"),
             ("data", ", ".join(f"{k}={v}" for k, v in self.data.items() if k != "dataset") or "-"),
             ("test classes", ", ".join(str(c) for c in self.test_classes)),

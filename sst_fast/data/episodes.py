@@ -21,6 +21,7 @@ import torch
 from . import transforms
 from ..config import as_size, positive_int
 from ..files import sha256_json, strict_json, write_text_atomic
+from ..protocol import PROTOCOLS, SUPPORT_DRAWS, Protocol, check_protocol_data, protocol_for
 from .base import DataError, FewShotDataset
 
 MANIFEST_FORMAT = 1
@@ -41,12 +42,15 @@ class Episode:
 
 
 class EpisodeSampler:
-    """Draws episodes of ``classes`` from the images of ``split``.
+    """Draws episodes of ``classes`` from the images of ``split``, class first: a class uniformly, then the
+    query uniformly among its images, then the supports.
 
     ``exclude_classes``: drop every image in which any of these classes appears at all (the
     BAM-style training filter for novel classes; by default such images are kept and the novel
     pixels are simply background in the binary masks). ``images``: draw only from these image ids
     (e.g. a validation hold-out, see :func:`holdout`); ``None`` uses every image of the split.
+    ``supports``: ``"distinct"`` (K distinct images besides the query) or ``"independent"`` (K
+    independent uniform draws among the class's images other than the query, as HSNet draws them).
     """
 
     def __init__(
@@ -57,41 +61,157 @@ class EpisodeSampler:
         shots: int,
         exclude_classes: Sequence[int] = (),
         images: Collection[str] | None = None,
+        supports: str = "distinct",
     ):
         positive_int(shots, "shots")
+        if supports not in SUPPORT_DRAWS:
+            raise ValueError(f"supports must be one of {sorted(SUPPORT_DRAWS)}, got {supports!r}")
         classes = [dataset.check_class(c, "classes") for c in classes]
         if not classes:
             raise ValueError("classes must name at least one class")
         dataset.check_split(split)
         excluded = {dataset.check_class(c, "exclude_classes") for c in exclude_classes}
         self.dataset, self.split, self.shots, self.classes = dataset, split, shots, classes
+        self.supports = supports
         self.pools: dict[int, list[str]] = {}
         allowed = None if images is None else set(images)
+        needed = shots + 1 if supports == "distinct" else 2
         for class_id in classes:
             pool = dataset.class_images(split, class_id)
             if excluded:
                 pool = [i for i in pool if excluded.isdisjoint(dataset.image_classes(split, i))]
             if allowed is not None:
                 pool = [i for i in pool if i in allowed]
-            if len(pool) < shots + 1:
+            if len(pool) < needed:
                 raise DataError(
                     f"{dataset.name}: class {class_id} ({dataset.class_name(class_id)}) has {len(pool)} image(s) in "
                     f"split {split!r} after filtering (min_pixels={dataset.min_pixels}); a {shots}-shot episode "
-                    f"needs {shots + 1}"
+                    f"needs {needed}"
                 )
             self.pools[class_id] = pool
+        self._positions = {c: {image: n for n, image in enumerate(pool)} for c, pool in self.pools.items()}
 
-    def sample(self, episodes: int, seed) -> list[Episode]:
+    # The number of episodes a seed gives when none is asked for; None: any number.
+    count: int | None = None
+
+    def sample(self, episodes: int | None, seed) -> list[Episode]:
         """``episodes`` episodes from ``seed`` (an int or a sequence of ints, e.g. ``(seed, epoch)``)."""
-        positive_int(episodes, "episodes")
+        episodes = self._check_count(episodes)
         rng = np.random.default_rng(_seed_words(seed))
         drawn = []
-        for _ in range(episodes):
-            class_id = self.classes[int(rng.integers(len(self.classes)))]
-            pool = self.pools[class_id]
-            picks = rng.choice(len(pool), size=self.shots + 1, replace=False)
-            drawn.append(Episode(class_id, pool[picks[0]], tuple(pool[i] for i in picks[1:])))
+        for number in range(episodes):
+            drawn.append(self._episode(number, rng))
         return drawn
+
+    def _check_count(self, episodes: int | None) -> int:
+        if episodes is None:
+            if self.count is None:
+                raise ValueError(f"episodes: {type(self).__name__} needs a number of episodes")
+            return self.count
+        return positive_int(episodes, "episodes")
+
+    def _episode(self, number: int, rng: np.random.Generator) -> Episode:
+        class_id = self.classes[int(rng.integers(len(self.classes)))]
+        pool = self.pools[class_id]
+        if self.supports == "distinct":  # query and supports in one draw (the manifests of earlier versions)
+            picks = rng.choice(len(pool), size=self.shots + 1, replace=False)
+            return Episode(class_id, pool[picks[0]], tuple(pool[i] for i in picks[1:]))
+        return self._with_supports(class_id, pool[int(rng.integers(len(pool)))], rng)
+
+    def _with_supports(self, class_id: int, query: str, rng: np.random.Generator) -> Episode:
+        """The episode of ``query`` and ``class_id`` with supports drawn among the class's images but the query."""
+        pool = self.pools[class_id]
+        skip = self._positions[class_id].get(query)  # the query's place in the pool, if it is there
+        others = len(pool) - (skip is not None)
+        if self.supports == "distinct":
+            if others < self.shots:
+                raise DataError(
+                    f"{self.dataset.name}: class {class_id} has {others} image(s) besides query {query}; "
+                    f"{self.shots} distinct supports are needed"
+                )
+            picks = rng.choice(others, size=self.shots, replace=False)
+        else:
+            picks = rng.integers(others, size=self.shots)
+        picks = [int(i) + (skip is not None and i >= skip) for i in picks]
+        return Episode(class_id, query, tuple(pool[i] for i in picks))
+
+
+class ImageFirstSampler(EpisodeSampler):
+    """PFENet's test sampling (docs/design.md §4.3): the queries are the images of ``split`` that hold a
+    test class past the small-object filter, taken in the data set's order and wrapping around; each
+    episode's class is drawn uniformly among the test classes present in the query (any pixel count),
+    its supports among that class's images (past the filter) other than the query."""
+
+    def __init__(self, dataset, classes, split, shots, supports: str = "distinct"):
+        super().__init__(dataset, classes, split, shots, supports=supports)
+        listed = set().union(*(set(pool) for pool in self.pools.values()))
+        self.queries = [image for image in dataset.image_ids(split) if image in listed]
+        self.present = {
+            image: [c for c in self.classes if dataset.image_classes(split, image).get(c, 0) > 0]
+            for image in self.queries
+        }
+
+    def _episode(self, number, rng):
+        query = self.queries[number % len(self.queries)]
+        present = self.present[query]
+        return self._with_supports(present[int(rng.integers(len(present)))], query, rng)
+
+
+class PairListSampler(EpisodeSampler):
+    """HSNet's PASCAL sampling (docs/design.md §4.3): every (image, class) pair of ``split`` with the class
+    past the small-object filter, in the data set's image order (classes ascending within an image),
+    wrapping around; the supports among the class's other images."""
+
+    def __init__(self, dataset, classes, split, shots, supports: str = "independent"):
+        super().__init__(dataset, classes, split, shots, supports=supports)
+        self.pairs = [
+            (image, c)
+            for image in dataset.image_ids(split)
+            for c in sorted(self.classes)
+            if image in self._positions[c]
+        ]
+
+    def _episode(self, number, rng):
+        query, class_id = self.pairs[number % len(self.pairs)]
+        return self._with_supports(class_id, query, rng)
+
+
+class EveryImageSampler(EpisodeSampler):
+    """HSNet's FSS-1000 sampling (docs/design.md §4.3): every image of every test class once as the query
+    (classes ascending, each class's images in order), the supports among the class's other images.
+    A seed gives exactly :attr:`count` episodes."""
+
+    def __init__(self, dataset, classes, split, shots, supports: str = "independent"):
+        super().__init__(dataset, classes, split, shots, supports=supports)
+        self.queries = [(image, c) for c in sorted(self.classes) for image in self.pools[c]]
+        self.count = len(self.queries)
+
+    def _check_count(self, episodes):
+        if episodes is not None and episodes != self.count:
+            raise ValueError(
+                f"episodes: every test image is the query once, {self.count} episodes; got episodes={episodes}"
+            )
+        return self.count
+
+    def _episode(self, number, rng):
+        query, class_id = self.queries[number]
+        return self._with_supports(class_id, query, rng)
+
+
+SAMPLERS = {
+    "class-first": EpisodeSampler,
+    "image-first": ImageFirstSampler,
+    "pair-list": PairListSampler,
+    "every-image": EveryImageSampler,
+}
+
+
+def protocol_sampler(dataset: FewShotDataset, fold, shots: int, protocol: Protocol) -> EpisodeSampler:
+    """The test-episode sampler of ``protocol`` on ``fold``: its sampling rule and its support draw."""
+    split = dataset.fold_split(fold)
+    check_protocol_data(protocol, dataset.describe())
+    sampler = SAMPLERS[protocol.sampling]
+    return sampler(dataset, split.test_classes, split.test_split, shots, supports=protocol.supports)
 
 
 def fold_sampler(
@@ -150,6 +270,7 @@ class EpisodeManifest:
     shots: int
     seed: int | list[int] | None
     episodes: list[Episode] = field(default_factory=list)
+    protocol: str = "sst"  # the evaluation protocol that drew them (sst_fast.protocol)
 
     def __post_init__(self):
         if self.seed is not None:  # plain ints, whatever integer type the caller used: JSON needs them
@@ -166,14 +287,19 @@ class EpisodeManifest:
         split = dataset.fold_split(fold)
         if self.fold != fold or self.split != split.test_split:
             raise ValueError(f"manifest is for fold {self.fold!r} (split {self.split!r}), not fold {fold!r}")
+        distinct = protocol_for(self.protocol, dataset.name).supports == "distinct"
         pools: dict[int, set[str]] = {}
         for number, episode in enumerate(self.episodes):
             if episode.class_id not in split.test_classes:
                 raise ValueError(
                     f"manifest episode {number}: class {episode.class_id} is not a test class of fold {fold}"
                 )
-            if len(episode.supports) != self.shots or len({episode.query, *episode.supports}) != self.shots + 1:
-                raise ValueError(f"manifest episode {number}: needs {self.shots} supports, all distinct from the query")
+            if len(episode.supports) != self.shots or episode.query in episode.supports:
+                raise ValueError(f"manifest episode {number}: needs {self.shots} supports, none the query")
+            if distinct and len(set(episode.supports)) != self.shots:
+                raise ValueError(
+                    f"manifest episode {number}: protocol {self.protocol} draws {self.shots} distinct supports"
+                )
             if episode.class_id not in pools:
                 pools[episode.class_id] = set(dataset.class_images(self.split, episode.class_id))
             strangers = {episode.query, *episode.supports} - pools[episode.class_id]
@@ -184,7 +310,7 @@ class EpisodeManifest:
                 )
 
     def content(self) -> dict:
-        return {
+        content = {
             "format": MANIFEST_FORMAT,
             "dataset": self.dataset,
             "split": self.split,
@@ -193,6 +319,9 @@ class EpisodeManifest:
             "seed": self.seed,
             "episodes": [episode.to_dict() for episode in self.episodes],
         }
+        if self.protocol != "sst":  # sst manifests keep the content (and SHA-256) they always had
+            content["protocol"] = self.protocol
+        return content
 
     @property
     def sha256(self) -> str:
@@ -221,7 +350,12 @@ class EpisodeManifest:
         if payload.get("format") != MANIFEST_FORMAT:
             raise DataError(f"episode manifest {path} has format {payload.get('format')!r}, expected {MANIFEST_FORMAT}")
         episodes = [Episode.from_dict(e) for e in payload["episodes"]]
-        return cls(payload["dataset"], payload["split"], payload["fold"], payload["shots"], payload["seed"], episodes)
+        protocol = payload.get("protocol", "sst")
+        if protocol not in PROTOCOLS:
+            raise DataError(f"episode manifest {path} names an unknown protocol {protocol!r}")
+        return cls(
+            payload["dataset"], payload["split"], payload["fold"], payload["shots"], payload["seed"], episodes, protocol
+        )
 
 
 class EpisodeDataset(torch.utils.data.Dataset):
@@ -230,10 +364,11 @@ class EpisodeDataset(torch.utils.data.Dataset):
     Item ``i`` is a dict: ``query`` [3, H, W] and ``support_images`` [K, 3, H, W] (ImageNet-normalised
     float), ``query_mask`` [H, W] and ``support_masks`` [K, H, W] (long: 0, 1, 255), ``class_id``,
     ``index``; with ``keep_original=True`` also ``query_label`` [H0, W0], the query's binary mask at
-    its stored size (for ``original_size`` evaluation). Without ``augment`` every image is resized to
-    ``size`` (bilinear; masks nearest). With an :class:`~sst_fast.data.augment.Augment` each image
-    gets its own random transform, drawn from ``(seed, i)`` so that an item never depends on worker
-    count or order.
+    its stored size (for ``original_size`` evaluation); with ``score_size`` also ``score_mask``, that
+    mask resized to ``score_size`` by PyTorch's ``"nearest"`` rule (a protocol that scores at a fixed size). Without
+    ``augment`` every image is resized to ``size`` (bilinear; masks nearest). With an
+    :class:`~sst_fast.data.augment.Augment` each image gets its own random transform, drawn from
+    ``(seed, i)`` so that an item never depends on worker count or order.
     """
 
     def __init__(
@@ -244,6 +379,7 @@ class EpisodeDataset(torch.utils.data.Dataset):
         augment=None,
         seed=0,
         keep_original: bool = False,
+        score_size=None,
     ):
         self.dataset = dataset
         self.episodes = list(episodes)
@@ -251,6 +387,7 @@ class EpisodeDataset(torch.utils.data.Dataset):
         self.augment = augment
         self.seed = seed
         self.keep_original = keep_original
+        self.score_size = None if score_size is None else as_size(score_size, "score_size")
 
     def __len__(self) -> int:
         return len(self.episodes)
@@ -282,6 +419,9 @@ class EpisodeDataset(torch.utils.data.Dataset):
         }
         if self.keep_original:
             item["query_label"] = query_label.long()
+        if self.score_size is not None:
+            # HSNet's rule for the labels it scores at a fixed size: F.interpolate's default "nearest".
+            item["score_mask"] = transforms.resize_mask(query_label.long(), self.score_size, mode="nearest")
         return item
 
     def _prepare(self, image: np.ndarray, mask: torch.Tensor, generator):

@@ -59,9 +59,10 @@ def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(image[None], size=tuple(size), mode="bilinear", align_corners=False)[0]
 
 
-def resize_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """[H, W] labels -> [*size], nearest on pixel centres like :func:`resize_image` (labels are never blended)."""
-    return F.interpolate(mask[None, None].float(), size=tuple(size), mode="nearest-exact")[0, 0].to(mask.dtype)
+def resize_mask(mask: torch.Tensor, size: tuple[int, int], mode: str = "nearest-exact") -> torch.Tensor:
+    """[H, W] labels -> [*size], nearest on pixel centres like :func:`resize_image` (labels are never blended).
+    ``mode="nearest"``: PyTorch's older rule (source index floor(i * in / out)), which HSNet scores with."""
+    return F.interpolate(mask[None, None].float(), size=tuple(size), mode=mode)[0, 0].to(mask.dtype)
 
 
 def _writable(array: np.ndarray) -> np.ndarray:

@@ -65,9 +65,12 @@ def demo(
     train_seeds=None,
     progress: bool = True,
     log=print,
+    protocol: str = "sst",
 ) -> Path:
     """Run the demo into ``out_dir``; returns the path of ``report.md``. ``train_seeds``: the ``run.seed``
-    of each model's training runs (default :data:`TRAIN_SEEDS`); ``seeds``: the evaluation seeds."""
+    of each model's training runs (default :data:`TRAIN_SEEDS`); ``seeds``: the evaluation seeds;
+    ``protocol``: how the test episodes are drawn and scored (sst_fast.protocol; the demo's episode
+    budget stays its own unless ``episodes`` is given)."""
     out_dir = Path(out_dir)
     config = load_run_config("synthetic", [*(QUICK if quick else []), *overrides])
     episodes = episodes or (40 if quick else EPISODES)
@@ -84,6 +87,7 @@ def demo(
         train_seeds=train_seeds,
         progress=progress,
         log=log,
+        protocol=protocol,
     )
     error = interrupted(experiment, "the demo")
     if error is not None:
@@ -239,7 +243,7 @@ def _report(
         "",
         f"![curves]({figures['curves'].relative_to(experiment.out_dir)})",
         "",
-        "## Protocol (1-shot, sst)",
+        f"## Protocol (1-shot, SST model, protocol {card.protocol})",
         "",
         "```",
         str(card),

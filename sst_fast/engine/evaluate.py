@@ -15,9 +15,21 @@ from torch import nn
 from ..config import as_size, positive_int
 from ..data.base import FewShotDataset
 from ..files import write_json_atomic, write_text_atomic
-from ..data.episodes import Episode, EpisodeDataset, EpisodeManifest, collate_episodes, fold_sampler
+from ..data.episodes import Episode, EpisodeDataset, EpisodeManifest, collate_episodes, protocol_sampler
 from ..metrics import FewShotMeter, mean_ci
-from ..protocol import ProtocolCard, code_version
+from ..protocol import (
+    EMPTY_CLASS,
+    EMPTY_FB_TERM,
+    METRIC_DEFINITION,
+    SAMPLINGS,
+    SUPPORT_DRAWS,
+    Protocol,
+    ProtocolCard,
+    check_protocol_data,
+    code_version,
+    protocol_for,
+    small_object_rule,
+)
 from . import distributed
 from .runlog import is_terminal
 from .speed import AMP_DTYPES, autocast
@@ -79,12 +91,12 @@ class EvaluationResult:
 
 
 def evaluate(
-    model: nn.Module,
+    model,
     dataset: FewShotDataset,
     fold,
     shots: int = 1,
-    episodes: int = 1000,
-    seeds: Sequence[int] = (0,),
+    episodes: int | None = None,
+    seeds: Sequence[int] | None = None,
     size=None,
     original_size: bool = False,
     batch_size: int = 8,
@@ -93,42 +105,80 @@ def evaluate(
     checkpoint: str | None = None,
     progress: bool = False,
     amp: str = "off",
+    protocol: str | Protocol | None = None,
+    device=None,
+    model_source: str | None = None,
 ) -> EvaluationResult:
-    """Evaluate ``model`` on ``fold`` of ``dataset``: one run of ``episodes`` episodes per seed.
+    """Evaluate ``model`` on ``fold`` of ``dataset`` under ``protocol``: one run of ``episodes`` episodes per seed.
 
-    With ``manifests`` the episodes are replayed from them instead of sampled (``shots``, ``episodes``
-    and ``seeds`` then come from the manifests). ``original_size`` scores at each label's stored size
-    (logits upsampled bilinearly) instead of the network's input size. ``size``: the network's input size
-    (default: the model's own ``config.image_size``, the size it was trained at, as ``sst-fast eval`` does).
-    ``amp``: ``off``, ``bf16`` or ``fp16`` autocast (written on the protocol card).
+    ``model``: SST, or any ``nn.Module`` or callable with SST's call signature ``model(query, support_images,
+    support_masks)`` (``[B, 3, H, W]``, ``[B, K, 3, H, W]``, ``[B, K, H, W]`` with 0/1/255) that returns
+    logits ``[B, 2, h, w]`` (background, foreground), as a tensor or as an object with ``.logits``; logits at
+    another size than the scored labels are resized bilinearly. ``protocol``: ``"sst"`` (the default),
+    ``"pfenet"``, ``"hsnet"`` or a :class:`~sst_fast.protocol.Protocol`: how episodes are drawn and scored
+    (docs/design.md §4.3). ``episodes`` and ``seeds`` default to the protocol's (sst: 1000, seed 0).
+
+    With ``manifests`` the episodes are replayed from them instead of sampled (``shots``, ``episodes``,
+    ``seeds`` and the protocol then come from the manifests). ``original_size`` scores at each label's stored
+    size (logits upsampled bilinearly) instead of the network's input size; a protocol that scores at a
+    fixed size refuses it. ``size``: the network's input size (default: the model's own
+    ``config.image_size``, the size it was trained at; a model without one needs ``size``). ``device``:
+    where the inputs go (default: the device of the model's parameters, else the CPU). ``amp``: ``off``,
+    ``bf16`` or ``fp16`` autocast (written on the protocol card). ``model_source``: how the model was made,
+    for the card (``sst-fast eval --model`` passes its ``module:factory``).
     """
     if amp not in AMP_DTYPES:
         raise ValueError(f"amp must be one of {sorted(AMP_DTYPES)}, got {amp!r}")
+    if not callable(model):
+        raise ValueError(f"model must be an nn.Module or a callable, got {type(model).__name__}")
     split = dataset.fold_split(fold)
     size = as_size(model_input_size(model) if size is None else size, "size")
-    if manifests is None:
-        seeds = check_seeds(seeds)
-        sampler = fold_sampler(dataset, fold, shots, stage="test")
-        manifests = [
-            EpisodeManifest(dataset.describe(), split.test_split, fold, shots, seed, sampler.sample(episodes, seed))
-            for seed in seeds
-        ]
-    else:
+    if manifests is not None:
         manifests = list(manifests)
         if not manifests:
             raise ValueError("manifests must hold at least one manifest")
+        drawn_by = {m.protocol for m in manifests}
+        if len(drawn_by) > 1:
+            raise ValueError(f"manifests must all come from one protocol, got {sorted(drawn_by)}")
+        name = getattr(protocol, "name", protocol)
+        if name is not None and name != manifests[0].protocol:
+            raise ValueError(f"protocol: the manifests were drawn under {manifests[0].protocol}, not {name}")
+        protocol = manifests[0].protocol
+    protocol = protocol_for(protocol or "sst", dataset.name) if not isinstance(protocol, Protocol) else protocol
+    check_protocol_data(protocol, dataset.describe())
+    resolution = protocol.resolution
+    if original_size:
+        if resolution == "fixed":
+            size_text = "x".join(str(n) for n in protocol.score_size)
+            raise ValueError(f"original_size: protocol {protocol.name} scores at {size_text} on {dataset.name}")
+        resolution = "original"
+    if manifests is None:
+        seeds = check_seeds((protocol.seed,) if seeds is None else seeds)
+        sampler = protocol_sampler(dataset, fold, shots, protocol)
+        episodes = protocol.episodes if episodes is None else episodes
+        manifests = [
+            EpisodeManifest(
+                dataset.describe(), split.test_split, fold, shots, seed, sampler.sample(episodes, seed), protocol.name
+            )
+            for seed in seeds
+        ]
+    else:
         for manifest in manifests:
             manifest.check(dataset, fold)
         if len({(m.shots, len(m.episodes)) for m in manifests}) > 1:
             raise ValueError("manifests must all have the same shots and number of episodes")
+    scoring = Scoring(
+        resolution, protocol.score_size if resolution == "fixed" else None, protocol.empty_class,
+        protocol.empty_fb_term, protocol.align_corners,
+    )  # fmt: skip
     runs = [
         score_episodes(
-            model, dataset, split.test_classes, manifest.episodes, size, original_size, batch_size, num_workers,
-            progress=f"seed {manifest.seed}" if progress else None,
-            amp=amp,
+            model, dataset, split.test_classes, manifest.episodes, size, batch_size=batch_size,
+            num_workers=num_workers, progress=f"seed {manifest.seed}" if progress else None, amp=amp,
+            scoring=scoring, device=device,
         )
         for manifest in manifests
-    ]
+    ]  # fmt: skip
     card = ProtocolCard(
         dataset=dataset.name,
         split_style=dataset.describe().get("style"),
@@ -139,15 +189,47 @@ def evaluate(
         data=dataset.describe(),
         test_classes=tuple(split.test_classes),
         test_split=split.test_split,
-        resolution="original" if original_size else "input",
+        resolution=resolution,
         input_size=size,
         min_pixels=dataset.min_pixels,
+        class_sampling=f"{SAMPLINGS[protocol.sampling]}; supports: {SUPPORT_DRAWS[protocol.supports]}",
+        small_objects=small_object_rule(protocol.sampling, dataset.min_pixels),
+        metric=f"{METRIC_DEFINITION}; {scoring.conventions()}",
+        protocol=protocol.name,
+        protocol_source=protocol.source,
+        score_size=scoring.score_size,
+        align_corners=scoring.align_corners if resolution != "input" else False,
         checkpoint=checkpoint,
-        model=_model_summary(model, amp),
+        model=_model_summary(model, amp, model_source),
         manifests=tuple(m.sha256 for m in manifests),
         code_version=code_version(),
     )
     return EvaluationResult(card, runs, manifests)
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """How predictions are scored: at the network's input size (``"input"``), at each label's stored size
+    (``"original"``) or at ``score_size`` (``"fixed"``), with the meter's empty-class and FB-IoU conventions;
+    logits at another size are resized bilinearly (``align_corners`` as given)."""
+
+    resolution: str = "input"
+    score_size: tuple[int, int] | None = None
+    empty_class: str = "skip"
+    empty_fb_term: str = "skip"
+    align_corners: bool = False
+
+    def __post_init__(self):
+        if self.resolution not in ("input", "original", "fixed"):
+            raise ValueError(f"resolution must be input, original or fixed, got {self.resolution!r}")
+        if (self.resolution == "fixed") != (self.score_size is not None):
+            raise ValueError("score_size goes with resolution 'fixed', and only with it")
+
+    def meter(self, classes: Sequence[int]) -> FewShotMeter:
+        return FewShotMeter(classes, empty_class=self.empty_class, empty_fb_term=self.empty_fb_term)
+
+    def conventions(self) -> str:
+        return f"empty class: {EMPTY_CLASS[self.empty_class]}; empty FB-IoU term: {EMPTY_FB_TERM[self.empty_fb_term]}"
 
 
 def model_input_size(model: nn.Module) -> tuple[int, int]:
@@ -169,7 +251,7 @@ def check_seeds(seeds: Sequence[int]) -> list[int]:
 
 
 def score_episodes(
-    model: nn.Module,
+    model,
     dataset: FewShotDataset,
     classes: Sequence[int],
     episodes: Sequence[Episode],
@@ -179,16 +261,27 @@ def score_episodes(
     num_workers: int = 0,
     progress: str | None = None,
     amp: str = "off",
+    scoring: Scoring | None = None,
+    device=None,
 ) -> dict:
     """Segment the queries of ``episodes`` with ``model`` (eval mode, no gradients) and score them:
-    :meth:`FewShotMeter.compute` over ``classes``. ``progress``: the label of a progress bar, or None;
-    ``amp``: ``off``, ``bf16`` or ``fp16`` autocast.
+    :meth:`FewShotMeter.compute` over ``classes``. ``scoring``: the resolution and the metric's conventions
+    (default: the network's input size, or each label's size with ``original_size``; the meter's defaults).
+    ``progress``: the label of a progress bar, or None; ``amp``: ``off``, ``bf16`` or ``fp16`` autocast;
+    ``model`` and ``device`` as for :func:`evaluate`.
 
     In a process group (:mod:`sst_fast.engine.distributed`) every rank must call it: the batches are dealt
     to the ranks and the result, the same on every rank, equals a single process's exactly."""
     positive_int(batch_size, "batch_size")
+    if scoring is None:
+        scoring = Scoring("original" if original_size else "input")
+    elif original_size:
+        raise ValueError("original_size: pass it through scoring (Scoring('original')), not both")
     world = distributed.current()
-    data = EpisodeDataset(dataset, episodes, as_size(size, "size"), keep_original=original_size)
+    data = EpisodeDataset(
+        dataset, episodes, as_size(size, "size"), keep_original=scoring.resolution == "original",
+        score_size=scoring.score_size,
+    )  # fmt: skip
     # The same batches as a single process, whole batches dealt to the ranks: each batch's numbers are the same.
     batches = [list(range(first, min(first + batch_size, len(data)))) for first in range(0, len(data), batch_size)]
     mine = list(distributed.deal(len(batches), world))
@@ -199,31 +292,35 @@ def score_episodes(
         collate_fn=collate_episodes,
         generator=torch.Generator().manual_seed(0),  # leave the global torch RNG (dropout's) untouched
     )
-    parameter = next(model.parameters())
+    device, dtype = _placement(model, device)
     meters = {}
-    was_training = model.training
-    model.eval()
+    module = model if isinstance(model, nn.Module) else None
+    was_training = module.training if module is not None else False
+    if module is not None:
+        module.eval()
     try:
         for index, batch in zip(mine, _progress(loader, progress if world.main else None), strict=True):
-            meters[index] = meter = FewShotMeter(classes)
-            with torch.no_grad(), autocast(parameter.device, amp):
-                logits = model(
-                    batch["query"].to(parameter.device, parameter.dtype),
-                    batch["support_images"].to(parameter.device, parameter.dtype),
-                    batch["support_masks"].to(parameter.device),
-                ).logits.float()
-            if original_size:
+            meters[index] = meter = scoring.meter(classes)
+            with torch.no_grad(), autocast(device, amp):
+                output = model(
+                    batch["query"].to(device, dtype),
+                    batch["support_images"].to(device, dtype),
+                    batch["support_masks"].to(device),
+                )
+            logits = _logits(output, len(batch["class_id"])).float()
+            if scoring.resolution == "original":
                 for row, label in enumerate(batch["query_label"]):
                     # Back to the label's own size: the inverse of the bilinear input resize (pixel centres).
-                    scaled = F.interpolate(
-                        logits[row : row + 1], size=label.shape, mode="bilinear", align_corners=False
-                    )
+                    scaled = _resized(logits[row : row + 1], tuple(label.shape), scoring.align_corners)
                     meter.update(scaled.argmax(1).cpu(), label[None], batch["class_id"][row : row + 1])
             else:
-                meter.update(logits.argmax(1).cpu(), batch["query_mask"], batch["class_id"])
+                target = batch["score_mask"] if scoring.resolution == "fixed" else batch["query_mask"]
+                scaled = _resized(logits, tuple(target.shape[-2:]), scoring.align_corners)
+                meter.update(scaled.argmax(1).cpu(), target, batch["class_id"])
     finally:
-        model.train(was_training)
-    total = FewShotMeter(classes)
+        if module is not None:
+            module.train(was_training)
+    total = scoring.meter(classes)
     for gathered in distributed.all_gather(meters, world):
         meters.update(gathered)
     for index in range(len(batches)):  # in batch order: the episode-wise mean sums in the same order
@@ -231,8 +328,38 @@ def score_episodes(
     return total.compute()
 
 
-def _model_summary(model: nn.Module, amp: str = "off") -> dict:
+def _placement(model, device) -> tuple[torch.device, torch.dtype]:
+    """Where the inputs go and in which dtype: ``device`` (default: the model's parameters', else the CPU) and
+    the dtype of the model's first floating parameter (float32 for a model without one)."""
+    parameters = list(model.parameters()) if isinstance(model, nn.Module) else []
+    if device is not None:
+        device = torch.device(device)
+    else:
+        device = parameters[0].device if parameters else torch.device("cpu")
+    floating = [p.dtype for p in parameters if p.is_floating_point()]
+    return device, floating[0] if floating else torch.float32
+
+
+def _logits(output, batch: int) -> torch.Tensor:
+    logits = getattr(output, "logits", output)
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 4 or logits.shape[:2] != (batch, 2):
+        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(
+            f"model must return logits [B, 2, H, W] with B = {batch} (a tensor, or an object with .logits), got {got}"
+        )
+    return logits
+
+
+def _resized(logits: torch.Tensor, size: tuple[int, int], align_corners: bool = False) -> torch.Tensor:
+    if tuple(logits.shape[-2:]) == size:
+        return logits
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=align_corners)
+
+
+def _model_summary(model, amp: str = "off", source: str | None = None) -> dict:
     summary = {"class": type(model).__name__}
+    if source is not None:
+        summary["source"] = source
     config = getattr(model, "config", None)
     if config is not None:
         keys = ("backbone", "ssm", "aux_loss", "fusion", "tune_step", "tune_form", "first_order")

@@ -18,6 +18,7 @@ from ..data import FewShotDataset, open_dataset
 from ..files import write_json_atomic, write_text_atomic
 from ..metrics import mean_ci
 from .checkpoint import load_checkpoint, model_from_checkpoint, saved_config
+from ..protocol import check_protocol_data, protocol_for
 from .evaluate import EvaluationResult, check_seeds, evaluate
 from .runconfig import RunConfig
 from .train import TrainingError, TrainResult, Trainer
@@ -201,26 +202,32 @@ def run_experiment(
     variants: dict[str, dict],
     shots: Sequence[int] = (1,),
     fusions: Sequence[str] | None = None,
-    episodes: int | dict[int, int] = 1000,
+    episodes: int | dict[int, int] | None = 1000,
     shots_for: dict[str, Sequence[int]] | None = None,
-    seeds: Sequence[int] = (0,),
+    seeds: Sequence[int] | None = (0,),
     train_seeds: Sequence[int] = (0,),
     progress: bool = True,
     log=print,
+    protocol: str = "sst",
 ) -> ExperimentResult:
     """Train each variant (``config`` with the variant's model settings) once per training seed
     (``run.seed``) in ``out_dir/runs/<variant>/seed-<s>``, then evaluate each run's best checkpoint on the
     fold's novel classes for every K in ``shots``, every run on the same manifests. ``fusions`` (for K > 1)
     evaluates the same checkpoint with each fusion; by default each model's own fusion. ``episodes``: per
     evaluation seed, one number for every K or ``{K: episodes}``. ``shots_for``: other K for some variants
-    (``{name: Ks}``). A stopped training (Ctrl-C) returns early: see :attr:`GridRun.finished`."""
+    (``{name: Ks}``). ``protocol``: how the test episodes are drawn and scored (:mod:`sst_fast.protocol`;
+    ``episodes`` or ``seeds`` None: the protocol's). A stopped training (Ctrl-C) returns early: see
+    :attr:`GridRun.finished`."""
     out_dir = Path(out_dir)
     # What the evaluations will refuse, refused before hours of training.
-    seeds = check_seeds(seeds)
+    dataset = open_dataset(config.data.dataset, config.data.root, **config.data.options)
+    rules = protocol_for(protocol, dataset.name)
+    check_protocol_data(rules, dataset.describe())
+    seeds = check_seeds((rules.seed,) if seeds is None else seeds)
     train_seeds = tuple(check_seeds(train_seeds))
     for count in episodes.values() if isinstance(episodes, dict) else (episodes,):
-        positive_int(count, "episodes")
-    dataset = open_dataset(config.data.dataset, config.data.root, **config.data.options)
+        if count is not None or rules.episodes is not None:
+            positive_int(count if count is not None else rules.episodes, "episodes")
     grid = [Variant(name, changes) for name, changes in variants.items()]
     runs = train_grid(config, out_dir, grid, train_seeds, progress, log)
     experiment = ExperimentResult(out_dir, dataset, runs, [], train_seeds)
@@ -248,9 +255,11 @@ def run_experiment(
                     manifests=manifests.get(k),
                     checkpoint=str(checkpoint),
                     progress=progress,
+                    protocol=protocol,
                 )
                 manifests[k] = result.manifests
                 folder = f"{_folder(name)}-seed{train_seed}-{k}shot" + (f"-{fusion}" if fusion else "")
+                folder += f"-{protocol}" if protocol != "sst" else ""
                 result.save(out_dir / "eval" / folder)
                 experiment.evaluations.append(Evaluation(name, k, model.config.fusion, result, train_seed))
     return experiment
@@ -332,10 +341,13 @@ def interrupted(experiment: ExperimentResult, what: str) -> ExperimentInterrupte
     return None
 
 
-def ablation(config: RunConfig, out_dir, episodes=1000, seeds=(0,), train_seeds=(0,), progress=True, log=print) -> Path:
+def ablation(
+    config: RunConfig, out_dir, episodes=1000, seeds=(0,), train_seeds=(0,), progress=True, log=print, protocol="sst"
+) -> Path:
     """The paper's Table 1 (baseline, +SSM, +aux loss, SST; 1-shot) and Table 2 (SST, 5-shot, three fusions)
-    on ``config``'s data set and fold, each variant trained once per training seed. Writes ``ablation.md``
-    and ``ablation.json``; returns the Markdown path."""
+    on ``config``'s data set and fold, each variant trained once per training seed, evaluated under
+    ``protocol`` (``episodes``/``seeds`` None: the protocol's). Writes ``ablation.md`` and
+    ``ablation.json``; returns the Markdown path."""
     experiment = run_experiment(
         config,
         out_dir,
@@ -348,6 +360,7 @@ def ablation(config: RunConfig, out_dir, episodes=1000, seeds=(0,), train_seeds=
         train_seeds=train_seeds,
         progress=progress,
         log=log,
+        protocol=protocol,
     )
     error = interrupted(experiment, "the same command")
     if error is not None:

@@ -129,7 +129,8 @@ def test_manifests_replay_only_on_the_data_they_were_drawn_from(dataset, model):
     episode = manifest.episodes[0]
     cases = {
         "needs 2 supports": replace(episode, supports=episode.supports[:1]),
-        "distinct from the query": replace(episode, supports=(episode.query, episode.supports[0])),
+        "none the query": replace(episode, supports=(episode.query, episode.supports[0])),
+        "distinct supports": replace(episode, supports=(episode.supports[0], episode.supports[0])),
         "hold no class": replace(episode, supports=(episode.supports[0], "val/20-0")),
     }
     for match, bad in cases.items():

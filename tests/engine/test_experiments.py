@@ -152,6 +152,12 @@ def test_demo_resumes_an_interrupted_training(tmp_path):
 
 def test_cli_ablation_prints_both_tables(tmp_path, capsys):
     argv = ["ablation", *TINY, "optim.epochs=1", "--out", str(tmp_path), "--episodes", "4", "--no-progress"]
-    assert main(argv) == 0
+    assert main([*argv, "--protocol", "pfenet"]) == 0
     printed = capsys.readouterr().out
     assert "Table 1" in printed and "Table 2" in printed and "| +ssm |" in printed
+    folders = sorted(path.name for path in (tmp_path / "eval").iterdir())
+    assert folders and all(name.endswith("-pfenet") for name in folders)
+    card = json.loads((tmp_path / "eval" / folders[0] / "metrics.json").read_text())["protocol"]
+    assert card["protocol"] == "pfenet" and card["seeds"] == [321] and card["resolution"] == "original"
+    assert main(["ablation", "--study", "step", "--protocol", "hsnet", "--out", str(tmp_path / "step")]) == 2
+    assert "step study draws its episodes under sst" in capsys.readouterr().err

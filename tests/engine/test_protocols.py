@@ -1,0 +1,287 @@
+"""The evaluation protocols (sst_fast.protocol): each sampler and scoring rule against the peer's rule,
+written out independently here (docs/design.md §4.3), on small generated data sets."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sst_fast.cli import main
+from sst_fast.data import EpisodeManifest
+from sst_fast.data.episodes import protocol_sampler
+from sst_fast.data.fss import FSS1000
+from sst_fast.engine import evaluate
+from sst_fast.metrics import FewShotMeter
+from sst_fast.protocol import PROTOCOLS, ProtocolCard, protocol_for
+from tests.data.layouts import ArrayDataset, label_map
+from tests.data.test_fss import gray_mask, write_image, write_splits
+
+ROOT = Path(__file__).resolve().parents[2]
+MIN = 40  # the small-object filter of the layout below (pixels)
+SIZE = (24, 24)  # 400 / 24 is no integer: nearest rules differ
+# Test images of fold 0 (test classes 1-5) and their class pixel counts.
+LAYOUT = {
+    "a": {1: 60, 2: 10},  # class 2 is present but under the filter
+    "b": {2: 50},
+    "c": {7: 100},  # a base class only: never a query
+    "d": {3: 45, 1: 5},
+    "e": {1: 41, 3: 41, 4: 41},
+    "f": {2: 80, 5: 50},
+    "g": {4: 60, 5: 60},
+    "h": {5: 39, 4: 40},  # 5 one pixel under the filter
+    "i": {1: 100},
+    "j": {3: 100},
+    "k": {2: 60},
+}
+TEST_CLASSES = (1, 2, 3, 4, 5)
+
+
+def layout_dataset(extra: dict | None = None) -> ArrayDataset:
+    layout = {**LAYOUT, **(extra or {})}
+    images = {name: (np.zeros((*SIZE, 3), np.uint8), label_map(classes, SIZE)) for name, classes in layout.items()}
+    return ArrayDataset({"train": {}, "val": images}, min_pixels=MIN)
+
+
+def pools() -> dict[int, list[str]]:
+    """Each test class's images past the filter (the support pools of every protocol)."""
+    return {c: sorted(name for name, counts in LAYOUT.items() if counts.get(c, 0) >= MIN) for c in TEST_CLASSES}
+
+
+def test_every_protocol_names_its_rules_and_peer():
+    for name in PROTOCOLS:
+        for dataset in ("pascal", "coco", "fss", "synthetic"):
+            if (name, dataset) == ("pfenet", "fss"):
+                with pytest.raises(ValueError, match="PFENet defines no FSS-1000"):
+                    protocol_for(name, dataset)
+                continue
+            protocol = protocol_for(name, dataset)
+            assert protocol.name == name and protocol.describe() and protocol.comparable
+            if name != "sst":
+                assert "commit" in protocol.source
+    assert protocol_for("pfenet", "coco").episodes == 20000 and protocol_for("pfenet", "pascal").seed == 321
+    assert protocol_for("hsnet", "pascal").score_size == (400, 400)
+    with pytest.raises(ValueError, match="protocol must be one of"):
+        protocol_for("panet", "pascal")
+
+
+def test_pfenet_queries_walk_the_filtered_image_list_with_a_class_drawn_among_those_present():
+    dataset = layout_dataset()
+    sampler = protocol_sampler(dataset, 0, 1, protocol_for("pfenet", dataset.name))
+    # PFENet: an image is a query when a test class in it passes the filter; then any test class in it.
+    queries = [name for name in sorted(LAYOUT) if any(LAYOUT[name].get(c, 0) >= MIN for c in TEST_CLASSES)]
+    present = {name: {c for c in TEST_CLASSES if LAYOUT[name].get(c, 0) > 0} for name in queries}
+    assert queries == ["a", "b", "d", "e", "f", "g", "h", "i", "j", "k"]
+    passes = 400
+    episodes = sampler.sample(len(queries) * passes, seed=321)
+    chosen = Counter()
+    for number, episode in enumerate(episodes):
+        assert episode.query == queries[number % len(queries)]
+        assert episode.class_id in present[episode.query]
+        (support,) = episode.supports
+        assert support != episode.query and support in pools()[episode.class_id]
+        chosen[episode.query, episode.class_id] += 1
+    # Uniform among the classes present, the filtered-out class 2 of "a" included: binomial, 5 sigma.
+    for query in queries:
+        for class_id in present[query]:
+            p = 1 / len(present[query])
+            assert abs(chosen[query, class_id] - passes * p) <= 5 * math.sqrt(passes * p * (1 - p))
+    assert chosen["a", 2] > 0 and chosen["h", 5] > 0
+
+
+def test_pfenet_draws_distinct_supports_and_sst_filters_the_query_class():
+    extra = {"x": {4: 50, 5: 50}}  # three images of every test class
+    dataset = layout_dataset(extra)
+    for episode in protocol_sampler(dataset, 0, 2, protocol_for("pfenet", dataset.name)).sample(300, 0):
+        assert len(set(episode.supports)) == 2 and episode.query not in episode.supports
+    for episode in protocol_sampler(dataset, 0, 1, protocol_for("sst", dataset.name)).sample(300, 0):
+        assert {**LAYOUT, **extra}[episode.query][episode.class_id] >= MIN  # class-first: the class passes the filter
+
+
+def test_hsnet_pairs_come_in_the_data_sets_order_with_independent_supports():
+    dataset = layout_dataset()
+    protocol = protocol_for("hsnet", dataset.name)
+    pairs = [(name, c) for name in sorted(LAYOUT) for c in TEST_CLASSES if LAYOUT[name].get(c, 0) >= MIN]
+    assert len(pairs) == 14
+    episodes = protocol_sampler(dataset, 0, 3, protocol).sample(protocol.episodes, seed=protocol.seed)
+    assert len(episodes) == 1000
+    for number, episode in enumerate(episodes):
+        assert (episode.query, episode.class_id) == pairs[number % len(pairs)]
+        assert episode.query not in episode.supports
+        assert set(episode.supports) <= set(pools()[episode.class_id])
+    # Class 5 has two images: three independent draws besides the query can only repeat the other one.
+    assert {e.supports for e in episodes if (e.query, e.class_id) == ("g", 5)} == {("f", "f", "f")}
+    with pytest.raises(ValueError, match="a 3-shot episode needs 4"):
+        protocol_sampler(dataset, 0, 3, protocol_for("pfenet", dataset.name))
+
+
+@pytest.fixture
+def fss_test_set(tmp_path):
+    root = tmp_path / "fss"
+    write_splits(root, train=("bee",), val=("cat",), test=("dog", "apple", "zebra_fish"))
+    for name, count in (("bee", 2), ("cat", 2), ("dog", 3), ("apple", 4), ("zebra_fish", 2)):
+        for number in range(1, count + 1):
+            write_image(root, name, number, gray_mask(rows=slice(0, 2 + number)))
+    return FSS1000(root, cache_dir=tmp_path / "cache")
+
+
+def test_hsnet_queries_every_fss_test_image_exactly_once(fss_test_set):
+    dataset = fss_test_set
+    protocol = protocol_for("hsnet", "fss")
+    test_images = dataset.image_ids("test")
+    assert len(test_images) == 9
+    episodes = protocol_sampler(dataset, "test", 5, protocol).sample(None, seed=0)
+    assert Counter(episode.query for episode in episodes) == Counter(test_images)
+    for episode in episodes:
+        own = set(dataset.class_images("test", episode.class_id))
+        assert episode.query in own and episode.query not in episode.supports and set(episode.supports) <= own
+    with pytest.raises(ValueError, match="every test image is the query once"):
+        protocol_sampler(dataset, "test", 1, protocol).sample(5, seed=0)
+
+
+def test_empty_class_and_fb_iou_conventions():
+    def meter(**conventions):
+        m = FewShotMeter((1, 2, 3), **conventions)
+        m.update(torch.tensor([[1, 1, 1, 1, 0]]), torch.tensor([[1, 1, 1, 0, 1]]), 1)  # 3 / 5
+        m.update(torch.tensor([[1, 1, 1, 0, 0, 0, 0, 0, 0, 0]]), torch.tensor([[1] * 10]), 2)  # 3 / 10
+        return m.compute()  # class 3: no episode
+
+    with pytest.warns(UserWarning, match=r"classes \[3\] have no IoU"):
+        skipped = meter()
+    assert skipped["miou"] == pytest.approx(0.45) and math.isnan(skipped["class_iou"][3])
+    zero = meter(empty_class="zero")
+    assert zero["miou"] == pytest.approx(0.3) and zero["class_iou"][3] == 0.0
+    everything = torch.ones(1, 4, 4, dtype=torch.long)  # no background anywhere: an empty background union
+    expected = {"skip": 1.0, "zero": 0.5}
+    for convention in ("skip", "zero", "nan"):
+        m = FewShotMeter((1,), empty_fb_term=convention)
+        m.update(everything, everything, 1)
+        fb = m.compute()["fb_iou"]
+        assert math.isnan(fb) if convention == "nan" else fb == expected[convention]
+    with pytest.raises(ValueError, match="empty_class must be one of"):
+        FewShotMeter((1,), empty_class="ignore")
+
+
+def left_quarter(query, support_images, support_masks):
+    """Foreground logit +1 on the left quarter of the input, -1 elsewhere; background 0. Not an nn.Module."""
+    batch, _, height, width = query.shape
+    logits = torch.zeros(batch, 2, height, width)
+    logits[:, 1] = -1.0
+    logits[:, 1, :, : width // 4] = 1.0
+    return logits
+
+
+def expected_scores(episodes, label_of, prediction, empty_class: str):
+    """Per-class IoU and FB-IoU written out: sums of intersections and unions over each class's episodes."""
+    inter, union, pooled = Counter(), Counter(), np.zeros((2, 2))
+    for episode in episodes:
+        target = label_of(episode.query) == episode.class_id
+        inter[episode.class_id] += (prediction & target).sum()
+        union[episode.class_id] += (prediction | target).sum()
+        for side, (p, t) in enumerate(((~prediction, ~target), (prediction, target))):
+            pooled[side] += [(p & t).sum(), (p | t).sum()]
+    empty = 0.0 if empty_class == "zero" else math.nan
+    ious = {c: inter[c] / union[c] if union[c] else empty for c in TEST_CLASSES}
+    return ious, float(np.mean(pooled[:, 0] / pooled[:, 1]))
+
+
+def test_hsnet_scores_at_400_by_nearest_labels_and_corner_aligned_logits():
+    dataset = layout_dataset()
+    result = evaluate(left_quarter, dataset, 0, size=SIZE, protocol="hsnet", episodes=14)
+    # Labels: source row/column floor(i * 24 / 400). Logits +1 | -1 at columns 5 | 6 of 24, corner-aligned:
+    # column x reads 23 x / 399, positive while below 5.5, so x <= 95 (pixel centres would give x <= 99).
+    source = np.arange(400) * SIZE[0] // 400
+    prediction = np.zeros((400, 400), bool)
+    prediction[:, :96] = True
+
+    def label_of(name):
+        return label_map(LAYOUT[name], SIZE)[np.ix_(source, source)]
+
+    ious, fb_iou = expected_scores(result.manifests[0].episodes, label_of, prediction, "zero")
+    run = result.runs[0]
+    assert run["class_iou"] == pytest.approx(ious) and run["fb_iou"] == pytest.approx(fb_iou)
+    assert run["miou"] == pytest.approx(np.mean(list(ious.values())))
+    assert result.card.protocol == "hsnet" and result.card.score_size == (400, 400)
+    assert "400x400" in str(result.card) and "independent" in str(result.card)
+
+
+def test_pfenet_scores_at_the_label_size_and_counts_a_class_without_episodes_as_zero():
+    dataset = layout_dataset()
+    result = evaluate(left_quarter, dataset, 0, size=(8, 8), protocol="pfenet", episodes=3)
+    assert result.card.episodes == 3 and result.card.seeds == (321,) and result.card.resolution == "original"
+    # Logits +1 | -1 at columns 1 | 2 of 8, corner-aligned onto 24: column x reads 7 x / 23 < 1.5, so x <= 4
+    # (pixel centres would give x <= 5).
+    prediction = np.zeros(SIZE, bool)
+    prediction[:, :5] = True
+    episodes = result.manifests[0].episodes
+    assert len({e.class_id for e in episodes}) < len(TEST_CLASSES)  # three episodes leave classes out
+
+    def label_of(name):
+        return label_map(LAYOUT[name], SIZE)
+
+    ious, fb_iou = expected_scores(episodes, label_of, prediction, "zero")
+    run = result.runs[0]
+    assert run["class_iou"] == pytest.approx(ious) and run["fb_iou"] == pytest.approx(fb_iou)
+    assert run["miou"] == pytest.approx(sum(ious.values()) / len(TEST_CLASSES))
+
+
+def test_manifests_keep_their_protocol_and_replay_only_under_it(tmp_path):
+    dataset = layout_dataset()
+    result = evaluate(left_quarter, dataset, 0, shots=3, size=SIZE, protocol="hsnet", episodes=14)
+    path = result.manifests[0].save(tmp_path / "m.json")
+    manifest = EpisodeManifest.load(path)
+    assert manifest.protocol == "hsnet" and manifest.sha256 == result.manifests[0].sha256
+    replayed = evaluate(left_quarter, dataset, 0, size=SIZE, manifests=[manifest])
+    assert replayed.runs == result.runs and replayed.card.protocol == "hsnet"
+    with pytest.raises(ValueError, match="drawn under hsnet"):
+        evaluate(left_quarter, dataset, 0, size=SIZE, manifests=[manifest], protocol="sst")
+    with pytest.raises(ValueError, match="original_size: protocol hsnet"):
+        evaluate(left_quarter, dataset, 0, size=SIZE, protocol="hsnet", original_size=True)
+    card = ProtocolCard.from_dict(result.card.to_dict())
+    assert card == result.card
+
+
+def test_any_model_with_the_call_signature_is_scored_and_a_wrong_output_is_named():
+    dataset = layout_dataset()
+    with pytest.raises(ValueError, match="size"):
+        evaluate(left_quarter, dataset, 0, episodes=3)  # a model without config.image_size
+    with pytest.raises(ValueError, match=r"model must return logits \[B, 2, H, W\]"):
+        evaluate(lambda q, s, m: q[:, :1], dataset, 0, size=SIZE, episodes=3)
+    wrapped = type("Output", (), {})
+    output = wrapped()
+
+    def with_logits(q, s, m):
+        output.logits = left_quarter(q, s, m)
+        return output
+
+    assert evaluate(with_logits, dataset, 0, size=SIZE, episodes=5).runs == evaluate(
+        left_quarter, dataset, 0, size=SIZE, episodes=5
+    ).runs
+
+
+def test_eval_command_scores_a_model_from_a_file(tmp_path, capsys):
+    factory = f"{ROOT / 'examples' / 'own_model.py'}:build"
+    out = tmp_path / "own"
+    common = ["--dataset", "synthetic", "--fold", "0", "--episodes", "6", "--no-progress"]
+    assert main(["eval", "--model", factory, *common, "--size", "32", "--protocol", "hsnet", "--out", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert "hsnet" in shown and "PrototypeMatcher" in shown
+    saved = (out / "metrics.json").read_text()
+    assert '"protocol": "hsnet"' in saved and "own_model.py:build" in saved
+    # A checkpoint is the factory's argument.
+    from examples.own_model import PrototypeMatcher
+
+    weights = tmp_path / "weights.pt"
+    torch.save(PrototypeMatcher(seed=1).state_dict(), weights)
+    assert main(["eval", str(weights), "--model", factory, *common, "--size", "32", "--out", str(tmp_path / "w")]) == 0
+    assert str(weights) in (tmp_path / "w" / "metrics.json").read_text()
+    assert main(["eval", "--model", factory, *common]) == 2  # no --size: the model has no config
+    assert "--size" in capsys.readouterr().err
+    assert main(["eval", "--model", factory, *common, "--size", "32", "--fusion", "max"]) == 2
+    assert main(["eval", "--model", "no_such_module:build", *common, "--size", "32"]) == 2
+    assert main(["eval", *common]) == 2  # neither a checkpoint nor --model
+    assert "checkpoint" in capsys.readouterr().err
