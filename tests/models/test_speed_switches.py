@@ -39,7 +39,9 @@ def relative_error(actual, expected):
 @pytest.mark.parametrize("amp,dtype,tolerance", [("bf16", torch.bfloat16, 0.05), ("fp16", torch.float16, 0.02)])
 @pytest.mark.parametrize("shots", [1, 5])
 def test_autocast_is_as_accurate_as_the_reference_under_autocast(amp, dtype, tolerance, shots, form, step):
-    """Outputs within the low precision of float32's; gradients, which pile up the rounding of every
+    """Outputs within the low precision of float32's, or (where the CPU has native bf16/fp16 kernels, as AMX
+    and AVX512-FP16 do, which round differently) no further from it than the reference's own outputs under
+    the same autocast; gradients, which pile up the rounding of every
     layer (and the inner gradient's sensitivity to it), on average over a few models no further from
     float32's than the reference's own under the same autocast. The relative step only needs dLsup/dy's
     direction, so fp16's inner loss scale (a power of two) cancels in it; it still keeps delta from underflowing."""
@@ -51,12 +53,15 @@ def test_autocast_is_as_accurate_as_the_reference_under_autocast(amp, dtype, tol
         expected, expected_grads = run(reference, inputs, "train")
         with autocast(torch.device("cpu"), amp):
             out, grads = run(fast, inputs, "train")
-            _, reference_grads = run(reference, inputs, "train")
+            reference_out, reference_grads = run(reference, inputs, "train")
         assert out.logits.dtype == dtype
         assert out.tuned_prototypes.dtype == torch.float32, "the tuning step runs in float32 under autocast"
         for name in ("logits", "loss", "support_logits", "prototypes", "tuned_prototypes"):
             error = relative_error(getattr(out, name), getattr(expected, name))
-            assert error < tolerance, f"{name}: relative error {error:.2e} under {amp}"
+            own = relative_error(getattr(reference_out, name), getattr(expected, name))
+            assert error < tolerance or error < 1.5 * own + tolerance / 10, (
+                f"{name}: relative error {error:.2e} under {amp}, the reference's {own:.2e}"
+            )
         for name, grad in expected_grads.items():
             assert grads[name].dtype == torch.float32
             errors["fast"].append(relative_error(grads[name], grad))
