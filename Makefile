@@ -49,4 +49,4 @@ bench: install
 		--benchmark-columns=min,median,mean,rounds --benchmark-sort=name
 
 clean:
-	rm -rf build *.egg-info sst_fast/_C*.so .pytest_cache .benchmarks
+	rm -rf build *.egg-info sst_fast/ops/_C*.so sst_fast/_C*.so .pytest_cache .benchmarks

@@ -1,4 +1,4 @@
-"""Build script: the Python package plus the ``sst_fast._C`` kernel library.
+"""Build script: the Python package plus the ``sst_fast.ops._C`` kernel library.
 
 Sources and flags come from ``csrc/build.cfg``, which ``CMakeLists.txt`` reads too: the CPU
 sources always, the CUDA sources when torch has CUDA and nvcc is present (``SST_FAST_CUDA=0/1``
@@ -58,9 +58,9 @@ def _ext_modules_and_cmdclass():
     extension = cpp_extension.CUDAExtension if use_cuda else cpp_extension.CppExtension
     what = "CPU + CUDA" if use_cuda else "CPU only"
     reason = "" if use_cuda else f" (torch CUDA: {torch.version.cuda}, nvcc home: {cpp_extension.CUDA_HOME})"
-    print(f"sst_fast: building sst_fast._C, {what}{reason}, from {len(sources)} sources: {' '.join(sources)}")
+    print(f"sst_fast: building sst_fast.ops._C, {what}{reason}, from {len(sources)} sources: {' '.join(sources)}")
     module = extension(
-        "sst_fast._C",
+        "sst_fast.ops._C",
         sources,
         extra_compile_args={"cxx": _flags("cxx"), "nvcc": _flags("nvcc")},
         extra_link_args=_flags("link"),

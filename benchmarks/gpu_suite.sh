@@ -99,9 +99,9 @@ stage_build() {
     "$PY" -m pip install --no-build-isolation --no-deps --force-reinstall -v . || return 1
     # The installed library, as imported from outside this tree, then copied beside the sources.
     local library
-    library=$(cd / && "$PY" -c "import sst_fast._C as c; print(c.__file__)") || return 1
+    library=$(cd / && "$PY" -c "import sst_fast.ops._C as c; print(c.__file__)") || return 1
     (cd / && "$PY" -c "from sst_fast import ops; print(ops.library_status()); assert 'cuda' in ops.backends()") || return 1
-    cp "$library" sst_fast/ || return 1
+    cp "$library" sst_fast/ops/ || return 1
     "$PY" -m sst_fast info || return 1
     has_cuda_build
 }

@@ -1,4 +1,4 @@
-// The sst_fast op schemas (docs/design.md §3) and the Python module stub of sst_fast._C.
+// The sst_fast op schemas (docs/design.md §3) and the Python module stub of sst_fast.ops._C.
 //
 // Kernels are registered per dispatch key in csrc/cpu and csrc/cuda; fake (meta) kernels and
 // autograd are registered from Python by sst_fast.ops._compiled, which set_python_module names
@@ -24,7 +24,7 @@ TORCH_LIBRARY(sst_fast, m) {
       " bool[2] output_mask) -> (Tensor, Tensor)");
 }
 
-// `import sst_fast._C` loads this library, which runs the registrations above.
+// `import sst_fast.ops._C` loads this library, which runs the registrations above.
 extern "C" PyObject* PyInit__C(void) {
   static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "sst_fast kernels (torch.ops.sst_fast)", -1, nullptr};
   return PyModule_Create(&module);

@@ -11,7 +11,7 @@ GPU_SKIP_REASONS = (
     "needs a CUDA GPU",
     "the triton backend was not registered",
     "nvcc not found",
-    "sst_fast._C (CPU) is not built",
+    "sst_fast.ops._C (CPU) is not built",
 )
 REQUIRE_GPU = os.environ.get("SST_FAST_REQUIRE_GPU") == "1"
 

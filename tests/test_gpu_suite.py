@@ -18,7 +18,7 @@ import gpu_report  # noqa: E402
 
 from tests.ops import kernel_drive  # noqa: E402
 
-needs_cpp = pytest.mark.skipif("cpp" not in ops.backends(), reason="sst_fast._C (CPU) is not built")
+needs_cpp = pytest.mark.skipif("cpp" not in ops.backends(), reason="sst_fast.ops._C (CPU) is not built")
 no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="checks what happens on a machine without CUDA")
 
 

@@ -5,7 +5,7 @@ here, once for every backend, then call the implementation chosen by
 :func:`use_backend` / ``SST_FAST_BACKEND`` / ``auto``. ``backends()`` lists what is built:
 
 * ``reference``: plain PyTorch (:mod:`sst_fast.ops.reference`), the spec; every device.
-* ``cpp`` / ``cuda``: the compiled library ``sst_fast._C`` (``torch.ops.sst_fast``).
+* ``cpp`` / ``cuda``: the compiled library ``sst_fast.ops._C`` (``torch.ops.sst_fast``).
 * ``triton``: Triton kernels (``torch.ops.sst_fast_triton``) for CUDA tensors; with
   ``TRITON_INTERPRET=1`` also for CPU tensors (slow; for testing). Imported on first use.
 
@@ -81,10 +81,10 @@ if _triton_devices:
 def library_status() -> str:
     """One line on the compiled kernels: what is built, or why the reference serves every op."""
     if _compiled.LOAD_ERROR is not None:
-        return f"sst_fast._C not loaded ({_compiled.LOAD_ERROR}); every op runs the reference implementation"
+        return f"sst_fast.ops._C not loaded ({_compiled.LOAD_ERROR}); every op runs the reference implementation"
     devices = ", ".join(_compiled.built_device_types()) or "no device"
     triton = ", ".join(_triton_device_types()) or "not available"
-    return f"sst_fast._C loaded (kernels for: {devices}); Triton: {triton}"
+    return f"sst_fast.ops._C loaded (kernels for: {devices}); Triton: {triton}"
 
 
 def masked_avg_pool(features: torch.Tensor, mask: torch.Tensor, eps: float = 5e-4) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""The compiled ops: loading ``sst_fast._C``, fake kernels, autograd, and the ``cpp``/``cuda`` backends.
+"""The compiled ops: loading ``sst_fast.ops._C``, fake kernels, autograd, and the ``cpp``/``cuda`` backends.
 
 ``csrc/sst_fast.cpp`` defines six ops in the ``sst_fast`` namespace: three forward ops and
 their backward ops (docs/design.md §3). This module gives them what torch needs beyond the kernels:
@@ -30,7 +30,7 @@ FORWARD_OPS = ("masked_avg_pool", "prototype_conv2d", "prototype_update")
 PUBLIC_OPS = ("masked_avg_pool", "prototype_conv2d", "tuned_prototype")
 
 try:
-    from .. import _C  # noqa: F401  (loading the library registers torch.ops.sst_fast)
+    from . import _C  # noqa: F401  (loading the library registers torch.ops.sst_fast)
 
     LOAD_ERROR: str | None = None
 except ImportError as exc:  # no compiled library: the package runs on the reference ops

@@ -28,7 +28,7 @@ COMPILED = [
     pytest.param(
         "cpp",
         "cpu",
-        marks=pytest.mark.skipif("cpp" not in ops.backends(), reason="sst_fast._C (CPU) is not built"),
+        marks=pytest.mark.skipif("cpp" not in ops.backends(), reason="sst_fast.ops._C (CPU) is not built"),
         id="cpp",
     ),
     pytest.param(
@@ -362,9 +362,9 @@ def test_direct_op_calls_check_their_arguments(name, args, message, backend, dev
 
 
 def test_package_falls_back_to_the_reference_without_the_library(tmp_path):
-    """With sst_fast._C unimportable the package works on the reference ops and says so."""
+    """With sst_fast.ops._C unimportable the package works on the reference ops and says so."""
     script = (
-        "import sys; sys.modules['sst_fast._C'] = None\n"
+        "import sys; sys.modules['sst_fast.ops._C'] = None\n"
         "import torch, sst_fast\n"
         "from sst_fast import ops\n"
         "assert ops.backends() == ['reference'], ops.backends()\n"
@@ -419,7 +419,7 @@ def _property(name, case):
         assert_close(got, want, **TOLERANCE[torch.float64])
 
 
-needs_cpp = pytest.mark.skipif("cpp" not in ops.backends(), reason="sst_fast._C (CPU) is not built")
+needs_cpp = pytest.mark.skipif("cpp" not in ops.backends(), reason="sst_fast.ops._C (CPU) is not built")
 
 
 @needs_cpp
