@@ -321,7 +321,8 @@ def _eval(args) -> int:
     device = resolve_device(args.device, "--device")
     if args.model is not None:
         model, data, checkpoint = _own_model(args, device), {}, args.checkpoint
-        default_size = model_input_size(model) if getattr(model, "config", None) is not None else None
+        trained = getattr(getattr(model, "config", None), "image_size", None)
+        default_size = model_input_size(model) if trained is not None else None
     else:
         model, data, checkpoint = _sst_model(args, device)
         default_size = model.config.image_size
@@ -438,9 +439,16 @@ def load_factory(spec: str):
         path = Path(module_name)
         if not path.is_file():
             raise ValueError(f"--model: no file {path}")
+        import sys
+
         loader = importlib.util.spec_from_file_location(f"sst_fast_user_model_{path.stem}", path)
         module = importlib.util.module_from_spec(loader)
-        loader.loader.exec_module(module)
+        sys.modules[loader.name] = module  # as an import does: dataclasses, pickling and typing look it up there
+        try:
+            loader.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[loader.name]
+            raise
     else:
         try:
             module = importlib.import_module(module_name)
@@ -489,6 +497,8 @@ def _claim_output(out: Path, setting: dict, overwrite: bool) -> Path | None:
             previous = json.loads((out / SETTING_FILE).read_text())
         except (OSError, ValueError):
             previous = None
+        if isinstance(previous, dict):  # a setting recorded before protocols and --model: sst, SST's
+            previous = {"model": None, "protocol": "sst", **previous}
         if previous != json.loads(json.dumps(setting)):
             differ = sorted(k for k in setting if not isinstance(previous, dict) or previous.get(k) != setting[k])
             what = f"differs in {', '.join(differ)}" if isinstance(previous, dict) else "is not recorded"
@@ -744,6 +754,8 @@ def _default_eval_dir(checkpoint: Path | None, setting: dict, args) -> Path:
         name += "-reference"
     if setting["model"] is not None:  # a model of the user's: its own folder under eval/
         own = "".join(c if c.isalnum() or c in "-_." else "-" for c in setting["model"])
+        if checkpoint is not None:
+            own += f"-{Path(checkpoint).stem}"
         return Path("eval") / own / name
     if checkpoint.parent.name == "checkpoints":  # inside a run folder: keep results with the run
         return checkpoint.parent.parent / "eval" / name

@@ -105,7 +105,10 @@ class FewShotMeter:
         if other.class_ids != self.class_ids:
             raise ValueError(f"cannot merge meters of different classes: {self.class_ids} vs {other.class_ids}")
         if (other.empty_class, other.empty_fb_term) != (self.empty_class, self.empty_fb_term):
-            raise ValueError("cannot merge meters of different empty-class / FB-IoU conventions")
+            raise ValueError(
+                "cannot merge meters of different conventions: "
+                f"{(self.empty_class, self.empty_fb_term)} vs {(other.empty_class, other.empty_fb_term)}"
+            )
         self.intersection += other.intersection
         self.union += other.union
         self.episodes += other.episodes

@@ -189,7 +189,8 @@ class EveryImageSampler(EpisodeSampler):
     def _check_count(self, episodes):
         if episodes is not None and episodes != self.count:
             raise ValueError(
-                f"episodes: every test image is the query once, {self.count} episodes; got episodes={episodes}"
+                f"episodes (--episodes): every test image is the query once, {self.count} episodes; "
+                f"got episodes={episodes}"
             )
         return self.count
 
@@ -287,7 +288,11 @@ class EpisodeManifest:
         split = dataset.fold_split(fold)
         if self.fold != fold or self.split != split.test_split:
             raise ValueError(f"manifest is for fold {self.fold!r} (split {self.split!r}), not fold {fold!r}")
-        distinct = protocol_for(self.protocol, dataset.name).supports == "distinct"
+        rules = protocol_for(self.protocol, dataset.name)
+        distinct = rules.supports == "distinct"
+        # Image-first (PFENet): the query holds the class at any size, and some test class past the filter.
+        any_size = rules.sampling == "image-first"
+        listed = set().union(*(dataset.class_images(self.split, c) for c in split.test_classes)) if any_size else set()
         pools: dict[int, set[str]] = {}
         for number, episode in enumerate(self.episodes):
             if episode.class_id not in split.test_classes:
@@ -303,6 +308,9 @@ class EpisodeManifest:
             if episode.class_id not in pools:
                 pools[episode.class_id] = set(dataset.class_images(self.split, episode.class_id))
             strangers = {episode.query, *episode.supports} - pools[episode.class_id]
+            if any_size and episode.query in strangers and episode.query in listed:
+                if dataset.image_classes(self.split, episode.query).get(episode.class_id, 0) > 0:
+                    strangers.discard(episode.query)
             if strangers:
                 raise ValueError(
                     f"manifest episode {number}: {sorted(strangers)} hold no class {episode.class_id} in split "

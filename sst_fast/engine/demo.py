@@ -70,7 +70,7 @@ def demo(
     """Run the demo into ``out_dir``; returns the path of ``report.md``. ``train_seeds``: the ``run.seed``
     of each model's training runs (default :data:`TRAIN_SEEDS`); ``seeds``: the evaluation seeds;
     ``protocol``: how the test episodes are drawn and scored (sst_fast.protocol; the demo's episode
-    budget stays its own unless ``episodes`` is given)."""
+    budget and evaluation seeds stay its own unless ``episodes`` / ``seeds`` are given)."""
     out_dir = Path(out_dir)
     config = load_run_config("synthetic", [*(QUICK if quick else []), *overrides])
     episodes = episodes or (40 if quick else EPISODES)

@@ -142,15 +142,26 @@ def evaluate(
             raise ValueError(f"manifests must all come from one protocol, got {sorted(drawn_by)}")
         name = getattr(protocol, "name", protocol)
         if name is not None and name != manifests[0].protocol:
-            raise ValueError(f"protocol: the manifests were drawn under {manifests[0].protocol}, not {name}")
+            raise ValueError(
+                f"protocol (--protocol): the manifests were drawn under {manifests[0].protocol}, not {name}"
+            )
         protocol = manifests[0].protocol
-    protocol = protocol_for(protocol or "sst", dataset.name) if not isinstance(protocol, Protocol) else protocol
+    if isinstance(protocol, Protocol):  # one of the built-in protocols, as protocol_for gives it
+        if protocol != protocol_for(protocol.name, dataset.name):
+            raise ValueError(
+                f"protocol: {protocol.name!r} is not the built-in {protocol.name} protocol on {dataset.name}; "
+                "pass its name (sst, pfenet or hsnet)"
+            )
+    else:
+        protocol = protocol_for(protocol or "sst", dataset.name)
     check_protocol_data(protocol, dataset.describe())
     resolution = protocol.resolution
     if original_size:
         if resolution == "fixed":
             size_text = "x".join(str(n) for n in protocol.score_size)
-            raise ValueError(f"original_size: protocol {protocol.name} scores at {size_text} on {dataset.name}")
+            raise ValueError(
+                f"original_size (--original-size): protocol {protocol.name} scores at {size_text} on {dataset.name}"
+            )
         resolution = "original"
     if manifests is None:
         seeds = check_seeds((protocol.seed,) if seeds is None else seeds)
@@ -264,7 +275,8 @@ def score_episodes(
     scoring: Scoring | None = None,
     device=None,
 ) -> dict:
-    """Segment the queries of ``episodes`` with ``model`` (eval mode, no gradients) and score them:
+    """Segment the queries of ``episodes`` with ``model`` (an ``nn.Module`` in eval mode; a plain callable
+    as it is, so one that wraps a module sets its mode itself; no gradients) and score them:
     :meth:`FewShotMeter.compute` over ``classes``. ``scoring``: the resolution and the metric's conventions
     (default: the network's input size, or each label's size with ``original_size``; the meter's defaults).
     ``progress``: the label of a progress bar, or None; ``amp``: ``off``, ``bf16`` or ``fp16`` autocast;

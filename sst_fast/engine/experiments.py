@@ -202,9 +202,9 @@ def run_experiment(
     variants: dict[str, dict],
     shots: Sequence[int] = (1,),
     fusions: Sequence[str] | None = None,
-    episodes: int | dict[int, int] | None = 1000,
+    episodes: int | dict[int, int] | None = None,
     shots_for: dict[str, Sequence[int]] | None = None,
-    seeds: Sequence[int] | None = (0,),
+    seeds: Sequence[int] | None = None,
     train_seeds: Sequence[int] = (0,),
     progress: bool = True,
     log=print,
@@ -226,8 +226,10 @@ def run_experiment(
     seeds = check_seeds((rules.seed,) if seeds is None else seeds)
     train_seeds = tuple(check_seeds(train_seeds))
     for count in episodes.values() if isinstance(episodes, dict) else (episodes,):
-        if count is not None or rules.episodes is not None:
-            positive_int(count if count is not None else rules.episodes, "episodes")
+        if count is not None and rules.episodes is None:
+            raise ValueError(f"episodes: protocol {protocol} queries every test image once; pass episodes=None")
+        if count is not None:
+            positive_int(count, "episodes")
     grid = [Variant(name, changes) for name, changes in variants.items()]
     runs = train_grid(config, out_dir, grid, train_seeds, progress, log)
     experiment = ExperimentResult(out_dir, dataset, runs, [], train_seeds)
@@ -342,11 +344,11 @@ def interrupted(experiment: ExperimentResult, what: str) -> ExperimentInterrupte
 
 
 def ablation(
-    config: RunConfig, out_dir, episodes=1000, seeds=(0,), train_seeds=(0,), progress=True, log=print, protocol="sst"
+    config: RunConfig, out_dir, episodes=None, seeds=None, train_seeds=(0,), progress=True, log=print, protocol="sst"
 ) -> Path:
     """The paper's Table 1 (baseline, +SSM, +aux loss, SST; 1-shot) and Table 2 (SST, 5-shot, three fusions)
     on ``config``'s data set and fold, each variant trained once per training seed, evaluated under
-    ``protocol`` (``episodes``/``seeds`` None: the protocol's). Writes ``ablation.md`` and
+    ``protocol`` (``episodes``/``seeds`` None: the protocol's; sst: 1000, seed 0). Writes ``ablation.md`` and
     ``ablation.json``; returns the Markdown path."""
     experiment = run_experiment(
         config,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -229,6 +230,18 @@ def test_pfenet_scores_at_the_label_size_and_counts_a_class_without_episodes_as_
     assert run["miou"] == pytest.approx(sum(ious.values()) / len(TEST_CLASSES))
 
 
+def test_pfenet_manifests_replay_with_queries_whose_class_is_under_the_filter():
+    dataset = layout_dataset()
+    result = evaluate(left_quarter, dataset, 0, size=SIZE, protocol="pfenet", episodes=60)
+    small = [e for e in result.manifests[0].episodes if LAYOUT[e.query][e.class_id] < MIN]
+    assert small, "the sample holds queries whose class is under the filter"
+    assert evaluate(left_quarter, dataset, 0, size=SIZE, manifests=result.manifests).runs == result.runs
+    episode = small[0]
+    foreign = replace(episode, query="c")  # "c" holds no test class at all
+    with pytest.raises(ValueError, match="hold no class"):
+        evaluate(left_quarter, dataset, 0, size=SIZE, manifests=[replace(result.manifests[0], episodes=[foreign])])
+
+
 def test_manifests_keep_their_protocol_and_replay_only_under_it(tmp_path):
     dataset = layout_dataset()
     result = evaluate(left_quarter, dataset, 0, shots=3, size=SIZE, protocol="hsnet", episodes=14)
@@ -239,7 +252,7 @@ def test_manifests_keep_their_protocol_and_replay_only_under_it(tmp_path):
     assert replayed.runs == result.runs and replayed.card.protocol == "hsnet"
     with pytest.raises(ValueError, match="drawn under hsnet"):
         evaluate(left_quarter, dataset, 0, size=SIZE, manifests=[manifest], protocol="sst")
-    with pytest.raises(ValueError, match="original_size: protocol hsnet"):
+    with pytest.raises(ValueError, match=r"original_size \(--original-size\): protocol hsnet"):
         evaluate(left_quarter, dataset, 0, size=SIZE, protocol="hsnet", original_size=True)
     card = ProtocolCard.from_dict(result.card.to_dict())
     assert card == result.card
@@ -285,3 +298,24 @@ def test_eval_command_scores_a_model_from_a_file(tmp_path, capsys):
     assert main(["eval", "--model", "no_such_module:build", *common, "--size", "32"]) == 2
     assert main(["eval", *common]) == 2  # neither a checkpoint nor --model
     assert "checkpoint" in capsys.readouterr().err
+
+
+def test_eval_model_files_import_like_modules_and_size_comes_from_the_command_line(tmp_path, capsys):
+    # A dataclass under postponed annotations needs its module in sys.modules; a config without image_size
+    # leaves the size to --size.
+    (tmp_path / "mine.py").write_text(
+        "from __future__ import annotations\n"
+        "import dataclasses\n"
+        "import torch\n"
+        "@dataclasses.dataclass\n"
+        "class Settings:\n"
+        "    scale: float = 1.0\n"
+        "class Model(torch.nn.Module):\n"
+        "    config = Settings()\n"
+        "    def forward(self, query, support_images, support_masks):\n"
+        "        return torch.zeros(query.shape[0], 2, *query.shape[-2:])\n"
+        "def build():\n"
+        "    return Model()\n"
+    )
+    common = ["--dataset", "synthetic", "--fold", "0", "--episodes", "3", "--no-progress", "--out", str(tmp_path / "o")]
+    assert main(["eval", "--model", f"{tmp_path / 'mine.py'}:build", "--size", "32", *common]) == 0, capsys.readouterr()
