@@ -38,6 +38,20 @@ __device__ __forceinline__ bool in_range(int x, int n) {
   return static_cast<unsigned>(x) < static_cast<unsigned>(n);
 }
 
+// Calls f(t) for every tap t = i K + j that reads inside the plane at pixel (h, w): the border
+// pixels' test, tap by tap (unrolled, so each call is inlined into straight-line code).
+template <int K, typename F>
+__device__ __forceinline__ void for_taps_inside(const TapGeom<K>& g, int h, int w, F&& f) {
+#pragma unroll
+  for (int i = 0; i < K; ++i) {
+    const bool row_in = in_range(h + g.sh[i], g.H);
+#pragma unroll
+    for (int j = 0; j < K; ++j) {
+      if (row_in && in_range(w + g.sw[j], g.W)) f(i * K + j);
+    }
+  }
+}
+
 // Walks the pixels p = threadIdx.x + n blockDim.x of an H x W plane, keeping (h, w) =
 // (p / W, p % W) without a division per step.
 struct PixelWalk {
@@ -128,17 +142,10 @@ __global__ void __launch_bounds__(kBlock) window_sums_kernel(
             for (int t = 0; t < KK; ++t) v[1 + KK + t] += xv * mval(px.p + g.off[t]);
           }
         } else {
-#pragma unroll
-          for (int i = 0; i < K; ++i) {
-            const bool row_in = in_range(px.h + g.sh[i], g.H);
-#pragma unroll
-            for (int j = 0; j < K; ++j) {
-              if (row_in && in_range(px.w + g.sw[j], g.W)) {
-                v[1 + i * K + j] += xv;
-                if constexpr (kMask) v[1 + KK + i * K + j] += xv * mval(px.p + g.off[i * K + j]);
-              }
-            }
-          }
+          for_taps_inside(g, px.h, px.w, [&](int t) {
+            v[1 + t] += xv;
+            if constexpr (kMask) v[1 + KK + t] += xv * mval(px.p + g.off[t]);
+          });
         }
       }
     }
@@ -197,17 +204,10 @@ __global__ void __launch_bounds__(kBlock) window_expand_kernel(
           for (int t = 0; t < KK; ++t) val += c1[t] * mval(px.p + g.off[t]);
         }
       } else {
-#pragma unroll
-        for (int i = 0; i < K; ++i) {
-          const bool row_in = in_range(px.h + g.sh[i], g.H);
-#pragma unroll
-          for (int j = 0; j < K; ++j) {
-            if (row_in && in_range(px.w + g.sw[j], g.W)) {
-              val += c0[i * K + j];
-              if constexpr (kMask) val += c1[i * K + j] * mval(px.p + g.off[i * K + j]);
-            }
-          }
-        }
+        for_taps_inside(g, px.h, px.w, [&](int t) {
+          val += c0[t];
+          if constexpr (kMask) val += c1[t] * mval(px.p + g.off[t]);
+        });
       }
       if constexpr (kMask) op[px.p] = static_cast<scalar_t>(val);
       else op[px.p] = static_cast<scalar_t>(static_cast<acc_t>(op[px.p]) + val);
