@@ -3,7 +3,7 @@
 Each file of the ``cuda`` pattern in csrc/build.cfg is compiled to an object file (``nvcc -c``)
 with build.cfg's nvcc flags and architectures plus the flags torch's BuildExtension adds, so a
 CPU-only machine still catches compile errors in the kernels. Slow by nature: nvcc builds every
-kernel for every architecture (csrc/cuda/*.cu, sm_80 + sm_90: about 100 s in all on a 2-core machine).
+kernel for every architecture (csrc/cuda/*.cu, sm_80 + sm_90: about 130 s in all on a 2-core machine).
 """
 
 from __future__ import annotations
