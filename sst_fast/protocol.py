@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from ._version import __version__
@@ -68,8 +68,24 @@ class Protocol:
     empty_fb_term: str = "skip"  # a key of EMPTY_FB_TERM
     align_corners: bool = False  # how logits are resized to the scored labels (bilinear)
     requires: tuple[tuple[str, object], ...] = ()  # (describe() key, value) the data set must have
+    pair_lists: str | None = None  # pair-list: the peer's own (image, class) lists shipped in sst_fast.data
     source: str = ""  # the code the rules come from
     comparable: str = ""  # the published tables a number under this protocol sits in
+
+    def sampling_rule(self) -> str:
+        """How the queries and their classes are drawn (SAMPLINGS, or the peer's shipped pair lists)."""
+        if self.pair_lists:
+            return (
+                f"the peer's (test image, test class) pairs of the fold ({self.pair_lists}), in order, wrapping; "
+                "supports among the list's images of the class"
+            )
+        return SAMPLINGS[self.sampling]
+
+    def filter_rule(self, min_pixels: int) -> str:
+        """How the small-object filter applies: the card's line."""
+        if self.pair_lists:
+            return "as the peer's pair lists were built (their filter is not stated); the data set's is not applied"
+        return small_object_rule(self.sampling, min_pixels)
 
     def describe(self) -> str:
         """One line per setting, for the card and the README table."""
@@ -83,7 +99,7 @@ class Protocol:
             scored = "the model's input size"
         return "; ".join(
             [
-                SAMPLINGS[self.sampling],
+                self.sampling_rule(),
                 f"supports: {SUPPORT_DRAWS[self.supports]}",
                 "episodes: " + (f"{self.episodes}, seed {self.seed}" if self.episodes else "one per test image"),
                 f"scored at {scored}",
@@ -107,6 +123,7 @@ _PFENET_PASCAL = Protocol(
 _HSNET_PASCAL = Protocol(
     "hsnet", "pascal", "pair-list", 1000, 0, resolution="fixed", score_size=(400, 400),
     supports="independent", empty_class="zero", empty_fb_term="nan", align_corners=True,
+    pair_lists="sst_fast/data/hsnet_pairs/pascal_val_fold<f>.txt, HSNet's data/splits/pascal/val",
     source=f"{HSNET}: data/pascal.py:30-148, data/dataset.py:26-35, common/logger.py:24-43, test.py:20",
     comparable="HSNet (ICCV 2021)'s PASCAL-5i tables and work scored with HSNet's test.py",
 )  # fmt: skip
@@ -148,7 +165,9 @@ def protocol_for(name: str, dataset: str) -> Protocol:
         return _SST
     if name == "pfenet" and dataset == "fss":
         raise ValueError("protocol: PFENet defines no FSS-1000 protocol (its code has no FSS-1000 loader): use hsnet")
-    return _BUNDLES.get((name, dataset), _BUNDLES[(name, "pascal")])
+    if (name, dataset) in _BUNDLES:
+        return _BUNDLES[name, dataset]
+    return replace(_BUNDLES[name, "pascal"], dataset=dataset, pair_lists=None)  # no peer's list for it
 
 
 def small_object_rule(sampling: str, min_pixels: int) -> str:

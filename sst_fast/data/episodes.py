@@ -73,23 +73,28 @@ class EpisodeSampler:
         excluded = {dataset.check_class(c, "exclude_classes") for c in exclude_classes}
         self.dataset, self.split, self.shots, self.classes = dataset, split, shots, classes
         self.supports = supports
-        self.pools: dict[int, list[str]] = {}
-        allowed = None if images is None else set(images)
-        needed = shots + 1 if supports == "distinct" else 2
-        for class_id in classes:
-            pool = dataset.class_images(split, class_id)
-            if excluded:
-                pool = [i for i in pool if excluded.isdisjoint(dataset.image_classes(split, i))]
-            if allowed is not None:
-                pool = [i for i in pool if i in allowed]
+        self.pools = self._class_pools(excluded, None if images is None else set(images))
+        needed = shots + 1 if supports == "distinct" else 2  # the query and one other image at least
+        for class_id, pool in self.pools.items():
             if len(pool) < needed:
                 raise DataError(
                     f"{dataset.name}: class {class_id} ({dataset.class_name(class_id)}) has {len(pool)} image(s) in "
                     f"split {split!r} after filtering (min_pixels={dataset.min_pixels}); a {shots}-shot episode "
                     f"needs {needed}"
                 )
-            self.pools[class_id] = pool
         self._positions = {c: {image: n for n, image in enumerate(pool)} for c, pool in self.pools.items()}
+
+    def _class_pools(self, excluded: set[int], allowed: set[str] | None) -> dict[int, list[str]]:
+        """Each class's images: past the small-object filter, without the excluded classes, among ``allowed``."""
+        pools = {}
+        for class_id in self.classes:
+            pool = self.dataset.class_images(self.split, class_id)
+            if excluded:
+                pool = [i for i in pool if excluded.isdisjoint(self.dataset.image_classes(self.split, i))]
+            if allowed is not None:
+                pool = [i for i in pool if i in allowed]
+            pools[class_id] = pool
+        return pools
 
     # The number of episodes a seed gives when none is asked for; None: any number.
     count: int | None = None
@@ -158,18 +163,39 @@ class ImageFirstSampler(EpisodeSampler):
 
 
 class PairListSampler(EpisodeSampler):
-    """HSNet's PASCAL sampling (docs/design.md §4.3): every (image, class) pair of ``split`` with the class
-    past the small-object filter, in the data set's image order (classes ascending within an image),
-    wrapping around; the supports among the class's other images."""
+    """HSNet's PASCAL sampling (docs/design.md §4.3): a fixed list of (image, class) pairs walked in order,
+    wrapping around; the supports among the class's other images of the list.
 
-    def __init__(self, dataset, classes, split, shots, supports: str = "independent"):
+    ``pairs``: the list (HSNet's own for PASCAL-5i, :func:`hsnet_pascal_pairs`); each image must be in
+    ``split`` and hold its class. Without it, every (image, class) pair of ``split`` with the class past
+    the small-object filter, in the data set's image order (classes ascending within an image).
+    """
+
+    def __init__(self, dataset, classes, split, shots, supports: str = "independent", pairs=None, source="pairs"):
+        self._listed = None if pairs is None else [(str(image), int(c)) for image, c in pairs]
+        self._source = source
         super().__init__(dataset, classes, split, shots, supports=supports)
-        self.pairs = [
-            (image, c)
-            for image in dataset.image_ids(split)
-            for c in sorted(self.classes)
-            if image in self._positions[c]
-        ]
+        if self._listed is None:
+            self.pairs = [
+                (image, c)
+                for image in dataset.image_ids(split)
+                for c in sorted(self.classes)
+                if image in self._positions[c]
+            ]
+        else:
+            self.pairs = self._listed
+
+    def _class_pools(self, excluded, allowed):
+        if self._listed is None:
+            return super()._class_pools(excluded, allowed)
+        images = set(self.dataset.image_ids(self.split))
+        for image, class_id in self._listed:
+            if class_id not in self.classes:
+                raise DataError(f"{self._source}: class {class_id} of {image} is not a test class of this fold")
+            if image not in images or self.dataset.image_classes(self.split, image).get(class_id, 0) == 0:
+                raise DataError(f"{self._source}: {image} is not an image of class {class_id} in split {self.split!r}")
+        # HSNet's support pools: the list's images of each class.
+        return {c: sorted({image for image, k in self._listed if k == c}) for c in self.classes}
 
     def _episode(self, number, rng):
         query, class_id = self.pairs[number % len(self.pairs)]
@@ -212,7 +238,35 @@ def protocol_sampler(dataset: FewShotDataset, fold, shots: int, protocol: Protoc
     split = dataset.fold_split(fold)
     check_protocol_data(protocol, dataset.describe())
     sampler = SAMPLERS[protocol.sampling]
+    if protocol.pair_lists:
+        path = hsnet_pascal_pairs_path(fold)
+        return PairListSampler(
+            dataset, split.test_classes, split.test_split, shots, protocol.supports, read_pairs(path), str(path)
+        )
     return sampler(dataset, split.test_classes, split.test_split, shots, supports=protocol.supports)
+
+
+def hsnet_pascal_pairs_path(fold) -> Path:
+    """HSNet's PASCAL-5i test pairs of ``fold`` as shipped in sst_fast (github.com/juhongm999/hsnet,
+    ``data/splits/pascal/val/fold<f>.txt``, commit e288916): ``<image id>__<VOC class id>`` per line."""
+    from importlib import resources
+
+    if fold not in (0, 1, 2, 3):
+        raise ValueError(f"fold must be 0, 1, 2 or 3 for HSNet's PASCAL-5i pairs, got {fold!r}")
+    return Path(str(resources.files("sst_fast.data") / "hsnet_pairs" / f"pascal_val_fold{fold}.txt"))
+
+
+def read_pairs(path) -> list[tuple[str, int]]:
+    """A pair list: ``<image id>__<class id>`` per line -> [(image id, class id)], in the file's order."""
+    pairs = []
+    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        image, separator, class_id = line.strip().rpartition("__")
+        if not separator or not class_id.isdigit():
+            raise DataError(f"{path}:{number}: expected '<image id>__<class id>', got {line!r}")
+        pairs.append((image, int(class_id)))
+    return pairs
 
 
 def fold_sampler(
@@ -290,8 +344,10 @@ class EpisodeManifest:
             raise ValueError(f"manifest is for fold {self.fold!r} (split {self.split!r}), not fold {fold!r}")
         rules = protocol_for(self.protocol, dataset.name)
         distinct = rules.supports == "distinct"
-        # Image-first (PFENet): the query holds the class at any size, and some test class past the filter.
+        # Image-first (PFENet): the query holds the class at any size, and some test class past the filter;
+        # a peer's pair lists (HSNet): every image holds its class at any size.
         any_size = rules.sampling == "image-first"
+        listed_pairs = rules.pair_lists is not None
         listed = set().union(*(dataset.class_images(self.split, c) for c in split.test_classes)) if any_size else set()
         pools: dict[int, set[str]] = {}
         for number, episode in enumerate(self.episodes):
@@ -311,11 +367,20 @@ class EpisodeManifest:
             if any_size and episode.query in strangers and episode.query in listed:
                 if dataset.image_classes(self.split, episode.query).get(episode.class_id, 0) > 0:
                     strangers.discard(episode.query)
+            if listed_pairs:
+                strangers = {i for i in strangers if not self._holds(dataset, i, episode.class_id)}
             if strangers:
                 raise ValueError(
                     f"manifest episode {number}: {sorted(strangers)} hold no class {episode.class_id} in split "
                     f"{self.split!r} of this data set"
                 )
+
+    def _holds(self, dataset: FewShotDataset, image: str, class_id: int) -> bool:
+        """Whether ``image`` is in the manifest's split and shows ``class_id`` at all."""
+        try:
+            return dataset.image_classes(self.split, image).get(class_id, 0) > 0
+        except ValueError:  # not in the split
+            return False
 
     def content(self) -> dict:
         content = {

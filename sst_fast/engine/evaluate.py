@@ -21,14 +21,12 @@ from ..protocol import (
     EMPTY_CLASS,
     EMPTY_FB_TERM,
     METRIC_DEFINITION,
-    SAMPLINGS,
     SUPPORT_DRAWS,
     Protocol,
     ProtocolCard,
     check_protocol_data,
     code_version,
     protocol_for,
-    small_object_rule,
 )
 from . import distributed
 from .runlog import is_terminal
@@ -203,8 +201,8 @@ def evaluate(
         resolution=resolution,
         input_size=size,
         min_pixels=dataset.min_pixels,
-        class_sampling=f"{SAMPLINGS[protocol.sampling]}; supports: {SUPPORT_DRAWS[protocol.supports]}",
-        small_objects=small_object_rule(protocol.sampling, dataset.min_pixels),
+        class_sampling=f"{protocol.sampling_rule()}; supports: {SUPPORT_DRAWS[protocol.supports]}",
+        small_objects=protocol.filter_rule(dataset.min_pixels),
         metric=f"{METRIC_DEFINITION}; {scoring.conventions()}",
         protocol=protocol.name,
         protocol_source=protocol.source,

@@ -120,6 +120,31 @@ def test_hsnet_pairs_come_in_the_data_sets_order_with_independent_supports():
         protocol_sampler(dataset, 0, 3, protocol_for("pfenet", dataset.name))
 
 
+def test_hsnet_walks_its_own_pascal_pairs_whatever_the_filter(tmp_path):
+    from sst_fast.data.episodes import hsnet_pascal_pairs_path
+    from sst_fast.data.pascal import PascalVOC
+    from tests.data.layouts import make_voc
+
+    lines = hsnet_pascal_pairs_path(0).read_text().split()
+    assert len(lines) == 346  # HSNet's fold 0
+    pairs = [(line.split("__")[0], int(line.split("__")[1])) for line in lines]
+    images: dict[str, dict[int, int]] = {}
+    for image, class_id in pairs:
+        images.setdefault(image, {})[class_id] = 30  # far under the 2*32*32 filter
+    root = make_voc(tmp_path / "voc", images, val=sorted(images), size=(12, 12), ignore=0)
+    dataset = PascalVOC(root, cache_dir=tmp_path / "cache")
+    assert all(not dataset.class_images("val", c) for c in TEST_CLASSES)  # the filter keeps nothing
+    protocol = protocol_for("hsnet", "pascal")
+    episodes = protocol_sampler(dataset, 0, 2, protocol).sample(1000, seed=0)
+    own = {c: {image for image, k in pairs if k == c} for c in TEST_CLASSES}
+    for number, episode in enumerate(episodes):
+        assert (episode.query, episode.class_id) == pairs[number % len(pairs)]
+        assert episode.query not in episode.supports and set(episode.supports) <= own[episode.class_id]
+    result = evaluate(left_quarter, dataset, 0, size=(12, 12), protocol="hsnet", episodes=20)
+    assert "HSNet's data/splits/pascal/val" in str(result.card)
+    assert evaluate(left_quarter, dataset, 0, size=(12, 12), manifests=result.manifests).runs == result.runs
+
+
 @pytest.fixture
 def fss_test_set(tmp_path):
     root = tmp_path / "fss"
