@@ -315,17 +315,15 @@ def _train(args) -> int:
 def _eval(args) -> int:
     from .data import EpisodeManifest, open_dataset
     from .engine import distributed
-    from .engine.evaluate import evaluate, model_input_size
+    from .engine.evaluate import evaluate
     from .engine.train import resolve_device
 
     device = resolve_device(args.device, "--device")
     if args.model is not None:
         model, data, checkpoint = _own_model(args, device), {}, args.checkpoint
-        trained = getattr(getattr(model, "config", None), "image_size", None)
-        default_size = model_input_size(model) if trained is not None else None
     else:
         model, data, checkpoint = _sst_model(args, device)
-        default_size = model.config.image_size
+    default_size = getattr(getattr(model, "config", None), "image_size", None)  # the trained size, if any
     dataset_name = args.dataset or data.get("dataset")
     if dataset_name is None:
         raise ValueError("--dataset: a model from --model has no training run to take the data set from")
@@ -439,8 +437,6 @@ def load_factory(spec: str):
         path = Path(module_name)
         if not path.is_file():
             raise ValueError(f"--model: no file {path}")
-        import sys
-
         loader = importlib.util.spec_from_file_location(f"sst_fast_user_model_{path.stem}", path)
         module = importlib.util.module_from_spec(loader)
         sys.modules[loader.name] = module  # as an import does: dataclasses, pickling and typing look it up there

@@ -87,27 +87,6 @@ class Protocol:
             return "as the peer's pair lists were built (their filter is not stated); the data set's is not applied"
         return small_object_rule(self.sampling, min_pixels)
 
-    def describe(self) -> str:
-        """One line per setting, for the card and the README table."""
-        if self.resolution == "fixed":
-            scored = f"labels resized (nearest) to {self.score_size[0]}x{self.score_size[1]}, logits bilinearly"
-        elif self.resolution == "original":
-            scored = "each label's stored size, logits resized bilinearly"
-        if self.resolution != "input":
-            scored += " (align_corners=True)" if self.align_corners else ""
-        else:
-            scored = "the model's input size"
-        return "; ".join(
-            [
-                self.sampling_rule(),
-                f"supports: {SUPPORT_DRAWS[self.supports]}",
-                "episodes: " + (f"{self.episodes}, seed {self.seed}" if self.episodes else "one per test image"),
-                f"scored at {scored}",
-                f"empty class: {EMPTY_CLASS[self.empty_class]}",
-                f"empty FB-IoU term: {EMPTY_FB_TERM[self.empty_fb_term]}",
-            ]
-        )
-
 
 _SST = Protocol(
     "sst", "any", "class-first", 1000, 0,
@@ -212,6 +191,7 @@ class ProtocolCard:
     metric: str = METRIC_DEFINITION
     protocol: str = "sst"
     protocol_source: str = ""
+    comparable: str = ""  # the published tables a number under this protocol sits in
     score_size: tuple[int, int] | None = None  # resolution "fixed": the size labels and logits are scored at
     small_objects: str = ""  # how the small-object filter applies (small_object_rule)
     align_corners: bool = False  # resolution "original" / "fixed": how logits are resized to the labels
@@ -249,6 +229,7 @@ class ProtocolCard:
         small = self.small_objects or (f">= {self.min_pixels} px per class per image" if self.min_pixels else "off")
         rows = [
             ("protocol", self.protocol + (f" ({self.protocol_source})" if self.protocol_source else "")),
+            ("comparable with", self.comparable or "-"),
             ("data set", f"{self.dataset}{style}, fold {self.fold}, test images: {self.test_split}"),
             ("data", ", ".join(f"{k}={v}" for k, v in self.data.items() if k != "dataset") or "-"),
             ("test classes", ", ".join(str(c) for c in self.test_classes)),

@@ -123,6 +123,17 @@ class EpisodeSampler:
             return Episode(class_id, pool[picks[0]], tuple(pool[i] for i in picks[1:]))
         return self._with_supports(class_id, pool[int(rng.integers(len(pool)))], rng)
 
+    def strangers(self, episode: Episode) -> set[str]:
+        """The images of ``episode`` this sampler could not have drawn for its class (empty: it could have)."""
+        pool = self._positions.get(episode.class_id, {})
+        outside = {support for support in episode.supports if support not in pool}
+        if not self._draws_query(episode.query, episode.class_id):
+            outside.add(episode.query)
+        return outside
+
+    def _draws_query(self, query: str, class_id: int) -> bool:
+        return query in self._positions[class_id]
+
     def _with_supports(self, class_id: int, query: str, rng: np.random.Generator) -> Episode:
         """The episode of ``query`` and ``class_id`` with supports drawn among the class's images but the query."""
         pool = self.pools[class_id]
@@ -156,6 +167,9 @@ class ImageFirstSampler(EpisodeSampler):
             for image in self.queries
         }
 
+    def _draws_query(self, query, class_id):
+        return class_id in self.present.get(query, ())
+
     def _episode(self, number, rng):
         query = self.queries[number % len(self.queries)]
         present = self.present[query]
@@ -166,7 +180,7 @@ class PairListSampler(EpisodeSampler):
     """HSNet's PASCAL sampling (docs/design.md §4.3): a fixed list of (image, class) pairs walked in order,
     wrapping around; the supports among the class's other images of the list.
 
-    ``pairs``: the list (HSNet's own for PASCAL-5i, :func:`hsnet_pascal_pairs`); each image must be in
+    ``pairs``: the list (HSNet's own for PASCAL-5i, :func:`hsnet_pascal_pairs_path`); each image must be in
     ``split`` and hold its class. Without it, every (image, class) pair of ``split`` with the class past
     the small-object filter, in the data set's image order (classes ascending within an image).
     """
@@ -184,6 +198,10 @@ class PairListSampler(EpisodeSampler):
             ]
         else:
             self.pairs = self._listed
+        self._pair_set = set(self.pairs)
+
+    def _draws_query(self, query, class_id):
+        return (query, class_id) in self._pair_set
 
     def _class_pools(self, excluded, allowed):
         if self._listed is None:
@@ -334,22 +352,16 @@ class EpisodeManifest:
 
     def check(self, dataset: FewShotDataset, fold) -> None:
         """Refuse to replay this manifest on other data: another data set or configuration, another
-        fold, or episodes that the data set's index does not support (an image not in the split or
-        without the class, a support equal to the query, a wrong number of supports)."""
+        fold, or episodes that the manifest's protocol could not have drawn from this data set (an image
+        not in the split or without the class, a support equal to the query, a wrong number of
+        supports, repeated supports where the protocol draws distinct ones)."""
         described = dataset.describe()
         if self.dataset != described:
             raise ValueError(f"manifest was drawn from {self.dataset}, not from this data set {described}")
         split = dataset.fold_split(fold)
         if self.fold != fold or self.split != split.test_split:
             raise ValueError(f"manifest is for fold {self.fold!r} (split {self.split!r}), not fold {fold!r}")
-        rules = protocol_for(self.protocol, dataset.name)
-        distinct = rules.supports == "distinct"
-        # Image-first (PFENet): the query holds the class at any size, and some test class past the filter;
-        # a peer's pair lists (HSNet): every image holds its class at any size.
-        any_size = rules.sampling == "image-first"
-        listed_pairs = rules.pair_lists is not None
-        listed = set().union(*(dataset.class_images(self.split, c) for c in split.test_classes)) if any_size else set()
-        pools: dict[int, set[str]] = {}
+        sampler = protocol_sampler(dataset, fold, self.shots, protocol_for(self.protocol, dataset.name))
         for number, episode in enumerate(self.episodes):
             if episode.class_id not in split.test_classes:
                 raise ValueError(
@@ -357,30 +369,16 @@ class EpisodeManifest:
                 )
             if len(episode.supports) != self.shots or episode.query in episode.supports:
                 raise ValueError(f"manifest episode {number}: needs {self.shots} supports, none the query")
-            if distinct and len(set(episode.supports)) != self.shots:
+            if sampler.supports == "distinct" and len(set(episode.supports)) != self.shots:
                 raise ValueError(
                     f"manifest episode {number}: protocol {self.protocol} draws {self.shots} distinct supports"
                 )
-            if episode.class_id not in pools:
-                pools[episode.class_id] = set(dataset.class_images(self.split, episode.class_id))
-            strangers = {episode.query, *episode.supports} - pools[episode.class_id]
-            if any_size and episode.query in strangers and episode.query in listed:
-                if dataset.image_classes(self.split, episode.query).get(episode.class_id, 0) > 0:
-                    strangers.discard(episode.query)
-            if listed_pairs:
-                strangers = {i for i in strangers if not self._holds(dataset, i, episode.class_id)}
+            strangers = sampler.strangers(episode)
             if strangers:
                 raise ValueError(
                     f"manifest episode {number}: {sorted(strangers)} hold no class {episode.class_id} in split "
                     f"{self.split!r} of this data set"
                 )
-
-    def _holds(self, dataset: FewShotDataset, image: str, class_id: int) -> bool:
-        """Whether ``image`` is in the manifest's split and shows ``class_id`` at all."""
-        try:
-            return dataset.image_classes(self.split, image).get(class_id, 0) > 0
-        except ValueError:  # not in the split
-            return False
 
     def content(self) -> dict:
         content = {

@@ -177,9 +177,8 @@ def evaluate(
         if len({(m.shots, len(m.episodes)) for m in manifests}) > 1:
             raise ValueError("manifests must all have the same shots and number of episodes")
     scoring = Scoring(
-        resolution, protocol.score_size if resolution == "fixed" else None, protocol.empty_class,
-        protocol.empty_fb_term, protocol.align_corners,
-    )  # fmt: skip
+        resolution, protocol.score_size, protocol.empty_class, protocol.empty_fb_term, protocol.align_corners
+    )
     runs = [
         score_episodes(
             model, dataset, split.test_classes, manifest.episodes, size, batch_size=batch_size,
@@ -206,8 +205,9 @@ def evaluate(
         metric=f"{METRIC_DEFINITION}; {scoring.conventions()}",
         protocol=protocol.name,
         protocol_source=protocol.source,
+        comparable=protocol.comparable,
         score_size=scoring.score_size,
-        align_corners=scoring.align_corners if resolution != "input" else False,
+        align_corners=scoring.align_corners,
         checkpoint=checkpoint,
         model=_model_summary(model, amp, model_source),
         manifests=tuple(m.sha256 for m in manifests),

@@ -61,7 +61,7 @@ def test_every_protocol_names_its_rules_and_peer():
                     protocol_for(name, dataset)
                 continue
             protocol = protocol_for(name, dataset)
-            assert protocol.name == name and protocol.describe() and protocol.comparable
+            assert protocol.name == name and protocol.sampling_rule() and protocol.comparable
             if name != "sst":
                 assert "commit" in protocol.source
     assert protocol_for("pfenet", "coco").episodes == 20000 and protocol_for("pfenet", "pascal").seed == 321
@@ -233,6 +233,7 @@ def test_hsnet_scores_at_400_by_nearest_labels_and_corner_aligned_logits():
     assert run["miou"] == pytest.approx(np.mean(list(ious.values())))
     assert result.card.protocol == "hsnet" and result.card.score_size == (400, 400)
     assert "400x400" in str(result.card) and "independent" in str(result.card)
+    assert "HSNet (ICCV 2021)" in str(result.card)  # the tables this number sits in
 
 
 def test_pfenet_scores_at_the_label_size_and_counts_a_class_without_episodes_as_zero():
