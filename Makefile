@@ -7,7 +7,7 @@ TORCH_VERSION ?= 2.13.0
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: install demo test test-all soak lint bench clean
+.PHONY: install demo test test-all test-cpus cuda-check soak lint bench clean
 
 install: $(VENV)/.installed
 
@@ -36,6 +36,15 @@ test: install
 
 test-all: install
 	$(PY) -m pytest tests -q -m "not soak"
+
+# The CUDA sources compiled with nvcc against this torch's headers, every architecture; no GPU needed (CI runs it).
+cuda-check: install
+	$(PY) -m pytest tests/ops/test_cuda_compile.py -q -m slow
+
+# The suite under each CPU restriction torch allows (native, avx2, default, one-thread), with the time of
+# each: how to check a new machine (tests/README.md). About an hour on two cores.
+test-cpus: install
+	tests/cpu_matrix.sh
 
 # Half an hour of training with the memory sampled every minute (SST_FAST_SOAK_MINUTES, SST_FAST_SOAK_OUT).
 soak: install

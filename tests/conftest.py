@@ -1,7 +1,17 @@
+import getpass
 import os
+import tempfile
 
 import pytest
 import torch
+
+# Inductor keeps the kernels it compiles in one folder whatever ATEN_CPU_CAPABILITY says, and reuses a kernel
+# vectorised for AVX2 in a process restricted to no vector extensions, where it does not compile: a cache per
+# instruction set (tests/cpu_matrix.sh runs the suite under several on one machine).
+os.environ.setdefault(
+    "TORCHINDUCTOR_CACHE_DIR",
+    os.path.join(tempfile.gettempdir(), f"torchinductor_{getpass.getuser()}_{torch.backends.cpu.get_cpu_capability()}"),
+)
 
 # The reasons of the skips that mean "this machine has no GPU kernels to test" (and of the CPU library's
 # absence). With SST_FAST_REQUIRE_GPU=1 (benchmarks/gpu_suite.sh) such a skip is a failure: on a GPU machine

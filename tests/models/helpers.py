@@ -27,3 +27,46 @@ def episode(batch=2, shots=1, size=32, support_size=None, dtype=torch.float32, s
         top, left = torch.randint(0, size // 2, (2,), generator=generator).tolist()
         query_mask[b, top : top + size // 2, left : left + size // 2] = 1
     return query, supports, masks, query_mask
+
+
+def model_tolerance(model, inputs, dtype, gradients=False, backbone=False):
+    """tests.tolerance.between for two computations of ``model(*inputs)`` (and its gradients), from its sums.
+
+    Counted with hooks on one forward of ``model`` (the reference: its relation convolution is a module
+    call). A rounding difference arises where the two compute differently, from the relation on, and
+    every later sum adds its own: each convolution's ``C_in / groups * k * k`` terms per output, and with
+    ``gradients`` (for trainable ones) its input gradient's ``C_out * k * k`` and its weight gradient's
+    ``N * H_out * W_out`` (random signs); the pools over a feature map and the losses' means over pixels
+    (one sign). The fast model and the reference run the same backbone and embedding on the same shapes,
+    so those forward sums are not counted unless ``backbone=True`` (a comparison across devices or layouts).
+    """
+    from tests.tolerance import between
+
+    mixed, same = [], []
+    shared = {id(m) for part in (model.backbone, model.embed) for m in part.modules()}
+
+    def count(module, args, output):
+        kh, kw = module.kernel_size
+        if backbone or id(module) not in shared:
+            mixed.append(module.in_channels // module.groups * kh * kw)
+        if gradients and module.weight.requires_grad:
+            mixed.append(module.out_channels // module.groups * kh * kw)
+            mixed.append(output.shape[0] * output.shape[-2] * output.shape[-1])
+
+    def pools(module, args, output):
+        same.append(output.shape[-2] * output.shape[-1])
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    hooks.append(model.relation.conv.register_forward_hook(pools))
+    was_training = model.training
+    model.eval()  # no dropout draws, no BatchNorm statistics updated: the model is left as it was
+    try:
+        with torch.no_grad():
+            model(*inputs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    query, supports = inputs[0], inputs[1]
+    same += [query.shape[0] * query.shape[-2] * query.shape[-1], supports.shape[-2] * supports.shape[-1]]
+    return between(dtype, mixed, same)

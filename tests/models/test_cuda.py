@@ -1,11 +1,11 @@
 """The fast model on a CUDA GPU, with the CUDA and the Triton kernels, against the reference on the CPU.
 
 The same checks as ``test_fast_equivalence`` and ``test_speed_switches``, moved to the GPU: every output and
-every parameter gradient of ``sst_fast.SST`` on CUDA equal to ``SSTReference``'s on the CPU (float64 to
-~1e-10, float32 to ~1e-4 with TF32 off), bf16 autocast no less accurate than the reference's own, the
-channels-last layout, and a train step captured in a CUDA graph that replays to the eager step's results.
-Dropout is off: the CPU and CUDA random streams differ. Skipped without a GPU (and a failure then under
-``SST_FAST_REQUIRE_GPU=1``).
+every parameter gradient of ``sst_fast.SST`` on CUDA equal to ``SSTReference``'s on the CPU within the
+rounding error of every sum the two compute, the backbone's included (tests.tolerance; TF32 off), bf16
+autocast no less accurate than the reference's own, the channels-last layout, and a train step captured
+in a CUDA graph that replays to the eager step's results. Dropout is off: the CPU and CUDA random streams
+differ. Skipped without a GPU (and a failure then under ``SST_FAST_REQUIRE_GPU=1``).
 """
 
 import pytest
@@ -15,7 +15,8 @@ import sst_fast
 from sst_fast import ops
 from sst_fast.engine.speed import cuda_graph, set_memory_format
 from sst_fast.reference import SSTReference
-from tests.models.helpers import episode, tiny_config
+from tests.models.helpers import episode, model_tolerance, tiny_config
+from tests.tolerance import unit_roundoff
 from tests.models.test_fast_equivalence import OUTPUTS, assert_equivalent, run, unbalanced_threshold
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -69,19 +70,21 @@ def test_fast_model_on_the_gpu_equals_the_reference(backend, dtype, shots, first
         reference.load_state_dict(fast.state_dict())
         out, grads = run(fast, to_cuda(inputs), mode)
     expected, expected_grads = run(reference, inputs, mode)
+    tol, grad_tol = (model_tolerance(reference, inputs, dtype, gradients=g, backbone=True) for g in (False, True))
     for name in OUTPUTS:
         actual = getattr(out, name)
-        assert_equivalent(None if actual is None else actual.cpu(), getattr(expected, name), dtype, name)
+        assert_equivalent(None if actual is None else actual.cpu(), getattr(expected, name), tol, name)
     assert grads.keys() == expected_grads.keys()
     for name, grad in expected_grads.items():
-        assert_equivalent(grads[name].cpu(), grad, dtype, f"d loss / d {name}")
+        assert_equivalent(grads[name].cpu(), grad, grad_tol, f"d loss / d {name}")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("shots", [1, 5])
 def test_bf16_autocast_on_the_gpu_is_as_accurate_as_the_reference(backend, shots):
-    """Gradients under bf16 autocast on CUDA no further from float32's than the reference's under it."""
-    errors = {"fast": [], "reference": []}
+    """Logits and gradients under bf16 autocast on CUDA, on the mean over three models, no further from float32's
+    than twice the reference's own under it, plus one bf16 rounding (test_speed_switches says why)."""
+    errors = {name: {"fast": [], "reference": []} for name in ("logits", "gradients")}
     for seed in range(3):
         torch.manual_seed(seed)
         fast, reference = cuda_pair(torch.float32, shots=shots, tune_step=5.0, learnable_step=False)
@@ -91,16 +94,17 @@ def test_bf16_autocast_on_the_gpu_is_as_accurate_as_the_reference(backend, shots
         expected, expected_grads = run(reference, inputs, "train")
         with ops.use_backend(backend), torch.autocast("cuda", dtype=torch.bfloat16):
             out, grads = run(fast, inputs, "train")
-            _, reference_grads = run(reference, inputs, "train")
+            reference_out, reference_grads = run(reference, inputs, "train")
         assert out.logits.dtype == torch.bfloat16
         assert out.tuned_prototypes.dtype == torch.float32, "the tuning step runs in float32 under autocast"
         for name, grad in expected_grads.items():
-            errors["fast"].append(relative_error(grads[name], grad))
-            errors["reference"].append(relative_error(reference_grads[name], grad))
-        error = relative_error(out.logits, expected.logits)
-        assert error < 0.05, f"logits: relative error {error:.2e} under bf16"
-    fast_error, reference_error = (sum(e) / len(e) for e in errors.values())
-    assert fast_error < 1.5 * reference_error + 0.005, (fast_error, reference_error)
+            errors["gradients"]["fast"].append(relative_error(grads[name], grad))
+            errors["gradients"]["reference"].append(relative_error(reference_grads[name], grad))
+        errors["logits"]["fast"].append(relative_error(out.logits, expected.logits))
+        errors["logits"]["reference"].append(relative_error(reference_out.logits, expected.logits))
+    for name, by_model in errors.items():
+        fast_error, reference_error = (sum(e) / len(e) for e in by_model.values())
+        assert fast_error <= 2 * reference_error + unit_roundoff(torch.bfloat16), (name, fast_error, reference_error)
 
 
 def relative_error(actual, expected):
@@ -117,11 +121,12 @@ def test_channels_last_on_the_gpu_equals_the_reference(backend):
         set_memory_format(fast, channels_last=True)
         out, grads = run(fast, to_cuda(inputs), "train")
     expected, expected_grads = run(reference, inputs, "train")
+    tol = model_tolerance(reference, inputs, torch.float64, gradients=True, backbone=True)
     for name in OUTPUTS:
         actual = getattr(out, name)
-        assert_equivalent(None if actual is None else actual.cpu(), getattr(expected, name), torch.float64, name)
+        assert_equivalent(None if actual is None else actual.cpu(), getattr(expected, name), tol, name)
     for name, grad in expected_grads.items():
-        assert_equivalent(grads[name].cpu(), grad, torch.float64, f"d loss / d {name}")
+        assert_equivalent(grads[name].cpu(), grad, tol, f"d loss / d {name}")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -16,7 +16,7 @@ from sst_fast.models.functional import (
 from sst_fast.ops import reference as ref_ops
 from sst_fast.reference import SSTReference
 from tests.conftest import assert_close, balance_classifier
-from tests.models.helpers import episode, tiny_config
+from tests.models.helpers import episode, model_tolerance, tiny_config
 
 FUSIONS = ("weighted", "average", "max")
 
@@ -94,8 +94,11 @@ def test_state_dict_moves_between_sst_and_reference():
     assert list(fast.state_dict()) == list(ref.state_dict())
     ref.load_state_dict(fast.state_dict())
     fast.eval(), ref.eval()
-    query, supports, masks, query_mask = episode(shots=3)
-    assert_close(fast(query, supports, masks, query_mask).loss, ref(query, supports, masks, query_mask).loss, 0, 0)
+    inputs = episode(shots=3)
+    # The same weights give the same loss up to rounding: the two models sum in other orders (fused ops).
+    tol = model_tolerance(ref, inputs, torch.float32)
+    expected = ref(*inputs).loss
+    assert_close(fast(*inputs).loss, expected, rtol=0, atol=tol * expected.abs().item(), what="loss")
     assert "tuning.log_step" in fast.state_dict()
 
 

@@ -3,7 +3,9 @@
 Each file of the ``cuda`` pattern in csrc/build.cfg is compiled to an object file (``nvcc -c``)
 with build.cfg's nvcc flags and architectures plus the flags torch's BuildExtension adds, so a
 CPU-only machine still catches compile errors in the kernels. Slow by nature: nvcc builds every
-kernel for every architecture (csrc/cuda/*.cu, sm_80 + sm_90: about 130 s in all on a 2-core machine).
+kernel for every architecture (csrc/cuda/*.cu, sm_80 + sm_90: about 160 s in all on a 2-core machine,
+a fifth of the suite), so it is marked ``slow`` and runs in ``make cuda-check`` (CI runs it after
+``make test``) and ``make test-all``, not in ``make test``.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ def test_cuda_sources_exist():
     assert CUDA_SOURCES, f"no file matches the cuda pattern {CONFIG['sources']['cuda']!r} of csrc/build.cfg"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("source", CUDA_SOURCES)
 def test_cuda_source_compiles(source, tmp_path):
     nvcc = _nvcc()

@@ -1,0 +1,49 @@
+"""How far apart two computations of one quantity may be, derived from what they compute.
+
+Two kernels that compute the same sum of n rounded products add in different orders: the SIMD width
+(AVX-512, AVX2, none), the blocking, the split over threads, the algorithm oneDNN or MKL picks for the
+shape at hand. Neither result is exact and no order is the right one, so a test that compares two
+different kernels (the fused op and the reference, one backend and another, a batch of 2 and a batch
+of 1, channels-last and contiguous) compares within the rounding error of the computation, never bit
+for bit. Bit-exact checks remain only where both sides run the same code on the same shapes (the same
+call twice, a resume, the same seed), and such tests say so.
+
+The bound. A sum of n terms t_i computed in a format with unit roundoff u is, whatever the order, within
+``lam * sqrt(n) * u * sum|t_i|`` of the exact sum with probability at least ``1 - 2 exp(-lam^2 / 2)``
+(Higham and Mary, "A new approach to probabilistic rounding error analysis", SIAM J. Sci. Comput. 41(5),
+2019). With ``LAMBDA = 7`` that is 5e-11 per element: a test comparing a million numbers fails by chance
+less than once in ten thousand runs. The tests compare relative to the result's largest magnitude, and
+``sum|t_i|`` is about ``sqrt(n)`` times the result for terms of random sign (products of weights and
+features) and about the result itself for terms of one sign (a mean, a pool over a mask, a loss): a sum
+contributes ``lam * n * u`` in the first case and ``lam * sqrt(n) * u`` in the second.
+
+A composition of such sums (a network) carries each stage's error to the result through the later stages;
+to first order, with stages that do not amplify a relative error (the default initialisation keeps
+activations at one scale), the errors add. Two computations are each within that sum of the exact result,
+so within twice it of each other.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+
+LAMBDA = 7.0
+
+
+def unit_roundoff(dtype: torch.dtype) -> float:
+    """u = 2^-p for a p-bit significand: half of ``finfo.eps`` (2^-24 for float32, 2^-8 for bfloat16)."""
+    return torch.finfo(dtype).eps / 2
+
+
+def between(dtype: torch.dtype, mixed: Iterable[int] = (), same: Iterable[int] = ()) -> float:
+    """Relative to the compared tensor's largest magnitude: how far two computations may differ.
+
+    ``mixed``: the number of terms of each sum of random-sign products along the computation (a
+    convolution's ``C_in * k * k``, its weight gradient's ``N * H * W``); ``same``: of each sum of
+    one-signed terms (a mean, a masked pool's ``H * W``, a loss over pixels).
+    """
+    stages = sum(int(n) for n in mixed) + sum(math.sqrt(int(n)) for n in same)
+    return 2 * LAMBDA * unit_roundoff(dtype) * max(stages, 1.0)
