@@ -55,23 +55,40 @@ def assert_close(actual, expected, rtol, atol, what=""):
         raise AssertionError(f"{what}{where} max abs error {diff.max().item():.3e}\n{error}") from None
 
 
+def threshold_in_widest_gap(margins, low=0.4, high=0.6):
+    """A decision threshold between two neighbouring values of ``margins``, in the widest gap between its
+    ``low`` and ``high`` quantiles: no margin lies on it or near it, so two kernels whose logits differ by
+    rounding take the same argmax everywhere (a median would sit on one pixel's margin, a tie)."""
+    ordered = margins.flatten().double().sort().values
+    first, last = int(low * (ordered.numel() - 1)), int(high * (ordered.numel() - 1))
+    gaps = ordered[first + 1 : last + 1] - ordered[first:last]
+    widest = first + int(gaps.argmax())
+    return float((ordered[widest] + ordered[widest + 1]) / 2)
+
+
 def balance_classifier(model, query, support_images, support_masks, on="query"):
-    """Shift an untrained model's classifier bias so that half of the pixels are foreground.
+    """Shift an untrained model's classifier bias so that about half of the pixels are foreground.
 
     An untrained head scores nearly every pixel alike, so its argmax is all one class and any
     check on predicted masks or IoU fusion weights would compare constants. The shift only moves
-    the decision threshold to the median foreground margin of this episode's query (``on="query"``)
-    or of its supports' self-segmentation (``on="supports"``, which sets the IoU fusion weights).
+    the decision threshold into the widest gap of the margins near their median, on this episode's
+    query (``on="query"``) or its supports' self-segmentation (``on="supports"``, which sets the IoU
+    fusion weights).
     """
     was_training = model.training
     model.eval()
     with torch.no_grad():
         out = model(query, support_images, support_masks)
         logits = out.logits if on == "query" else out.support_logits.flatten(0, 1)
-        margin = (logits[:, 1] - logits[:, 0]).median()
-        model.decoder.classifier.bias[1] -= margin
+        model.decoder.classifier.bias[1] -= threshold_in_widest_gap(logits[:, 1] - logits[:, 0])
     model.train(was_training)
     return model
+
+
+def decided(logits, tol):
+    """The pixels whose argmax rounding cannot change: a margin beyond ``tol`` of the logits' largest value."""
+    margin = (logits[:, 1] - logits[:, 0]).abs() if logits.dim() == 4 else (logits[1] - logits[0]).abs()
+    return margin > tol * logits.abs().max()
 
 
 def foreground_fraction(prediction):

@@ -23,7 +23,8 @@ def _prepare(query, supports, masks, size=(32, 32)):
     from sst_fast.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
     def image(array):
-        t = torch.from_numpy(array).permute(2, 0, 1).float()[None] / 255
+        # contiguous as predict's own: a channels-last tensor would run the network on other kernels
+        t = torch.from_numpy(array).permute(2, 0, 1).float()[None].contiguous() / 255
         t = F.interpolate(t, size=size, mode="bilinear", align_corners=False)
         return (t - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
 

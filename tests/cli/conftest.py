@@ -16,6 +16,7 @@ from PIL import Image
 from sst_fast.engine.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from sst_fast.engine.train import train
 from sst_fast.predict import predict
+from tests.conftest import threshold_in_widest_gap
 from tests.engine.conftest import _private_cache  # noqa: F401  (the session-wide SST_FAST_CACHE, autouse)
 from tests.engine.tiny import tiny_config
 
@@ -129,7 +130,7 @@ def balanced_checkpoint(tiny_checkpoint, voc_episode, tmp_path_factory) -> Path:
         predict(model, voc_episode.read_query(), voc_episode.read_supports()[:1], voc_episode.labels[:1])
     finally:
         handle.remove()
-    margin = (captured["logits"][:, 1] - captured["logits"][:, 0]).median()
+    margin = threshold_in_widest_gap(captured["logits"][:, 1] - captured["logits"][:, 0])
     key = "decoder.classifier.bias"
     state["model"][key] = state["model"][key].clone()
     state["model"][key][1] -= margin

@@ -20,6 +20,11 @@ from tests.models.helpers import tiny_config
 pytestmark = pytest.mark.filterwarnings("ignore:classes .* have no IoU")
 
 
+def _batches(items, size):
+    return [collate_episodes([items[i] for i in range(start, min(start + size, len(items)))])
+            for start in range(0, len(items), size)]
+
+
 @pytest.fixture(scope="module")
 def dataset():
     return ArrayDataset(random_arrays(per_class=4, size=(24, 32)))
@@ -37,10 +42,12 @@ def test_metrics_equal_a_plain_loop_over_the_same_episodes(dataset, model):
     result = evaluate(model, dataset, fold=0, shots=1, episodes=12, seeds=[0], size=(24, 32), batch_size=5)
     manifest = result.manifests[0]
     meter = FewShotMeter(dataset.fold_split(0).test_classes)
-    for item in EpisodeDataset(dataset, manifest.episodes, (24, 32)):
+    # In evaluate's batches (5, 5, 2): the same convolutions on the same shapes give the same logits to the
+    # bit, so the IoUs, sums of whole pixels, must be equal; what is checked is the accounting.
+    for batch in _batches(EpisodeDataset(dataset, manifest.episodes, (24, 32)), 5):
         with torch.no_grad():
-            logits = model(item["query"][None], item["support_images"][None], item["support_masks"][None]).logits
-        meter.update(logits.argmax(1), item["query_mask"][None], [item["class_id"]])
+            logits = model(batch["query"], batch["support_images"], batch["support_masks"]).logits
+        meter.update(logits.argmax(1), batch["query_mask"], batch["class_id"])
     expected = meter.compute()
     run = result.runs[0]
     assert run["class_iou"] == pytest.approx(expected["class_iou"], abs=1e-12, nan_ok=True)
@@ -66,11 +73,13 @@ def test_original_size_at_the_stored_size_equals_input_size(dataset, model):
 def test_original_size_scores_upsampled_logits_against_the_stored_labels(dataset, model):
     result = evaluate(model, dataset, fold=0, episodes=6, size=(16, 16), original_size=True)
     meter = FewShotMeter(dataset.fold_split(0).test_classes)
-    for item in EpisodeDataset(dataset, result.manifests[0].episodes, (16, 16), keep_original=True):
-        with torch.no_grad():
-            logits = model(item["query"][None], item["support_images"][None], item["support_masks"][None]).logits
-        logits = torch.nn.functional.interpolate(logits, size=(24, 32), mode="bilinear", align_corners=False)
-        meter.update(logits.argmax(1), item["query_label"][None], [item["class_id"]])
+    items = EpisodeDataset(dataset, result.manifests[0].episodes, (16, 16), keep_original=True)
+    (batch,) = _batches(items, 8)  # evaluate's one batch of 6: the same kernels, the same logits to the bit
+    with torch.no_grad():
+        logits = model(batch["query"], batch["support_images"], batch["support_masks"]).logits
+    for index in range(len(items)):
+        upsampled = torch.nn.functional.interpolate(logits[index : index + 1], size=(24, 32), mode="bilinear")
+        meter.update(upsampled.argmax(1), items[index]["query_label"][None], [items[index]["class_id"]])
     assert result.runs[0] == meter.compute()
     at_input = evaluate(model, dataset, fold=0, episodes=6, size=(16, 16))
     assert at_input.runs[0]["fb_iou"] != result.runs[0]["fb_iou"]  # 16x16 masks are not the 24x32 labels

@@ -12,6 +12,7 @@ import torch
 
 import sst_fast
 from sst_fast.reference import SSTReference
+from tests.conftest import threshold_in_widest_gap
 from tests.models.helpers import episode, model_tolerance, tiny_config
 
 FUSIONS = ("weighted", "average", "max")
@@ -38,14 +39,13 @@ def assert_equivalent(actual, expected, tol, what):
 
 
 def unbalanced_threshold(model, query, supports, masks, query_mask=None):
-    """Move the classifier's threshold into the supports' margins (not onto one: no argmax ties),
+    """Move the classifier's threshold into the supports' margins (into a gap between them: no argmax ties),
     so that the IoU fusion weights are unequal and depend on the self-segmentation."""
     model.eval()
     with torch.no_grad():
         out = model(query, supports, masks, query_mask)
         logits = (out.support_logits if out.support_logits is not None else out.logits[:, None]).flatten(0, 1)
-        margin = (logits[:, 1] - logits[:, 0]).float().quantile(0.4).item()
-        model.decoder.classifier.bias[1] -= margin
+        model.decoder.classifier.bias[1] -= threshold_in_widest_gap(logits[:, 1] - logits[:, 0], 0.3, 0.5)
     return model
 
 

@@ -43,3 +43,37 @@ def random_inputs(
     if cotangents:
         inputs.update(grad_proto=randn(batch, channels), grad_map=randn(batch, out_channels, height, width))
     return inputs
+
+
+def op_tolerance(shape, dtype):
+    """tests.tolerance.between for the three ops and their gradients on ``shape`` (B, C, Co, H, W, k, dilation).
+
+    Their longest sums: the relation convolution's 2C k^2 terms, its weight gradient's B H W, the window sums
+    of the prototype's gradient and of the tuning step (Co k^2 taps over H W positions), all of random sign;
+    the masked pool's H W (the mask's mass is one-signed).
+    """
+    from tests.tolerance import between
+
+    batch, channels, out_channels, height, width, kernel, _ = shape
+    mixed = [2 * channels * kernel * kernel, batch * height * width, out_channels * kernel * kernel * height * width]
+    return between(dtype, mixed=mixed, same=[height * width])
+
+
+def assert_within_rounding(actual, expected, shape, what="", scale=None):
+    """``actual`` within op_tolerance of ``expected``, relative to ``scale``: the magnitude of the terms
+    summed, by default the result's largest value (see pool_mask_gradient_scale where they cancel)."""
+    from tests.conftest import assert_close
+
+    tol = op_tolerance(shape, expected.dtype)
+    scale = expected.abs().max().item() if scale is None else scale
+    assert_close(actual, expected, rtol=tol, atol=tol * scale, what=what)
+
+
+def pool_mask_gradient_scale(features, mask, cotangent, eps=5e-4):
+    """The terms' magnitude in the masked pool's gradient by the mask, sum_c g_c (x_c - p_c) / (M + eps):
+    x_c and p_c nearly cancel where the mask is nearly one pixel (p = x m / (m + eps)), so the result
+    is much smaller than what rounding acts on, sum_c |g_c| (|x_c| + |p_c|) / (M + eps)."""
+    mass = mask.sum((2, 3), keepdim=True) + eps
+    pooled = (features * mask).sum((2, 3), keepdim=True) / mass
+    terms = cotangent.abs()[:, :, None, None] * (features.abs() + pooled.abs()) / mass
+    return terms.sum(1).max().item()
