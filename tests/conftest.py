@@ -5,6 +5,8 @@ import tempfile
 import pytest
 import torch
 
+from tests.tolerance import full_float32
+
 # Inductor keeps the kernels it compiles in one folder whatever ATEN_CPU_CAPABILITY says, and reuses a kernel
 # vectorised for AVX2 in a process restricted to no vector extensions, where it does not compile: a cache per
 # instruction set (tests/cpu_matrix.sh runs the suite under several on one machine).
@@ -41,6 +43,13 @@ def pytest_runtest_makereport(item, call):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _full_float32():
+    """Every comparison at one precision: TF32 off on a GPU (tests.tolerance.full_float32)."""
+    with full_float32():
+        yield
 
 
 def assert_close(actual, expected, rtol, atol, what=""):

@@ -25,6 +25,7 @@ so within twice it of each other.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterable
 
@@ -47,3 +48,16 @@ def between(dtype: torch.dtype, mixed: Iterable[int] = (), same: Iterable[int] =
     """
     stages = sum(int(n) for n in mixed) + sum(math.sqrt(int(n)) for n in same)
     return 2 * LAMBDA * unit_roundoff(dtype) * max(stages, 1.0)
+
+
+@contextlib.contextmanager
+def full_float32():
+    """float32 products and convolutions in full float32 on a GPU, as on the CPU: TF32 off (cuDNN may use it
+    for float32 convolutions by default, which rounds the inputs to 10 bits and no tolerance above covers).
+    Every comparison runs under it: the suite's autouse fixture and tests/ops/kernel_drive.py's main."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved

@@ -36,15 +36,6 @@ BACKENDS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _exact_float32():
-    """TF32 off: float32 convolutions and products in full float32, as on the CPU."""
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
-
-
 def cuda_pair(dtype, **overrides):
     """The fast model on the GPU and the reference on the CPU, same weights."""
     config = tiny_config(**{"tune_step": 20.0, "learnable_step": True, **overrides})
