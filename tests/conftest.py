@@ -95,9 +95,9 @@ def balance_classifier(model, query, support_images, support_masks, on="query"):
 
 
 def decided(logits, tol):
-    """The pixels whose argmax rounding cannot change: a margin beyond ``tol`` of the logits' largest value."""
-    margin = (logits[:, 1] - logits[:, 0]).abs() if logits.dim() == 4 else (logits[1] - logits[0]).abs()
-    return margin > tol * logits.abs().max()
+    """The pixels of logits [N, 2, H, W] whose argmax rounding cannot change: a margin beyond ``tol`` of the
+    logits' largest value."""
+    return (logits[:, 1] - logits[:, 0]).abs() > tol * logits.abs().max()
 
 
 def foreground_fraction(prediction):

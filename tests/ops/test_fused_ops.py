@@ -71,10 +71,27 @@ def run_op(name, backend, inputs, dilation, step=0.7, cotangent=None):
             args = (inputs["delta"], inputs["mask"], inputs["weight"], inputs["proto"])
             out = ops.tuned_prototype(*args, step, 5e-4, dilation)
     if cotangent is None:
-        cotangent = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype)
+        cotangent = default_cotangent(out)
     cotangent = torch.as_tensor(cotangent, dtype=out.dtype).expand(out.shape).to(out.device)
     grads = torch.autograd.grad(out, args, cotangent, allow_unused=True)
     return out, grads
+
+
+def default_cotangent(out):
+    """run_op's fixed random cotangent for ``out``."""
+    return torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype)
+
+
+def assert_matches_reference(name, shape, inputs, actual, actual_grads, expected, expected_grads, what=""):
+    """run_op's results within the rounding of ``shape``'s sums (tests.ops.helpers.op_tolerance), forward and
+    every gradient; the masked pool's mask gradient at the scale of its cancelling terms."""
+    assert_within_rounding(actual, expected, shape, what=f"{what}{name} forward")
+    scales = [None] * len(expected_grads)
+    if name == "masked_avg_pool":
+        cotangent = default_cotangent(expected.cpu())
+        scales[1] = pool_mask_gradient_scale(inputs["features"].cpu(), inputs["mask"].cpu(), cotangent)
+    for index, (got, want, scale) in enumerate(zip(actual_grads, expected_grads, scales, strict=True)):
+        assert_within_rounding(got, want, shape, what=f"{what}{name} gradient of input {index}", scale=scale)
 
 
 def leaf_inputs(inputs, requires_grad=True):
@@ -96,13 +113,7 @@ def test_forward_and_gradients_match_reference(name, shape, dtype, backend, devi
     dilation = shape[-1]
     expected, expected_grads = run_op(name, "reference", leaf_inputs(inputs), dilation)
     actual, actual_grads = run_op(name, backend, leaf_inputs(inputs), dilation)
-    assert_within_rounding(actual, expected, shape, what=f"{name} forward")
-    scales = [None] * len(expected_grads)
-    if name == "masked_avg_pool":  # run_op's cotangent
-        cotangent = torch.randn(expected.shape, generator=torch.Generator().manual_seed(1), dtype=dtype)
-        scales[1] = pool_mask_gradient_scale(inputs["features"].cpu(), inputs["mask"].cpu(), cotangent)
-    for index, (got, want) in enumerate(zip(actual_grads, expected_grads, strict=True)):
-        assert_within_rounding(got, want, shape, what=f"{name} gradient of input {index}", scale=scales[index])
+    assert_matches_reference(name, shape, inputs, actual, actual_grads, expected, expected_grads)
 
 
 @pytest.mark.parametrize("backend, device", COMPILED)
@@ -115,13 +126,7 @@ def test_empty_and_binary_masks(name, mask_kind, backend, device):
     expected, expected_grads = run_op(name, "reference", leaf_inputs(inputs), 2)
     actual, actual_grads = run_op(name, backend, leaf_inputs(inputs), 2)
     assert torch.isfinite(actual).all()
-    assert_within_rounding(actual, expected, shape)
-    scales = [None] * len(expected_grads)
-    if name == "masked_avg_pool":  # run_op's cotangent
-        cotangent = torch.randn(expected.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-        scales[1] = pool_mask_gradient_scale(inputs["features"].cpu(), inputs["mask"].cpu(), cotangent)
-    for got, want, scale in zip(actual_grads, expected_grads, scales, strict=True):
-        assert_within_rounding(got, want, shape, scale=scale)
+    assert_matches_reference(name, shape, inputs, actual, actual_grads, expected, expected_grads)
     if name == "masked_avg_pool":
         assert torch.equal(actual[1], torch.zeros_like(actual[1]))
 
