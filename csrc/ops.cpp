@@ -4,6 +4,8 @@
 // pooling, each in one pass over its feature-sized tensor.
 #include "ops.h"
 
+#include <ATen/OpMathType.h>
+
 namespace sst_fast {
 
 void check_float_nchw(const char* op, const char* name, const at::Tensor& t, int64_t ndim) {
@@ -63,10 +65,11 @@ at::Tensor weight_halves_by_tap(const at::Tensor& weight) {
   return weight.reshape({out_channels, 2, channels, taps}).permute({1, 0, 3, 2}).reshape({2, out_channels * taps, channels});
 }
 
-// Per-episode mask statistics of the tuning step: [2, B, 1] = (1 / M, sum(m^2) / M^2), M = sum(m) + eps.
+// Per-episode mask statistics of the tuning step: [2, B, 1] = (1 / M, sum(m^2) / M^2), M = sum(m) + eps,
+// in the accumulation type (M^2 overflows float16 from M = 256 on).
 // Index 0 scales the masked sums (paired with Wq), index 1 the plain tap sums (paired with Wp).
 at::Tensor update_scales(const at::Tensor& mask, double eps) {
-  const auto flat = mask.flatten(1);
+  const auto flat = mask.flatten(1).to(at::toOpMathType(mask.scalar_type()));
   const auto mass = flat.sum(1) + eps;
   return at::stack({mass.reciprocal(), flat.square().sum(1) / mass.square()}).unsqueeze(-1);
 }
@@ -76,6 +79,35 @@ at::Tensor update_scales(const at::Tensor& mask, double eps) {
 at::Tensor sums_by_half(const at::Tensor& sums) {
   const int64_t batch = sums.size(0);
   return sums.flip(2).permute({2, 0, 1, 3, 4}).reshape({2, batch, -1});
+}
+
+// The device kernel tap_expand_add_ (csrc/ops.h) for an output in any layout, from ATen ops that keep it: the
+// interior pixels, where every tap reads inside, add the taps' total; each border band adds R taps C^T, where
+// R[h, i] = 1 when row tap i reads inside at row h (C likewise for the columns). Computed in the accumulation
+// type and added to out once.
+void tap_expand_add_strided_(at::Tensor& out, const at::Tensor& taps, int64_t dilation) {
+  const int64_t height = out.size(2), width = out.size(3), kernel = taps.size(-1), reach = (kernel / 2) * dilation;
+  const auto wide = taps.to(at::toOpMathType(out.scalar_type()));
+  const auto shifts = (at::arange(kernel, wide.options()) - kernel / 2).mul(dilation).unsqueeze(0);  // [1, k]
+  const auto inside = [&](int64_t begin, int64_t end, int64_t size) {  // [end - begin, k]
+    const auto read = at::arange(begin, end, wide.options()).unsqueeze(1) + shifts;
+    return at::logical_and(read >= 0, read < size).to(wide.scalar_type());
+  };
+  const auto band = [&](int64_t h0, int64_t h1, int64_t w0, int64_t w1) {
+    if (h0 < h1 && w0 < w1) {
+      out.slice(2, h0, h1).slice(3, w0, w1).add_(at::matmul(at::matmul(inside(h0, h1, height), wide),
+                                                            inside(w0, w1, width).t()));
+    }
+  };
+  const int64_t top = std::min(reach, height), bottom = std::max(height - reach, top);
+  const int64_t left = std::min(reach, width), right = std::max(width - reach, left);
+  if (top < bottom && left < right) {
+    out.slice(2, top, bottom).slice(3, left, right).add_(wide.sum({2, 3}, /*keepdim=*/true));
+  }
+  band(0, top, 0, width);
+  band(bottom, height, 0, width);
+  band(top, bottom, 0, left);
+  band(top, bottom, right, width);
 }
 
 }  // namespace
@@ -127,10 +159,8 @@ at::Tensor prototype_conv2d(
   const auto taps = at::mm(proto, weight_by_tap(weight, 1).t()).view({batch, out_channels, kernel, kernel});
   if (out.is_contiguous()) {
     k.tap_expand_add_(out, taps, dilation);
-  } else {  // a channels_last convolution output: add the bias through an NCHW buffer
-    auto bias_map = at::zeros(out.sizes(), out.options().memory_format(at::MemoryFormat::Contiguous));
-    k.tap_expand_add_(bias_map, taps, dilation);
-    out.add_(bias_map);
+  } else {  // a channels-last convolution output: in place, in its own layout
+    tap_expand_add_strided_(out, taps, dilation);
   }
   return out;
 }
@@ -202,14 +232,16 @@ at::Tensor prototype_update(
     const Kernels& k, const at::Tensor& delta, const at::Tensor& mask, const at::Tensor& weight, double eps,
     int64_t dilation) {
   const int64_t kernel = check_update_args("sst_fast::prototype_update", delta, mask, weight, eps, dilation);
-  // u = Wq . S / M + Wp . dQ * sum(m^2) / M^2  (docs/design.md §3, op 3), as one batched GEMM over the two halves.
+  // u = Wq . S / M + Wp . dQ * sum(m^2) / M^2  (docs/design.md §3, op 3), as one batched GEMM over the two halves,
+  // in the accumulation type; the result is rounded to the inputs' dtype once.
   const auto windows = k.window_sums(delta.contiguous(), mask.contiguous(), kernel, dilation);  // [B, Co, 2, k, k]
   const auto scales = update_scales(mask, eps);  // [2, B, 1]
   if (k.weight_contract != nullptr) {  // (plain, masked) pair with (Wp, Wq): swap the scales to match
     const auto by_window = scales.flip(0).permute({1, 0, 2}).reshape({delta.size(0), 1, 2, 1, 1});
-    return k.weight_contract((windows * by_window).flip(2).contiguous(), weight.contiguous());
+    return k.weight_contract((windows * by_window).flip(2).contiguous(), weight.contiguous()).to(delta.scalar_type());
   }
-  return at::bmm(sums_by_half(windows) * scales, weight_halves_by_tap(weight)).sum(0);
+  const auto halves = weight_halves_by_tap(weight).to(windows.scalar_type());
+  return at::bmm(sums_by_half(windows) * scales, halves).sum(0).to(delta.scalar_type());
 }
 
 std::tuple<at::Tensor, at::Tensor> prototype_update_backward(
@@ -223,22 +255,26 @@ std::tuple<at::Tensor, at::Tensor> prototype_update_backward(
   TORCH_CHECK(grad.size(0) == batch && grad.size(1) == channels, op, ": grad must be [B, C] = [", batch, ", ",
               channels, "], got ", grad.sizes());
 
+  // In the accumulation type throughout (csrc/ops.h); each gradient is rounded to the inputs' dtype once.
   const auto scales = update_scales(mask, eps);  // [2, B, 1]
+  const auto wide_grad = grad.to(scales.scalar_type());
   const auto contiguous_mask = mask.contiguous();
   at::Tensor d_delta, d_weight;
   if (output_mask[0]) {
     // Coefficients of the windows: (Wq . g / M, Wp . g * sum(m^2) / M^2), back in window_sums' (plain, masked) order.
-    const auto coeffs = at::bmm(scales * grad, weight_halves_by_tap(weight).transpose(1, 2));  // [2, B, Co k k]
+    const auto halves = weight_halves_by_tap(weight).to(scales.scalar_type());
+    const auto coeffs = at::bmm(scales * wide_grad, halves.transpose(1, 2));  // [2, B, Co k k]
     const auto by_window =
         coeffs.flip(0).view({2, batch, out_channels, kernel, kernel}).permute({1, 2, 0, 3, 4}).contiguous();
     d_delta = k.window_expand(by_window, contiguous_mask, dilation);
   }
   if (output_mask[1]) {
     const auto sums = sums_by_half(k.window_sums(delta.contiguous(), contiguous_mask, kernel, dilation)) * scales;
-    const auto halves = at::bmm(sums.transpose(1, 2), grad.expand({2, batch, channels}));  // [2, Co k k, C]
+    const auto halves = at::bmm(sums.transpose(1, 2), wide_grad.expand({2, batch, channels}));  // [2, Co k k, C]
     d_weight = halves.view({2, out_channels, kernel * kernel, channels})
                    .permute({1, 0, 3, 2})
-                   .reshape({out_channels, 2 * channels, kernel, kernel});
+                   .reshape({out_channels, 2 * channels, kernel, kernel})
+                   .to(weight.scalar_type());
   }
   return {d_delta, d_weight};
 }

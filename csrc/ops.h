@@ -7,7 +7,10 @@
 // (h, w) reads a pixel of the image, one outside reads the zero padding.
 //
 // Every kernel takes contiguous NCHW tensors of one floating dtype (float, double, half,
-// bfloat16) on one device and accumulates in float (double for double).
+// bfloat16) on one device and accumulates in float (double for double): the accumulation type,
+// at::toOpMathType(dtype). The small tensors of op prototype_update's kernels (window_sums' result,
+// window_expand's coefficients, weight_contract's coefficients and result) are in the accumulation
+// type, so that its float16 and bfloat16 step is computed in float and rounded once.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -56,18 +59,18 @@ struct Kernels {
   // Shifted masked sums, both kinds in one pass over x:
   //   out[b, o, 0, i, j] = sum_{h, w} x[b, o, h, w] * inside(h + (i - r) d, w + (j - r) d)   (= tap_sums)
   //   out[b, o, 1, i, j] = sum_{h, w} x[b, o, h, w] * m[b, h + (i - r) d, w + (j - r) d]    (0 outside)
-  //   x [B, O, H, W], mask [B, 1, H, W] -> [B, O, 2, k, k]
+  //   x [B, O, H, W], mask [B, 1, H, W] -> [B, O, 2, k, k] in the accumulation type
   at::Tensor (*window_sums)(const at::Tensor& x, const at::Tensor& mask, int64_t kernel_size, int64_t dilation);
 
   // Its adjoint, a new tensor:
   //   out[b, o, h, w] = sum_{i, j} coeffs[b, o, 0, i, j] * inside(h + (i - r) d, w + (j - r) d)
   //                              + coeffs[b, o, 1, i, j] * m[b, h + (i - r) d, w + (j - r) d]
-  //   coeffs [B, O, 2, k, k], mask [B, 1, H, W] -> [B, O, H, W]
+  //   coeffs [B, O, 2, k, k] in the accumulation type of mask [B, 1, H, W] -> [B, O, H, W] in the mask's dtype
   at::Tensor (*window_expand)(const at::Tensor& coeffs, const at::Tensor& mask, int64_t dilation);
 
   // Optional (nullptr: the op bodies use ATen GEMMs on a re-laid-out copy of the weight):
   //   out[b, c] = sum_{o, h, i, j} coeffs[b, o, h, i, j] * weight[o, h C + c, i, j]
-  //   coeffs [B, O, 2, k, k], weight [O, 2C, k, k] -> [B, C]
+  //   coeffs [B, O, 2, k, k] in the accumulation type, weight [O, 2C, k, k] -> [B, C] in the accumulation type
   at::Tensor (*weight_contract)(const at::Tensor& coeffs, const at::Tensor& weight) = nullptr;
 };
 

@@ -38,8 +38,8 @@ at::Tensor window_matrix(const at::Tensor& mask, int64_t kernel, int64_t dilatio
 
 at::Tensor window_sums_cpu(const at::Tensor& x, const at::Tensor& mask, int64_t kernel, int64_t dilation) {
   check_cpu("window_sums_cpu", x);
-  if (reduced_precision(x)) {
-    return like(window_sums_cpu(as_float(x), as_float(mask), kernel, dilation), x);
+  if (reduced_precision(x)) {  // the sums stay in float (csrc/ops.h)
+    return window_sums_cpu(as_float(x), as_float(mask), kernel, dilation);
   }
   const int64_t batch = x.size(0), channels = x.size(1);
   const auto windows = window_matrix(mask, kernel, dilation);
@@ -51,8 +51,8 @@ at::Tensor window_sums_cpu(const at::Tensor& x, const at::Tensor& mask, int64_t 
 
 at::Tensor window_expand_cpu(const at::Tensor& coeffs, const at::Tensor& mask, int64_t dilation) {
   check_cpu("window_expand_cpu", coeffs);
-  if (reduced_precision(coeffs)) {
-    return like(window_expand_cpu(as_float(coeffs), as_float(mask), dilation), coeffs);
+  if (reduced_precision(mask)) {  // float coefficients, the mask's dtype out (csrc/ops.h)
+    return like(window_expand_cpu(as_float(coeffs), as_float(mask), dilation), mask);
   }
   const int64_t batch = coeffs.size(0), channels = coeffs.size(1), kernel = coeffs.size(-1);
   const auto windows = window_matrix(mask, kernel, dilation);
@@ -82,8 +82,8 @@ SST_FAST_VECTOR_LOOP void contract_block(const T* w, const T* coeffs, T* acc, in
 
 at::Tensor weight_contract_cpu(const at::Tensor& coeffs, const at::Tensor& weight) {
   check_cpu("weight_contract_cpu", weight);
-  if (reduced_precision(weight)) {
-    return like(weight_contract_cpu(as_float(coeffs), as_float(weight)), weight);
+  if (reduced_precision(weight)) {  // in float, and float out (csrc/ops.h)
+    return weight_contract_cpu(as_float(coeffs), as_float(weight));
   }
   const int64_t batch = coeffs.size(0), out_channels = weight.size(0), channels = weight.size(1) / 2;
   const int64_t taps = weight.size(2) * weight.size(3);

@@ -14,7 +14,7 @@ void tap_expand_add_cuda(at::Tensor& out, const at::Tensor& taps, int64_t dilati
   check_plane(fn, H, W);
   if (out.numel() == 0) return;
   c10::cuda::CUDAGuard device_guard(out.device());
-  launch_window<Window::kExpand>(fn, taps, at::Tensor(), out, B, O, H, W, k, dilation);
+  launch_window<Window::kExpand, false>(fn, out.scalar_type(), taps, at::Tensor(), out, B, O, H, W, k, dilation);
 }
 
 at::Tensor tap_sums_cuda(const at::Tensor& x, int64_t kernel_size, int64_t dilation) {
@@ -27,7 +27,7 @@ at::Tensor tap_sums_cuda(const at::Tensor& x, int64_t kernel_size, int64_t dilat
   at::Tensor out = at::empty({B, O, k, k}, x.options());
   if (out.numel() == 0) return out;
   if (x.numel() == 0) return out.zero_();  // H*W = 0: empty sums
-  launch_window<Window::kSums>(fn, x, at::Tensor(), out, B, O, H, W, k, dilation);
+  launch_window<Window::kSums, false>(fn, x.scalar_type(), x, at::Tensor(), out, B, O, H, W, k, dilation);
   return out;
 }
 

@@ -18,6 +18,12 @@ namespace {
 constexpr int kMaxKernelSize = 7;
 constexpr int64_t kMaskSmemBytes = 32 * 1024;  // mask plane cached in shared memory up to this
 
+// The type of the small [B, O, (2,) K, K] tensor of a window kernel: the accumulation type for the masked
+// kernels (op prototype_update, whose sums go on to the contraction with the weight in float; csrc/ops.h), the
+// data type for the tap kernels of op prototype_conv2d.
+template <typename scalar_t, bool kMask>
+using window_t = std::conditional_t<kMask, at::opmath_type<scalar_t>, scalar_t>;
+
 // Where the taps of a K x K kernel read in an H x W plane: tap (i, j) at pixel (h, w) reads
 // (h + sh[i], w + sw[j]), flat index p + off[i K + j], and is inside iff both coordinates are in
 // range. The shifts (i - r) d are clamped to [-H, H] and [-W, W]: a longer shift is outside at
@@ -116,9 +122,10 @@ __device__ __forceinline__ MaskPlane<scalar_t, kSmem> mask_plane(const scalar_t*
 
 template <typename scalar_t, int K, bool kMask, bool kSmem>
 __global__ void __launch_bounds__(kBlock) window_sums_kernel(
-    const scalar_t* __restrict__ x, const scalar_t* __restrict__ mask, scalar_t* __restrict__ out,
+    const scalar_t* __restrict__ x, const scalar_t* __restrict__ mask, window_t<scalar_t, kMask>* __restrict__ out,
     const __grid_constant__ TapGeom<K> g, int64_t O, int64_t ntiles, int chunks) {
   using acc_t = at::opmath_type<scalar_t>;
+  using out_t = window_t<scalar_t, kMask>;
   constexpr int KK = K * K;
   constexpr int N = 1 + (kMask ? 2 : 1) * KK;
   __shared__ acc_t red[kWarps * N];
@@ -151,11 +158,11 @@ __global__ void __launch_bounds__(kBlock) window_sums_kernel(
     }
     row_sum(v, red);
     if (threadIdx.x == 0 && o < O) {
-      scalar_t* op = out + (b * O + o) * (N - 1);
+      out_t* op = out + (b * O + o) * (N - 1);
 #pragma unroll
       for (int t = 0; t < KK; ++t) {
-        op[t] = static_cast<scalar_t>(v[0] + v[1 + t]);
-        if constexpr (kMask) op[KK + t] = static_cast<scalar_t>(v[1 + KK + t]);
+        op[t] = static_cast<out_t>(v[0] + v[1 + t]);
+        if constexpr (kMask) op[KK + t] = static_cast<out_t>(v[1 + KK + t]);
       }
     }
   }
@@ -171,7 +178,7 @@ __global__ void __launch_bounds__(kBlock) window_sums_kernel(
 
 template <typename scalar_t, int K, bool kMask, bool kSmem>
 __global__ void __launch_bounds__(kBlock) window_expand_kernel(
-    const scalar_t* __restrict__ coeffs, const scalar_t* __restrict__ mask, scalar_t* __restrict__ out,
+    const window_t<scalar_t, kMask>* __restrict__ coeffs, const scalar_t* __restrict__ mask, scalar_t* __restrict__ out,
     const __grid_constant__ TapGeom<K> g, int64_t O, int64_t ntiles, int chunks) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int KK = K * K;
@@ -185,7 +192,7 @@ __global__ void __launch_bounds__(kBlock) window_expand_kernel(
     const int64_t o = tile * blockDim.y + threadIdx.y;
     if (o >= O) continue;  // no synchronization below
     const int64_t plane = b * O + o;
-    const scalar_t* cp = coeffs + plane * (kMask ? 2 : 1) * KK;
+    const window_t<scalar_t, kMask>* cp = coeffs + plane * (kMask ? 2 : 1) * KK;
     acc_t c0[KK], c1[kMask ? KK : 1];
     acc_t total = 0;
 #pragma unroll
@@ -290,41 +297,41 @@ void with_mask_cache(int64_t HW, F&& f) {
   }
 }
 
-// The launch of every per-plane kernel, written once: dispatch on the dtype and the kernel size, then
-
 // Which kernel launch_window runs.
 enum class Window { kSums, kExpand };
 
 template <Window kWindow, typename scalar_t, int K, bool kMask, bool kSmem>
-void launch_window_kernel(const PlaneGrid& pg, size_t smem_bytes, cudaStream_t stream, const scalar_t* in,
-                          const scalar_t* mask, scalar_t* out, const TapGeom<K>& g, int64_t O) {
+void launch_window_kernel(const PlaneGrid& pg, size_t smem_bytes, cudaStream_t stream, const void* in,
+                          const scalar_t* mask, void* out, const TapGeom<K>& g, int64_t O) {
+  using small_t = window_t<scalar_t, kMask>;
   if constexpr (kWindow == Window::kSums) {
     window_sums_kernel<scalar_t, K, kMask, kSmem><<<pg.grid, pg.block, smem_bytes, stream>>>(
-        in, mask, out, g, O, pg.ntiles, pg.chunks);
+        static_cast<const scalar_t*>(in), mask, static_cast<small_t*>(out), g, O, pg.ntiles, pg.chunks);
   } else {
     window_expand_kernel<scalar_t, K, kMask, kSmem><<<pg.grid, pg.block, smem_bytes, stream>>>(
-        in, mask, out, g, O, pg.ntiles, pg.chunks);
+        static_cast<const small_t*>(in), mask, static_cast<scalar_t*>(out), g, O, pg.ntiles, pg.chunks);
   }
 }
 
 // Every launch of the window kernels, written once: kWindow over the B x O planes of H x W pixels,
 // reading `in` and writing `out` as that kernel does, with the mask [B, 1, H, W] (kMask) or
-// without it (mask undefined). Dispatches on the dtype, the kernel size k and whether the mask
-// plane fits in shared memory, then checks the launch.
-template <Window kWindow>
-void launch_window(const char* fn, const at::Tensor& in, const at::Tensor& mask, at::Tensor& out, int64_t B,
-                   int64_t O, int64_t H, int64_t W, int64_t k, int64_t dilation) {
+// without it. The feature-sized tensor (`in` of kSums, `out` of kExpand) has the data type `dtype`, the
+// small one window_t. Dispatches on the dtype, the kernel size k and whether the mask plane fits in shared
+// memory, then checks the launch. kMask is fixed per caller, so each file compiles only the variants it runs.
+template <Window kWindow, bool kMask>
+void launch_window(const char* fn, at::ScalarType dtype, const at::Tensor& in, const at::Tensor& mask,
+                   at::Tensor& out, int64_t B, int64_t O, int64_t H, int64_t W, int64_t k, int64_t dilation) {
   const int64_t HW = H * W;
   const PlaneGrid pg = plane_grid(fn, B, O, HW);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.scalar_type(), "sst_fast_window_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "sst_fast_window_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     with_kernel_size(k, [&](auto kc) {
       constexpr int K = decltype(kc)::value;
       const TapGeom<K> g = make_geom<K>(H, W, dilation);
       const auto stream = c10::cuda::getCurrentCUDAStream();
-      const scalar_t* ip = in.const_data_ptr<scalar_t>();
-      scalar_t* op = out.mutable_data_ptr<scalar_t>();
-      if (!mask.defined()) {
+      const void* ip = in.const_data_ptr();
+      void* op = out.mutable_data_ptr();
+      if constexpr (!kMask) {
         launch_window_kernel<kWindow, scalar_t, K, false, false>(pg, 0, stream, ip, nullptr, op, g, O);
       } else {
         with_mask_cache<acc_t>(HW, [&](auto smem, size_t bytes) {

@@ -28,13 +28,15 @@ import io
 import json
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from pycocotools import mask as mask_utils
-from pycocotools.coco import COCO
 
 from .base import DEFAULT_MIN_PIXELS, DataError, FewShotDataset, Sample, file_stats, paired, read_image, require_paths
 from .splits import COCO_STYLES, FoldSplit, base_classes, fold_classes
+
+if TYPE_CHECKING:
+    from pycocotools.coco import COCO
 
 NUM_CLASSES = 80
 
@@ -133,6 +135,7 @@ class COCO20i(FewShotDataset):
         api = self._apis[split]
         info = api.imgs[coco_id]
         label = np.zeros((info["height"], info["width"]), dtype=np.uint8)
+        mask_utils = _pycocotools().mask
         regions = []
         for annotation in api.imgToAnns.get(coco_id, ()):  # .get: never insert into the shared defaultdict
             rle = self._annotation_rle(api, split, annotation)
@@ -253,6 +256,19 @@ def _image_id(split: str, coco_id: int) -> str:
     return f"{split}/{coco_id:012d}"
 
 
+def _pycocotools():
+    """pycocotools, imported where COCO is read: ``import sst_fast`` and every other data set work without it."""
+    try:
+        import pycocotools.coco
+        import pycocotools.mask
+    except ImportError as error:
+        raise DataError(
+            f"COCO-20i needs pycocotools, which cannot be imported ({error}); install it with "
+            "'pip install pycocotools' (a dependency of sst_fast)"
+        ) from error
+    return pycocotools
+
+
 def _build_api(path: Path) -> COCO:
     """Read one instances json into a pycocotools :class:`COCO`, without pycocotools' progress prints."""
     try:
@@ -265,7 +281,7 @@ def _build_api(path: Path) -> COCO:
     missing = [key for key in ("images", "annotations", "categories") if key not in dataset]
     if missing:
         raise DataError(f"{path} is not a COCO instances file: no {', '.join(missing)}")
-    api = COCO()
+    api = _pycocotools().coco.COCO()
     api.dataset = dataset
     with contextlib.redirect_stdout(io.StringIO()):
         api.createIndex()

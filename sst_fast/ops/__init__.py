@@ -50,8 +50,10 @@ register_backend(
 )
 if _compiled.OPS is not None:
     _compiled_ops = _compiled.backend_ops(_compiled.OPS)
-    for _device in _compiled.built_device_types():
-        register_backend("cpp" if _device == "cpu" else "cuda", _compiled_ops, device_types=(_device,))
+    if "cpu" in _compiled.built_device_types():
+        register_backend("cpp", _compiled_ops, device_types=("cpu",))
+    if "cuda" in _compiled.built_device_types():
+        register_backend("cuda", _compiled_ops, device_types=("cuda",), max_kernel_size=_compiled.CUDA_MAX_KERNEL_SIZE)
 
 
 def _triton_device_types() -> tuple[str, ...]:
@@ -144,7 +146,7 @@ def prototype_conv2d(
         _check_float_tensor(op, "bias", bias, ndim=1, like=query)
         _check_shape(op, "bias", bias, (weight.shape[0],), "[Co] matching weight [Co, 2C, k, k]")
     _check_dilation(op, dilation)
-    return resolve(op, query.device.type)(query, proto, weight, bias, int(dilation))
+    return resolve(op, query.device.type, weight.shape[-1])(query, proto, weight, bias, int(dilation))
 
 
 def tuned_prototype(
@@ -200,7 +202,10 @@ def tuned_prototype(
     _check_positive(op, "eps", eps)
     _check_dilation(op, dilation)
     # The compiled kernels treat the mask as a label; a mask that needs a gradient takes the reference.
-    implementation = reference.tuned_prototype if mask.requires_grad else resolve(op, delta.device.type)
+    if mask.requires_grad:
+        implementation = reference.tuned_prototype
+    else:
+        implementation = resolve(op, delta.device.type, weight.shape[-1])
     return implementation(delta, mask, weight, proto, step, float(eps), int(dilation))
 
 

@@ -3,7 +3,8 @@
 A backend is a named set of op implementations plus the device types it runs on. The
 choice, from strongest to weakest: :func:`use_backend` (a context manager, per thread and
 task), the ``SST_FAST_BACKEND`` environment variable, then ``auto`` (the first available
-backend for the inputs' device, in :data:`PREFERENCE` order).
+backend for the inputs' device, in :data:`PREFERENCE` order, that takes the op's arguments: the CUDA
+kernels take relation kernels up to 7x7, a larger one goes to the next).
 """
 
 from __future__ import annotations
@@ -27,21 +28,33 @@ class Backend:
     name: str
     device_types: frozenset[str] | None  # None: any device
     ops: dict[str, Callable]
+    max_kernel_size: int | None = None  # the largest relation kernel its kernels take; None: any
 
     def serves(self, device_type: str) -> bool:
         return self.device_types is None or device_type in self.device_types
+
+    def takes(self, kernel_size: int | None) -> bool:
+        return self.max_kernel_size is None or kernel_size is None or kernel_size <= self.max_kernel_size
 
 
 _registry: dict[str, Backend] = {}
 _forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("sst_fast_backend", default=None)
 
 
-def register_backend(name: str, ops: dict[str, Callable], device_types: tuple[str, ...] | None = None) -> None:
+def register_backend(
+    name: str,
+    ops: dict[str, Callable],
+    device_types: tuple[str, ...] | None = None,
+    max_kernel_size: int | None = None,
+) -> None:
     """Make ``name`` available; :mod:`sst_fast.ops` calls this for each kernel library once it has loaded. Internal:
-    the backends are the fixed set :data:`KNOWN_BACKENDS`, each backed by this package's own kernels."""
+    the backends are the fixed set :data:`KNOWN_BACKENDS`, each backed by this package's own kernels.
+    ``max_kernel_size``: the largest relation kernel (k of a [Co, 2C, k, k] weight) the backend's kernels take;
+    ``auto`` sends a larger one to the next backend."""
     if name not in KNOWN_BACKENDS:
         raise ValueError(f"register_backend: unknown backend {name!r}; known: {KNOWN_BACKENDS}")
-    _registry[name] = Backend(name, None if device_types is None else frozenset(device_types), dict(ops))
+    devices = None if device_types is None else frozenset(device_types)
+    _registry[name] = Backend(name, devices, dict(ops), max_kernel_size)
 
 
 def backends() -> list[str]:
@@ -77,21 +90,22 @@ def use_backend(name: str) -> Iterator[None]:
         _forced.reset(token)
 
 
-def resolve(op: str, device_type: str) -> Callable:
-    """The implementation of ``op`` for tensors on ``device_type`` under the current choice.
+def resolve(op: str, device_type: str, kernel_size: int | None = None) -> Callable:
+    """The implementation of ``op`` for tensors on ``device_type`` (and a relation kernel of ``kernel_size``,
+    where the op has one) under the current choice.
 
     Under ``torch.compile`` the choice is made once, when the function is traced.
     """
-    return _registry[_serving(op, device_type)].ops[op]
+    return _registry[_serving(op, device_type, kernel_size)].ops[op]
 
 
 @torch.compiler.assume_constant_result
-def _serving(op: str, device_type: str) -> str:
+def _serving(op: str, device_type: str, kernel_size: int | None = None) -> str:
     requested = current_backend()
     if requested == "auto":
         for name in PREFERENCE.get(device_type, ("reference",)):
             backend = _registry.get(name)
-            if backend is not None and backend.serves(device_type) and op in backend.ops:
+            if backend is not None and backend.serves(device_type) and op in backend.ops and backend.takes(kernel_size):
                 return name
         return "reference"
     backend = _registry[requested]
@@ -102,4 +116,9 @@ def _serving(op: str, device_type: str) -> str:
         )
     if op not in backend.ops:
         raise RuntimeError(f"{op}: backend {requested!r} does not implement this op; use 'auto' or 'reference'")
+    if not backend.takes(kernel_size):
+        raise RuntimeError(
+            f"{op}: backend {requested!r} takes relation kernels of size up to {backend.max_kernel_size}, got "
+            f"{kernel_size}; 'auto' sends larger ones to the next backend of {PREFERENCE.get(device_type)}"
+        )
     return requested

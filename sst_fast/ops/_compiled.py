@@ -22,11 +22,12 @@ import types
 from collections.abc import Callable, Sequence
 
 import torch
-from torch._prims_common import suggest_memory_format
 
 from . import reference
 
 FORWARD_OPS = ("masked_avg_pool", "prototype_conv2d", "prototype_update")
+# The largest relation kernel (k x k) the CUDA kernels are instantiated for: kMaxKernelSize in csrc/cuda/windows.cuh.
+CUDA_MAX_KERNEL_SIZE = 7
 PUBLIC_OPS = ("masked_avg_pool", "prototype_conv2d", "tuned_prototype")
 
 try:
@@ -177,18 +178,38 @@ def _register_fakes() -> None:
             torch.empty_like(mask, memory_format=torch.contiguous_format) if output_mask[1] else None,
         )
 
+    # The convolution's own meta kernels give prototype_conv2d's layouts (csrc/ops.cpp updates the convolution's
+    # output in place, and its backward returns the convolution's gradients): channels-last where the device's
+    # convolution picks it for the query's and the weight's layouts, dtype and device, as the real kernels do.
+    def query_convolution(query, weight, dilation):
+        channels, kernel = query.shape[1], weight.shape[-1]
+        return weight.narrow(1, 0, channels), [dilation * (kernel // 2)] * 2, [dilation, dilation]
+
     @fake("prototype_conv2d")
     def _(query, proto, weight, bias, dilation):
-        shape = (query.shape[0], weight.shape[0], *query.shape[2:])
-        return query.new_empty(shape).contiguous(memory_format=suggest_memory_format(query))
+        query_weight, padding, dilations = query_convolution(query, weight, dilation)
+        return torch.ops.aten.convolution(query, query_weight, bias, [1, 1], padding, dilations, False, [0, 0], 1)
 
     @fake("prototype_conv2d_backward")
     def _(grad, query, proto, weight, dilation, output_mask):
+        need_query, need_proto, need_weight, need_bias = output_mask
+        d_query = d_weight = None
+        if need_query or need_weight:
+            query_weight, padding, dilations = query_convolution(query, weight, dilation)
+            d_query, d_weight_query, _ = torch.ops.aten.convolution_backward(
+                grad, query, query_weight, None, [1, 1], padding, dilations, False, [0, 0], 1,
+                [need_query, need_weight, False],
+            )
+            if need_weight:  # the prototype's half as csrc/ops.cpp lays it out: [Co, k*k, C] seen as [Co, C, k, k]
+                out_channels, channels, kernel, _ = d_weight_query.shape
+                by_tap = d_weight_query.new_empty((out_channels, kernel * kernel, channels))
+                d_weight_proto = by_tap.permute(0, 2, 1).reshape(out_channels, channels, kernel, kernel)
+                d_weight = torch.cat([d_weight_query, d_weight_proto], 1)
         return (
-            torch.empty_like(query) if output_mask[0] else None,
-            torch.empty_like(proto, memory_format=torch.contiguous_format) if output_mask[1] else None,
-            torch.empty_like(weight, memory_format=torch.contiguous_format) if output_mask[2] else None,
-            weight.new_empty(weight.shape[:1]) if output_mask[3] else None,
+            d_query if need_query else None,
+            torch.empty_like(proto, memory_format=torch.contiguous_format) if need_proto else None,
+            d_weight,
+            weight.new_empty(weight.shape[:1]) if need_bias else None,
         )
 
     @fake("prototype_update")

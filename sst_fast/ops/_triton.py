@@ -37,6 +37,8 @@ tensors (shape propagation, ``opcheck``), and tracing into a graph (``torch.comp
 This module needs triton; :mod:`sst_fast.ops` imports it lazily.
 """
 
+import contextlib
+import functools
 import struct
 
 import torch
@@ -428,7 +430,24 @@ def _split_weight(weight: torch.Tensor, acc_dtype: torch.dtype) -> tuple[torch.T
 # --- the ops ----------------------------------------------------------------------------------
 
 
+def _device_guard(device: torch.device):
+    """``device`` made current while a kernel launches: Triton launches on the current CUDA device."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def _on_inputs_device(body):
+    """An op body run on its inputs' device (the first argument's, which every op checks the others against)."""
+
+    @functools.wraps(body)
+    def on_device(*args, **kwargs):
+        with _device_guard(args[0].device):
+            return body(*args, **kwargs)
+
+    return on_device
+
+
 @triton_op(f"{NAMESPACE}::masked_avg_pool", mutates_args=())
+@_on_inputs_device
 def masked_avg_pool(features: torch.Tensor, mask: torch.Tensor, eps: float) -> torch.Tensor:
     batch, channels, height, width = features.shape
     pixels = height * width
@@ -454,6 +473,7 @@ def masked_avg_pool(features: torch.Tensor, mask: torch.Tensor, eps: float) -> t
 
 
 @triton_op(f"{NAMESPACE}::masked_avg_pool_backward", mutates_args=())
+@_on_inputs_device
 def masked_avg_pool_backward(
     grad: torch.Tensor, features: torch.Tensor, mask: torch.Tensor, eps: float, output_mask: list[bool]
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -498,6 +518,7 @@ def masked_avg_pool_backward(
 
 
 @triton_op(f"{NAMESPACE}::prototype_conv2d", mutates_args=())
+@_on_inputs_device
 def prototype_conv2d(
     query: torch.Tensor, proto: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, dilation: int
 ) -> torch.Tensor:
@@ -514,6 +535,7 @@ def prototype_conv2d(
 
 
 @triton_op(f"{NAMESPACE}::prototype_conv2d_backward", mutates_args=())
+@_on_inputs_device
 def prototype_conv2d_backward(
     grad: torch.Tensor,
     query: torch.Tensor,
@@ -564,6 +586,7 @@ def prototype_conv2d_backward(
 
 
 @triton_op(f"{NAMESPACE}::prototype_update", mutates_args=())
+@_on_inputs_device
 def prototype_update(
     delta: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor, eps: float, dilation: int
 ) -> torch.Tensor:
@@ -577,6 +600,7 @@ def prototype_update(
 
 
 @triton_op(f"{NAMESPACE}::prototype_update_backward", mutates_args=())
+@_on_inputs_device
 def prototype_update_backward(
     grad: torch.Tensor,
     delta: torch.Tensor,

@@ -58,7 +58,15 @@ def prototype_update(
     ``mask / (sum(mask) + eps) * dp``. Pooling both needs only k*k shifted masked sums of
     ``delta`` (``S``) and k*k in-image sums of ``delta`` (``dQ``); neither the gradient map
     nor the tuned feature map is ever formed.
+
+    float16 and bfloat16 inputs are computed in float32 and the result rounded once: the mask's mass M
+    and M^2 overflow float16 from M = 256 on (a 41x41 map holds up to 1681), and the step is a small
+    difference of large sums.
     """
+    dtype = delta.dtype
+    if dtype in (torch.float16, torch.bfloat16):
+        widened = (x.float() for x in (delta, mask, weight))
+        return prototype_update(*widened, eps=eps, dilation=dilation).to(dtype)
     channels = weight.shape[1] // 2
     kernel = weight.shape[-1]
     w_query = weight[:, :channels].flatten(2)  # [Co, C, k*k]

@@ -23,6 +23,8 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -146,6 +148,25 @@ def test_image_ids_list_every_image_in_numeric_order(coco_root):
 def test_pycocotools_prints_nothing(coco_root, capsys):
     COCO20i(coco_root).image_ids("train")
     assert capsys.readouterr().out == ""
+
+
+def test_only_reading_coco_needs_pycocotools(coco_root):
+    """``import sst_fast`` (its CLI, its other data sets) works on a machine without pycocotools; reading COCO
+    there fails with a DataError that names the package, not a ModuleNotFoundError from deep inside."""
+    script = f"""
+import sys
+sys.modules.update(dict.fromkeys(("pycocotools", "pycocotools.coco", "pycocotools.mask")))  # None: not importable
+import sst_fast, sst_fast.cli, sst_fast.data
+from sst_fast.data import COCO20i, DataError
+assert len(sst_fast.data.open_dataset("synthetic").image_ids("train")) > 0
+try:
+    COCO20i({str(coco_root)!r}).image_ids("val")
+except DataError as error:
+    print(error)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "COCO-20i needs pycocotools" in result.stdout and "pip install pycocotools" in result.stdout
 
 
 def test_label_paints_small_objects_over_large_ones(coco_root):

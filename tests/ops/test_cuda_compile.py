@@ -13,6 +13,7 @@ from __future__ import annotations
 import configparser
 import glob
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -86,3 +87,30 @@ def test_cuda_source_compiles(source, tmp_path):
     ]  # fmt: skip
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, f"nvcc failed ({result.returncode}):\n{' '.join(command)}\n{result.stderr}"
+
+
+@pytest.mark.slow
+def test_cmake_builds_the_architectures_of_build_cfg(tmp_path, monkeypatch):
+    """The LibTorch build (CMakeLists.txt) compiles real code for build.cfg's cuda_arch, as setup.py does, and for
+    $TORCH_CUDA_ARCH_LIST when it is set; configured only (a CUDA torch is needed to link)."""
+    cmake = shutil.which("cmake")
+    if cmake is None or _nvcc() is None:
+        pytest.skip("cmake or nvcc not found")
+
+    def configure(folder, arch_list=None):
+        if arch_list is None:
+            monkeypatch.delenv("TORCH_CUDA_ARCH_LIST", raising=False)
+        else:
+            monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", arch_list)
+        command = [
+            cmake, "-S", str(ROOT), "-B", str(folder), "-DSST_FAST_CUDA=ON",
+            f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}", f"-DCMAKE_CUDA_COMPILER={_nvcc()}",
+        ]  # fmt: skip
+        result = subprocess.run(command, capture_output=True, text=True, env=os.environ)
+        assert result.returncode == 0, result.stdout + result.stderr
+        flags = (folder / "CMakeFiles" / "sst_fast.dir" / "flags.make").read_text()
+        return set(re.findall(r"--generate-code=arch=compute_(\w+),code=\[([\w,]+)\]", flags))
+
+    wanted = {(arch.replace(".", ""), "sm_" + arch.replace(".", "")) for arch in CONFIG["flags"]["cuda_arch"].split()}
+    assert configure(tmp_path / "default") == wanted
+    assert configure(tmp_path / "env", "8.6 9.0+PTX") == {("86", "sm_86"), ("90", "compute_90,sm_90")}

@@ -22,7 +22,13 @@ from hypothesis import strategies as st
 from sst_fast import ops
 from sst_fast.ops import _compiled, reference
 from tests.conftest import assert_close
-from tests.ops.helpers import assert_within_rounding, pool_mask_gradient_scale, random_inputs
+from tests.ops.helpers import (
+    assert_half_tuning_step_rounds_once,
+    assert_within_rounding,
+    deterministic_convolutions,
+    pool_mask_gradient_scale,
+    random_inputs,
+)
 
 COMPILED = [
     pytest.param(
@@ -192,8 +198,9 @@ def test_gradcheck_and_gradgradcheck(name, shape, backend, device):
     inputs = make(shape, torch.float64, device, mask_kind="soft")
     args = tuple(arg.detach().requires_grad_() for arg in _gradcheck_args(name, inputs))
     function = _functions(backend, shape[-1])[name]
-    assert torch.autograd.gradcheck(function, args)
-    assert torch.autograd.gradgradcheck(function, args)
+    with deterministic_convolutions():
+        assert torch.autograd.gradcheck(function, args)
+        assert torch.autograd.gradgradcheck(function, args)
 
 
 @pytest.mark.parametrize("backend, device", COMPILED)
@@ -234,7 +241,24 @@ def _op_samples(device):
         ("prototype_update", (d, m, w, 5e-4, 2)),
         ("prototype_update_backward", (grad_update, d, m, w, 5e-4, 2, [True, True])),
         ("prototype_update_backward", (grad_update, d, m, w, 5e-4, 1, [False, True])),
+        *_channels_last_samples(device),
     ]
+
+
+def _channels_last_samples(device):
+    """The relation convolution with channels-last queries and weights (the trainer's run.channels_last): its
+    results take the layout the device's convolution picks, and the fake kernels must say the same."""
+    samples = []
+    for dtype in (torch.float32, torch.float64):
+        inputs = make((2, 3, 4, 5, 6, 3, 2), dtype, device, mask_kind="soft")
+        f, p, w, b, d = (inputs[k] for k in ("features", "proto", "weight", "bias", "delta"))
+        last = {name: x.contiguous(memory_format=torch.channels_last) for name, x in (("f", f), ("w", w), ("d", d))}
+        for query, weight, grad in ((last["f"], w, d), (f, last["w"], d), (last["f"], last["w"], last["d"])):
+            samples += [
+                ("prototype_conv2d", (query, p, weight, b, 2)),
+                ("prototype_conv2d_backward", (grad, query, p, weight, 2, [True, True, True, True])),
+            ]
+    return samples
 
 
 @pytest.mark.parametrize("backend, device", COMPILED)
@@ -351,6 +375,11 @@ def test_reduced_precision_accumulates_in_float32(dtype, backend, device):
         # no worse than the reference in the same dtype, against the float64 result
         error, reference_error = (actual.double() - exact).abs().max(), (expected.double() - exact).abs().max()
         assert error <= 1.5 * reference_error + 1e-3 * exact.abs().max(), (name, error, reference_error)
+
+
+@pytest.mark.parametrize("backend, device", [pytest.param("reference", "cpu", id="reference"), *COMPILED])
+def test_float16_tuning_step_with_a_large_mask_rounds_once(backend, device):
+    assert_half_tuning_step_rounds_once(backend, device)
 
 
 @pytest.mark.parametrize("backend, device", COMPILED)

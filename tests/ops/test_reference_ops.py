@@ -264,3 +264,57 @@ def test_dispatch_follows_env_context_and_device(monkeypatch):
         ops.masked_avg_pool(features, mask)
     with pytest.raises(ValueError, match="unknown backend"):
         _backend.register_backend("mine", {})
+
+
+def test_auto_sends_a_kernel_a_backend_cannot_take_to_the_next(monkeypatch):
+    """The CUDA kernels take relation kernels up to 7x7; ``auto`` sends a larger one on to Triton, else the
+    reference, and a backend asked for by name says what it cannot take."""
+    from sst_fast.ops import _backend
+
+    def named(name):
+        return {op: name for op in ("masked_avg_pool", "prototype_conv2d", "tuned_prototype")}
+
+    monkeypatch.setattr(_backend, "_registry", dict(_backend._registry))
+    monkeypatch.delenv("SST_FAST_BACKEND", raising=False)
+    _backend.register_backend("cuda", named("cuda"), device_types=("cuda",), max_kernel_size=7)
+    _backend.register_backend("triton", named("triton"), device_types=("cuda",))
+    assert _backend.resolve("prototype_conv2d", "cuda", 7) == "cuda"
+    assert _backend.resolve("tuned_prototype", "cuda", 9) == "triton"
+    assert _backend.resolve("masked_avg_pool", "cuda") == "cuda"  # no relation kernel
+    with ops.use_backend("cuda"), pytest.raises(RuntimeError, match="kernels of size up to 7, got 9"):
+        _backend.resolve("prototype_conv2d", "cuda", 9)
+    del _backend._registry["triton"]
+    assert _backend.resolve("prototype_conv2d", "cuda", 9) is reference.prototype_conv2d
+
+
+def test_the_public_ops_dispatch_on_the_relation_kernel_size(monkeypatch):
+    from sst_fast.ops import _backend
+
+    calls = []
+
+    def recording(op):
+        def run(*args):
+            calls.append(op)
+            return getattr(reference, op)(*args)
+
+        return run
+
+    monkeypatch.setattr(_backend, "_registry", dict(_backend._registry))
+    monkeypatch.delenv("SST_FAST_BACKEND", raising=False)
+    small = {op: recording(op) for op in ("prototype_conv2d", "tuned_prototype")}
+    _backend.register_backend("cpp", small, device_types=("cpu",), max_kernel_size=3)
+    query, mask, proto = torch.randn(1, 2, 6, 6), torch.ones(1, 1, 6, 6), torch.randn(1, 2)
+    for kernel in (3, 5):
+        weight, delta = torch.randn(2, 4, kernel, kernel), torch.randn(1, 2, 6, 6)
+        ops.prototype_conv2d(query, proto, weight)
+        ops.tuned_prototype(delta, mask, weight, proto)
+    assert calls == ["prototype_conv2d", "tuned_prototype"]  # k = 5 went to the reference
+
+
+def test_the_cuda_kernel_size_limit_is_the_kernels_own():
+    from pathlib import Path
+
+    from sst_fast.ops import _compiled
+
+    source = (Path(__file__).resolve().parents[2] / "csrc" / "cuda" / "windows.cuh").read_text()
+    assert f"constexpr int kMaxKernelSize = {_compiled.CUDA_MAX_KERNEL_SIZE};" in source

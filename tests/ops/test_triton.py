@@ -35,7 +35,7 @@ try:
     from sst_fast import ops
     from sst_fast.ops import _triton, reference
     from tests.conftest import assert_close
-    from tests.ops.helpers import random_inputs
+    from tests.ops.helpers import assert_half_tuning_step_rounds_once, deterministic_convolutions, random_inputs
 finally:
     if _SET_HERE:
         del os.environ["TRITON_INTERPRET"]
@@ -171,6 +171,46 @@ def test_public_ops_use_the_triton_backend():
     assert_close(tuned, expected, **TOLERANCE[f32])
 
 
+def _every_op(t):
+    """Each of the six ops once on ``t`` (make's inputs), every output asked for."""
+    return [
+        OPS.masked_avg_pool(t["features"], t["mask"], EPS),
+        OPS.masked_avg_pool_backward(t["grad_proto"], t["features"], t["mask"], EPS, [True, True]),
+        OPS.prototype_conv2d(t["features"], t["proto"], t["weight"], t["bias"], 2),
+        OPS.prototype_conv2d_backward(t["grad_map"], t["features"], t["proto"], t["weight"], 2, [True] * 4),
+        OPS.prototype_update(t["delta"], t["mask"], t["weight"], EPS, 2),
+        OPS.prototype_update_backward(t["grad_proto"], t["delta"], t["mask"], t["weight"], EPS, 2, [True, True]),
+    ]
+
+
+def test_every_op_runs_on_its_inputs_device(monkeypatch):
+    """Triton launches on the current CUDA device, so each op body makes its inputs' device current first
+    (test_ops_on_a_second_gpu shows the effect where there are two GPUs)."""
+    entered = []
+
+    def recording(device):
+        entered.append(device)
+        return guard(device)
+
+    guard = _triton._device_guard
+    monkeypatch.setattr(_triton, "_device_guard", recording)
+    t = make((2, 3, 4, 5, 7, 3, 2), f32)
+    _every_op(t)
+    assert entered == [t["features"].device] * 6
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_ops_on_a_second_gpu():
+    t = {name: x.to("cuda:1") for name, x in make((2, 3, 4, 5, 7, 3, 2), f32).items()}
+    on_second = _every_op(t)
+    assert torch.cuda.current_device() == 0
+    on_first = _every_op({name: x.to("cuda:0") for name, x in t.items()})
+    for got, want in zip(on_second, on_first, strict=True):
+        for a, b in zip(*((x,) if isinstance(x, torch.Tensor) else x for x in (got, want)), strict=True):
+            assert a.device == torch.device("cuda:1")
+            assert_close(a.to("cuda:0"), b, **TOLERANCE[f32])
+
+
 # --- the backward ops: output_mask --------------------------------------------------------------
 
 
@@ -211,13 +251,15 @@ def test_gradcheck_and_gradgradcheck():
 
     check = dict(fast_mode=True)
     pool = (leaf("features"), leaf("mask"))
-    assert torch.autograd.gradcheck(lambda f, m: OPS.masked_avg_pool(f, m, EPS), pool, **check)
-    assert torch.autograd.gradgradcheck(lambda f, m: OPS.masked_avg_pool(f, m, EPS), pool, **check)
     conv = (leaf("features"), leaf("proto"), leaf("weight"), leaf("bias"))
-    assert torch.autograd.gradcheck(lambda *x: OPS.prototype_conv2d(*x, 2), conv, **check)
     update = (leaf("delta"), leaf("weight"))
-    assert torch.autograd.gradcheck(lambda d, w: OPS.prototype_update(d, t["mask"], w, EPS, 2), update, **check)
-    assert torch.autograd.gradgradcheck(lambda d, w: OPS.prototype_update(d, t["mask"], w, EPS, 2), update, **check)
+    with deterministic_convolutions():
+        assert torch.autograd.gradcheck(lambda f, m: OPS.masked_avg_pool(f, m, EPS), pool, **check)
+        assert torch.autograd.gradgradcheck(lambda f, m: OPS.masked_avg_pool(f, m, EPS), pool, **check)
+        assert torch.autograd.gradcheck(lambda *x: OPS.prototype_conv2d(*x, 2), conv, **check)
+        function = lambda d, w: OPS.prototype_update(d, t["mask"], w, EPS, 2)  # noqa: E731
+        assert torch.autograd.gradcheck(function, update, **check)
+        assert torch.autograd.gradgradcheck(function, update, **check)
 
 
 def second_derivatives(t, pool, conv, update, inputs):
@@ -356,6 +398,12 @@ def test_reduced_precision_forward(dtype):
     update = OPS.prototype_update(low["delta"], low["mask"], low["weight"], EPS, 2)
     expected = reference.prototype_update(*(low[n].float() for n in ("delta", "mask", "weight")), EPS, 2)
     assert_close(update.float(), expected, **tol)
+
+
+def test_float16_tuning_step_with_a_large_mask_rounds_once():
+    if "triton" not in ops.backends():
+        pytest.skip("the triton backend was not registered for this device when sst_fast.ops was imported")
+    assert_half_tuning_step_rounds_once("triton", DEVICE)
 
 
 def test_empty_batch_and_zero_channels():
