@@ -219,34 +219,71 @@ def test_first_and_second_order_parameter_gradients_differ():
     assert not torch.allclose(grads[False], grads[True], rtol=1e-4, atol=0)
 
 
-@pytest.mark.parametrize("form,step", [("paper", 50.0), ("relative", 0.5)])
-@pytest.mark.parametrize("first_order", [False, True])
-def test_gradcheck_through_the_tuning_step_float64(first_order, form, step):
-    """Numerical derivatives of the loss see every path; the analytic ones must too (second order).
+GRADCHECK_NAMES = [
+    "decoder.classifier.weight",
+    "relation.conv.weight",
+    "relation.conv.bias",
+    "relation.blocks.1.conv2.bias",
+    "embed.conv.bias",
+    "tuning.log_step",
+]
 
-    In first order the path through dLsup/dRs is cut, so the same check must fail: proof that
-    the second-order term is large enough here to be seen.
-    """
+
+def _loss_of_parameters(first_order, form, step):
+    """The float64 episode loss as a function of a few parameters (every part of the model: decoder, relation,
+    embedding, the learnable step), and their values."""
     config = tiny_config(channels=4, tune_step=step, tune_form=form, learnable_step=True, first_order=first_order)
     model = sst_fast.SST(config).double().eval()
     query, supports, masks, query_mask = episode(batch=1, shots=2, size=24, dtype=torch.float64)
-    names = [
-        "decoder.classifier.weight",
-        "relation.conv.weight",
-        "relation.conv.bias",
-        "relation.blocks.1.conv2.bias",
-        "embed.conv.bias",
-        "tuning.log_step",
-    ]
-    params = dict(model.named_parameters())
-    inputs = tuple(params[name].detach().clone().requires_grad_() for name in names)
-
-    def loss_of(*values):
-        replaced = dict(zip(names, values, strict=True))
-        return torch.func.functional_call(model, replaced, (query, supports, masks, query_mask)).loss
-
     out = model(query, supports, masks, query_mask)
     assert (out.tuned_prototypes - out.prototypes).abs().max() > 1e-3, "the tuning step must matter here"
+    params = dict(model.named_parameters())
+    inputs = tuple(params[name].detach().clone().requires_grad_() for name in GRADCHECK_NAMES)
+
+    def loss_of(*values):
+        replaced = dict(zip(GRADCHECK_NAMES, values, strict=True))
+        return torch.func.functional_call(model, replaced, (query, supports, masks, query_mask)).loss
+
+    return loss_of, inputs
+
+
+@pytest.mark.parametrize("form,step", [("paper", 50.0), ("relative", 0.5)])
+@pytest.mark.parametrize("first_order", [False, True])
+def test_directional_derivatives_through_the_tuning_step_float64(first_order, form, step):
+    """Numerical derivatives of the loss see every path; the analytic ones must too (second order).
+
+    Along random directions u of the parameters, the central difference (L(t + h u) - L(t - h u)) / 2h
+    against the analytic dL/dt . u, within gradcheck's atol 1e-7 and rtol 1e-5 (h = 1e-6: truncation
+    ~h^2, rounding ~u64 / h, both far below). In first order the path through dLsup/dRs is cut, so the
+    analytic derivative must miss by many times that: proof that the second-order term is large enough
+    here to be seen. (test_gradcheck_through_the_tuning_step_float64, marked slow, checks every entry.)
+    """
+    loss_of, inputs = _loss_of_parameters(first_order, form, step)
+    gradients = torch.autograd.grad(loss_of(*inputs), inputs)
+    generator = torch.Generator().manual_seed(0)
+    worst = 0.0
+    for _ in range(3):
+        direction = [torch.randn(x.shape, generator=generator, dtype=x.dtype) for x in inputs]
+        analytic = sum((g * d).sum() for g, d in zip(gradients, direction, strict=True)).item()
+        h = 1e-6
+        with torch.no_grad():
+            ahead = loss_of(*(x + h * d for x, d in zip(inputs, direction, strict=True)))
+            behind = loss_of(*(x - h * d for x, d in zip(inputs, direction, strict=True)))
+        numeric = ((ahead - behind) / (2 * h)).item()
+        worst = max(worst, abs(numeric - analytic) / (1e-7 + 1e-5 * abs(numeric)))
+    if first_order:
+        assert worst > 10, f"first order is within {worst:.2f} of gradcheck's tolerance: the term it cuts is not seen"
+    else:
+        assert worst <= 1, f"the analytic derivative is off by {worst:.2f} times gradcheck's tolerance"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("form,step", [("paper", 50.0), ("relative", 0.5)])
+@pytest.mark.parametrize("first_order", [False, True])
+def test_gradcheck_through_the_tuning_step_float64(first_order, form, step):
+    """Every entry of the Jacobian (a minute or more per case; test_directional_derivatives_... checks the same
+    in random directions in make test). In first order the same check must fail."""
+    loss_of, inputs = _loss_of_parameters(first_order, form, step)
     passed = torch.autograd.gradcheck(loss_of, inputs, atol=1e-7, rtol=1e-5, raise_exception=False)
     assert passed == (not first_order)
 
