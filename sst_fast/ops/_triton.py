@@ -44,7 +44,6 @@ import struct
 import torch
 import triton
 import triton.language as tl
-from torch._library.triton import _is_interpreted_triton_kernel
 from torch._subclasses.fake_tensor import FakeTensor
 from torch._subclasses.functional_tensor import FunctionalTensor
 from torch.library import triton_op, wrap_triton
@@ -273,7 +272,23 @@ def _window_expand_kernel(
 
 # --- launchers --------------------------------------------------------------------------------
 
-_INTERPRETED = _is_interpreted_triton_kernel(_pool_kernel)
+
+def _is_interpreted(kernel) -> bool:
+    """Whether triton.jit made ``kernel`` for its interpreter (TRITON_INTERPRET=1 when triton was imported)."""
+    try:
+        from triton.runtime.interpreter import InterpretedFunction
+    except ImportError:  # a triton without an interpreter
+        return False
+    return isinstance(kernel, InterpretedFunction)
+
+
+_INTERPRETED = _is_interpreted(_pool_kernel)
+
+
+def _launch(kernel):
+    """``kernel`` ready to index with its grid: through ``wrap_triton`` (traceable by torch.compile), or itself in
+    the interpreter, which runs eagerly and which ``wrap_triton`` refuses before torch 2.13."""
+    return kernel if _INTERPRETED else wrap_triton(kernel)
 
 
 def _shapes_only(tensor: torch.Tensor) -> bool:
@@ -327,7 +342,7 @@ def _mask_stats(mask: torch.Tensor) -> torch.Tensor:
     _, block_p = _blocks(mask.device, 1, pixels, 1, 1024)
     if _shapes_only(mask):
         return out
-    wrap_triton(_mask_stats_kernel)[(batch,)](mask.contiguous(), out, pixels, ACC=acc, BLOCK_P=block_p)
+    _launch(_mask_stats_kernel)[(batch,)](mask.contiguous(), out, pixels, ACC=acc, BLOCK_P=block_p)
     return out
 
 
@@ -363,7 +378,7 @@ def _window_sums(
     out = x.new_empty((split, batch, channels, kinds, kernel_size, kernel_size), dtype=acc_dtype)
     if _shapes_only(x):
         return out[0]
-    wrap_triton(_window_sums_kernel)[(grid_o, batch, split)](
+    _launch(_window_sums_kernel)[(grid_o, batch, split)](
         x,
         mask.contiguous() if masked else x,
         out,
@@ -396,7 +411,7 @@ def _window_expand(
     block_o, block_p = _blocks(out.device, channels, pixels, 16, 128)
     grid = (triton.cdiv(pixels, block_p), triton.cdiv(channels, block_o), batch)
     coeffs = coeffs.contiguous()
-    wrap_triton(_window_expand_kernel)[grid](
+    _launch(_window_expand_kernel)[grid](
         coeffs,
         coeffs if mask is None else mask.contiguous(),  # (a placeholder without a mask)
         out,
@@ -458,7 +473,7 @@ def masked_avg_pool(features: torch.Tensor, mask: torch.Tensor, eps: float) -> t
         return out.zero_()
     _, acc = _acc(features.dtype)
     block_c, block_p = _blocks(features.device, channels, pixels, 16, 128)
-    wrap_triton(_pool_kernel)[(triton.cdiv(channels, block_c), batch)](
+    _launch(_pool_kernel)[(triton.cdiv(channels, block_c), batch)](
         features.contiguous(),
         mask.contiguous(),
         out,
@@ -491,7 +506,7 @@ def masked_avg_pool_backward(
                 dot.zero_()
         else:
             block_c, block_p = _blocks(features.device, channels, pixels, 16, 128)
-            wrap_triton(_pool_backward_kernel)[(triton.cdiv(pixels, block_p), batch)](
+            _launch(_pool_backward_kernel)[(triton.cdiv(pixels, block_p), batch)](
                 grad.contiguous(),
                 features.contiguous(),
                 mask.contiguous(),
@@ -508,7 +523,7 @@ def masked_avg_pool_backward(
             )
         if need_mask:
             _, block_p = _blocks(features.device, 1, pixels, 1, 1024)
-            wrap_triton(_pool_backward_mask_kernel)[(batch,)](
+            _launch(_pool_backward_mask_kernel)[(batch,)](
                 dot, mask.contiguous(), inv_mass, d_mask, pixels, ACC=acc, BLOCK_P=block_p
             )
     return (
