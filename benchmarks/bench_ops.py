@@ -100,7 +100,7 @@ def op_call(name, inputs, dilation):
 
 
 def cases():
-    backends = [name for name in ops.backends() if name != "triton" or DEVICE == "cuda"]
+    backends = ops.backends(DEVICE)
     return [
         pytest.param(op, shape, backend, id=f"{op}-{shape}-{backend}")
         for op in OPS

@@ -4,9 +4,13 @@
 #   benchmarks/gpu_suite.sh OUT [STAGE ...]
 #
 # Stages, in this order (default: all of them):
-#   env          the machine and versions; copy bandwidth and bf16 matmul rate (OUT/probe.json)
-#   build        pip install --no-build-isolation . (CUDA kernels for TORCH_CUDA_ARCH_LIST, default 9.0),
-#                then the same library beside the sources, so that tests run from this tree use it
+#   env          the wheels the machine lacks installed (SST_FAST_WHEELS, else gpu-carry/wheels), every package
+#                the tests import checked (each missing one named), the machine and versions; copy bandwidth
+#                and bf16 matmul rate (OUT/probe.json)
+#   build        the library benchmarks/gpu_prepare.sh built ahead (SST_FAST_PREBUILT) where it fits these
+#                sources and this torch; else pip install --no-build-isolation . (CUDA kernels for
+#                TORCH_CUDA_ARCH_LIST, default 9.0), then the same library beside the sources, so that tests
+#                run from this tree use it
 #   test         the whole test suite (-m "not soak") with SST_FAST_REQUIRE_GPU=1: a CUDA, Triton or
 #                compiled-library test that skips is a failure (OUT/junit.xml)
 #   launch       sst-fast train and eval on CUDA under torchrun --nproc-per-node 1 (a few steps)
@@ -24,7 +28,8 @@
 # Environment:
 #   PYTHON                      the Python with torch (default: python3)
 #   SST_FAST_WHEELS             a folder of wheels for packages the machine lacks, installed first (no network
-#                               needed; benchmarks/gpu_wheels.sh fills one)
+#                               needed; benchmarks/gpu_wheels.sh fills one); default: SST_FAST_PREBUILT/wheels
+#   SST_FAST_PREBUILT           what benchmarks/gpu_prepare.sh wrote (default: gpu-carry): the library and wheels
 #   TORCH_CUDA_ARCH_LIST        the architectures to build (default: 9.0, the H100 and H200)
 #   SST_FAST_PYTEST_ARGS        more arguments for the test stage (e.g. "-x" or "-n 8")
 #   SST_FAST_BENCH_SHAPES       benchmark shapes (see bench_ops.py and bench_model.py)
@@ -32,6 +37,10 @@
 #   SST_FAST_STAGE_TIMEOUT      seconds a stage may run (default: 3000)
 #   SST_FAST_SUITE_ALLOW_CPU=1  run without a GPU (the suite's own test): kernel_drive checks the cpp backend
 #                               without the sanitizer, the build, test and launch stages are refused
+#   SST_FAST_SUITE_DRY=1        a dry run without a GPU (benchmarks/gpu_prepare.sh runs one in the image's Python
+#                               and torch): the stages in order up to the first that needs the device (test,
+#                               launch, sanitize, bench-ops, bench-model), which it names; the build stage builds
+#                               or installs the prepared library as on the GPU
 set -uo pipefail
 
 usage() {
@@ -54,6 +63,9 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 PY=${PYTHON:-python3}
 STAGE_TIMEOUT=${SST_FAST_STAGE_TIMEOUT:-3000}
+DRY=${SST_FAST_SUITE_DRY:-0}
+PREBUILT=${SST_FAST_PREBUILT:-$ROOT/gpu-carry}
+WHEELS=${SST_FAST_WHEELS:-$PREBUILT/wheels}
 export PYTHONUNBUFFERED=1
 
 if ! "$PY" -c "import torch" 2>/dev/null; then
@@ -61,7 +73,7 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
     exit 2
 fi
 GPU=$("$PY" -c "import torch; print(int(torch.cuda.is_available()))")
-if [[ $GPU != 1 && ${SST_FAST_SUITE_ALLOW_CPU:-0} != 1 ]]; then
+if [[ $GPU != 1 && ${SST_FAST_SUITE_ALLOW_CPU:-0} != 1 && $DRY != 1 ]]; then
     echo "gpu_suite: no CUDA device visible to $PY (torch $("$PY" -c 'import torch; print(torch.__version__)'))" >&2
     exit 2
 fi
@@ -82,7 +94,23 @@ has_cuda_build() {  # the library beside the sources serves CUDA tensors
     "$PY" -c "from sst_fast import ops; raise SystemExit('cuda' not in ops.backends())" 2>/dev/null
 }
 
+needs_device() {  # the stages a dry run stops before
+    case $1 in test | launch | sanitize | bench-ops | bench-model) return 0 ;; *) return 1 ;; esac
+}
+
+install_wheels() {
+    if compgen -G "$WHEELS/*.whl" >/dev/null; then
+        "$PY" -m pip install --no-index --no-deps "$WHEELS"/*.whl || return 1
+    fi
+}
+
+check_imports() {  # every package sst_fast and its tests import, each missing one named with what provides it
+    "$PY" benchmarks/prebuilt.py imports
+}
+
 stage_env() {
+    install_wheels || return 1
+    check_imports || return 1
     "$PY" benchmarks/gpu_probe.py "$OUT/probe.json" || return 1
     nvidia-smi || true
     nvcc --version || true
@@ -91,19 +119,27 @@ stage_env() {
 }
 
 stage_build() {
-    [[ $GPU == 1 ]] || { echo "the build stage needs a GPU machine (it builds the CUDA kernels)"; return 1; }
-    if [[ -n ${SST_FAST_WHEELS:-} ]]; then
-        "$PY" -m pip install --no-index --no-deps "$SST_FAST_WHEELS"/*.whl || return 1
+    [[ $GPU == 1 || $DRY == 1 ]] || { echo "the build stage needs a GPU machine (it builds the CUDA kernels)"; return 1; }
+    install_wheels || return 1
+    if "$PY" benchmarks/prebuilt.py check "$PREBUILT"; then
+        cp "$PREBUILT/_C.so" sst_fast/ops/ || return 1
+        echo "using the library built ahead: $PREBUILT/_C.so"
+        "$PY" -c "from sst_fast.ops import _compiled; assert 'cuda' in _compiled.built_device_types()" || return 1
+        "$PY" -m sst_fast info || return 1
+        [[ $GPU != 1 ]] || has_cuda_build
+        return
     fi
     export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-$(nproc)}
+    CUDA_HOME=$("$PY" benchmarks/prebuilt.py cuda-home) || return 1
+    export CUDA_HOME
     "$PY" -m pip install --no-build-isolation --no-deps --force-reinstall -v . || return 1
     # The installed library, as imported from outside this tree, then copied beside the sources.
     local library
     library=$(cd / && "$PY" -c "import sst_fast.ops._C as c; print(c.__file__)") || return 1
-    (cd / && "$PY" -c "from sst_fast import ops; print(ops.library_status()); assert 'cuda' in ops.backends()") || return 1
+    (cd / && "$PY" -c "from sst_fast.ops import _compiled; assert 'cuda' in _compiled.built_device_types()") || return 1
     cp "$library" sst_fast/ops/ || return 1
     "$PY" -m sst_fast info || return 1
-    has_cuda_build
+    [[ $GPU != 1 ]] || has_cuda_build
 }
 
 ensure_built() {
@@ -169,9 +205,13 @@ stage_report() {
     "$PY" benchmarks/gpu_report.py "$OUT"
 }
 
-export GPU PY OUT STAGE_TIMEOUT
+export GPU PY OUT STAGE_TIMEOUT DRY PREBUILT WHEELS
 FAILED=0
 for stage in "${STAGES[@]}"; do
+    if [[ $DRY == 1 ]] && needs_device "$stage"; then
+        echo "== gpu_suite: dry run: stopped before '$stage', the first stage that needs a GPU"
+        break
+    fi
     log="$OUT/$stage.log"
     echo "== gpu_suite: $stage (log: $log)"
     start=$SECONDS

@@ -15,6 +15,7 @@ from sst_fast import ops
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import gpu_report  # noqa: E402
+import prebuilt  # noqa: E402
 
 from tests.ops import kernel_drive  # noqa: E402
 
@@ -55,7 +56,8 @@ def suite(out: Path, *stages: str, **env) -> subprocess.CompletedProcess:
     return subprocess.run(
         ["bash", str(ROOT / "benchmarks" / "gpu_suite.sh"), str(out), *stages],
         cwd=ROOT,
-        env={**os.environ, "PYTHON": sys.executable, **WITHOUT_GPU, **env},
+        # nothing prepared for a GPU (a gpu-carry/ of this tree is for the GPU's Python) unless a test says so
+        env={**os.environ, "PYTHON": sys.executable, "SST_FAST_PREBUILT": str(out / "no-carry"), **WITHOUT_GPU, **env},
         capture_output=True,
         text=True,
         timeout=600,
@@ -74,7 +76,9 @@ def test_the_suite_runs_its_cpu_stages_and_writes_the_tables(tmp_path):
         "report",
         SST_FAST_SUITE_ALLOW_CPU="1",
         SST_FAST_BENCH_SHAPES="tiny",
-        SST_FAST_BENCH_ARGS="--benchmark-max-time=0.01 -k 'not fast] and not reference-bf16-cl]'",
+        # every op; of the model steps, each reference (its FLOPs counted) and one fast variant (the speed-up column)
+        SST_FAST_BENCH_ARGS="--benchmark-max-time=0.01 -k 'not fast] and not reference-bf16-cl] and "
+        "(not fast-bf16-cl] or head-tiny-1shot-second-fast-bf16-cl])'",
     )
     assert result.returncode == 0, result.stdout + result.stderr
     stages = [line.split("\t") for line in (tmp_path / "stages.tsv").read_text().splitlines()]
@@ -96,6 +100,7 @@ def test_the_suite_runs_its_cpu_stages_and_writes_the_tables(tmp_path):
     for heading in ("## Machine", "## Stages", "## Ops", "## Model steps"):
         assert heading in summary
     assert "| copy tiny |" in summary and "| head tiny 1-shot second order |" in summary
+    assert "fast-bf16-cl " in next(line for line in summary.splitlines() if line.startswith("| head tiny"))
 
 
 def test_the_suite_refuses_a_machine_without_a_gpu_and_names_unknown_stages(tmp_path):
@@ -105,6 +110,78 @@ def test_the_suite_refuses_a_machine_without_a_gpu_and_names_unknown_stages(tmp_
     assert result.returncode == 2 and "unknown stage 'benchmark'" in result.stderr
     result = suite(tmp_path, "build", SST_FAST_SUITE_ALLOW_CPU="1")
     assert result.returncode == 1 and "needs a GPU machine" in result.stdout
+
+
+def test_a_dry_run_checks_the_imports_and_stops_before_the_first_stage_that_needs_a_gpu(tmp_path):
+    result = suite(tmp_path, "env", "test", "report", SST_FAST_SUITE_DRY="1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "dry run: stopped before 'test'" in result.stdout
+    stages = [line.split("\t")[:2] for line in (tmp_path / "stages.tsv").read_text().splitlines()]
+    assert stages == [["env", "ok"]]
+    assert "every package the suite needs is importable" in (tmp_path / "env.log").read_text()
+
+
+def test_the_import_check_names_each_missing_package(tmp_path):
+    blocker = tmp_path / "sitecustomize.py"  # this Python without imgviz and pycocotools
+    blocker.write_text("import sys\nsys.modules.update(dict.fromkeys(('imgviz', 'pycocotools')))\n")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "prebuilt.py"), "imports"],
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "missing: imgviz" in result.stdout and "missing: pycocotools" in result.stdout
+    assert "missing: torch" not in result.stdout
+
+
+def _library_carry(folder: Path) -> Path:
+    folder.mkdir()
+    (folder / prebuilt.LIBRARY).write_bytes(b"a library")
+    prebuilt.describe(folder)
+    return folder
+
+
+def test_a_prebuilt_library_is_used_only_for_its_sources_and_torch(tmp_path, monkeypatch):
+    carry = _library_carry(tmp_path / "carry")
+    assert prebuilt.mismatches(carry) == []
+    record = json.loads((carry / prebuilt.RECORD).read_text())
+    for key, value, reason in (
+        ("sources", "0" * 64, "other sources"),
+        ("torch", "2.11.0", "built for torch 2.11.0"),
+        ("cuda", "13.0", "built for cuda 13.0"),
+        ("python", "3.12", "built for python 3.12"),
+    ):
+        if record[key] == value:
+            continue
+        (carry / prebuilt.RECORD).write_text(json.dumps({**record, key: value}))
+        assert any(reason in found for found in prebuilt.mismatches(carry)), (key, prebuilt.mismatches(carry))
+    (carry / prebuilt.RECORD).write_text(json.dumps(record))
+    (carry / prebuilt.LIBRARY).write_bytes(b"another library")
+    assert any("is not the library" in found for found in prebuilt.mismatches(carry))
+    assert prebuilt.mismatches(tmp_path / "nothing") == [f"{tmp_path / 'nothing'} holds no _C.so with its BUILD.json"]
+
+
+def _wheel(folder: Path, name: str, *requires: str) -> None:
+    import zipfile
+
+    lines = [f"Name: {name}", "Version: 1.0", *(f"Requires-Dist: {r}" for r in requires)]
+    with zipfile.ZipFile(folder / f"{name}-1.0-py3-none-any.whl", "w") as wheel:
+        wheel.writestr(f"{name}-1.0.dist-info/METADATA", "\n".join(lines) + "\n")
+
+
+def test_the_wheels_check_finds_what_is_missing_and_what_is_superfluous(tmp_path):
+    _wheel(tmp_path, "pycocotools", "numpy")
+    _wheel(tmp_path, "imgviz", "numpy", "cmap", "scikit-image; extra == 'all'")
+    _wheel(tmp_path, "cmap")
+    assert prebuilt.wheel_gaps(tmp_path) == []
+    (tmp_path / "cmap-1.0-py3-none-any.whl").unlink()
+    _wheel(tmp_path, "numpy")
+    assert prebuilt.wheel_gaps(tmp_path) == [
+        "imgviz requires cmap, neither in the image nor carried",
+        "numpy is carried but the image has it",
+    ]
 
 
 def test_require_gpu_turns_a_skipped_cuda_test_into_a_failure():

@@ -57,9 +57,14 @@ def register_backend(
     _registry[name] = Backend(name, devices, dict(ops), max_kernel_size)
 
 
-def backends() -> list[str]:
-    """The backends available in this installation, e.g. ``['reference', 'cpp']``."""
-    return [name for name in KNOWN_BACKENDS if name in _registry]
+def backends(device_type: str | None = None) -> list[str]:
+    """The backends available in this installation, e.g. ``['reference', 'cpp']``; with ``device_type`` ("cpu",
+    "cuda"), those that run on it. A library built with CUDA kernels lists ``cuda`` on a machine without a GPU."""
+    return [
+        name
+        for name in KNOWN_BACKENDS
+        if name in _registry and (device_type is None or _registry[name].serves(device_type))
+    ]
 
 
 def _check_name(name: str, source: str) -> str:

@@ -109,8 +109,11 @@ def test_cmake_builds_the_architectures_of_build_cfg(tmp_path, monkeypatch):
         result = subprocess.run(command, capture_output=True, text=True, env=os.environ)
         assert result.returncode == 0, result.stdout + result.stderr
         flags = (folder / "CMakeFiles" / "sst_fast.dir" / "flags.make").read_text()
-        return set(re.findall(r"--generate-code=arch=compute_(\w+),code=\[([\w,]+)\]", flags))
+        # CMake writes --generate-code=arch=compute_90,code=[compute_90,sm_90]; torch's CMake config, with a CUDA
+        # torch, -gencode arch=compute_90,code=sm_90: the set of (architecture, machine code or PTX) either way
+        codes = re.findall(r"(?:--generate-code=|-gencode )arch=compute_\w+,code=\[?([\w,]+)\]?", flags)
+        return {(code.split("_")[1], code.split("_")[0]) for entry in codes for code in entry.split(",")}
 
-    wanted = {(arch.replace(".", ""), "sm_" + arch.replace(".", "")) for arch in CONFIG["flags"]["cuda_arch"].split()}
+    wanted = {(arch.replace(".", ""), "sm") for arch in CONFIG["flags"]["cuda_arch"].split()}
     assert configure(tmp_path / "default") == wanted
-    assert configure(tmp_path / "env", "8.6 9.0+PTX") == {("86", "sm_86"), ("90", "compute_90,sm_90")}
+    assert configure(tmp_path / "env", "8.6 9.0+PTX") == {("86", "sm"), ("90", "sm"), ("90", "compute")}

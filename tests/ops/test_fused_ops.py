@@ -40,7 +40,9 @@ COMPILED = [
     pytest.param(
         "cuda",
         "cuda",
-        marks=pytest.mark.skipif("cuda" not in ops.backends(), reason="no CUDA kernels or no GPU"),
+        marks=pytest.mark.skipif(
+            "cuda" not in ops.backends() or not torch.cuda.is_available(), reason="no CUDA kernels or no GPU"
+        ),
         id="cuda",
     ),
 ]

@@ -278,6 +278,7 @@ def test_auto_sends_a_kernel_a_backend_cannot_take_to_the_next(monkeypatch):
     monkeypatch.delenv("SST_FAST_BACKEND", raising=False)
     _backend.register_backend("cuda", named("cuda"), device_types=("cuda",), max_kernel_size=7)
     _backend.register_backend("triton", named("triton"), device_types=("cuda",))
+    assert _backend.backends("cuda") == ["reference", "cuda", "triton"] and "cuda" not in _backend.backends("cpu")
     assert _backend.resolve("prototype_conv2d", "cuda", 7) == "cuda"
     assert _backend.resolve("tuned_prototype", "cuda", 9) == "triton"
     assert _backend.resolve("masked_avg_pool", "cuda") == "cuda"  # no relation kernel
