@@ -1,4 +1,5 @@
 import getpass
+import logging
 import os
 import tempfile
 
@@ -43,6 +44,17 @@ def pytest_runtest_makereport(item, call):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _logging_errors_fail(monkeypatch):
+    """A log call whose arguments do not fit its format (a fold name under %d) prints "--- Logging error ---" and
+    loses its line; in the tests it fails the test that made it."""
+
+    def handle_error(self, record):
+        raise  # the error Handler.emit is handling
+
+    monkeypatch.setattr(logging.Handler, "handleError", handle_error)
 
 
 @pytest.fixture(autouse=True)

@@ -67,7 +67,7 @@ class TrainingData:
         if manifest_path is not None:
             manifest.save(manifest_path)
         log.info(
-            "%s fold %d: %d training images (%d held out for validation), %d base classes, %d-shot, "
+            "%s fold %s: %d training images (%d held out for validation), %d base classes, %d-shot, "
             "%d episodes/epoch = %d steps of %d",
             data.dataset,
             data.fold,

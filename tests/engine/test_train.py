@@ -12,7 +12,7 @@ from sst_fast import SST
 from sst_fast.data import open_dataset
 from sst_fast.data.episodes import holdout
 from sst_fast.engine.checkpoint import load_checkpoint, model_from_checkpoint
-from sst_fast.engine.runconfig import ConfigError
+from sst_fast.engine.runconfig import ConfigError, load_run_config
 from sst_fast.engine.train import Trainer, TrainingError, train
 
 from tests.models.helpers import model_tolerance
@@ -421,3 +421,25 @@ def test_on_a_terminal_progress_is_a_bar_and_off_is_nothing(monkeypatch):
     assert isinstance(runlog.progress_bar(10, 0, False), runlog.NoBar)
     monkeypatch.setattr(runlog, "is_terminal", lambda stream: False)
     assert isinstance(runlog.progress_bar(10, 0, True), runlog.ProgressLines)
+
+
+def test_training_on_fss_logs_every_line_without_a_logging_error(tmp_path, capsys):
+    """FSS-1000's folds are names ('test', 'val'), not numbers: the training's first info line formats them."""
+    from tests.data.test_fss import gray_mask, write_image, write_splits
+
+    root = tmp_path / "fss"
+    classes = ("ant", "bee", "cat", "dog")
+    write_splits(root, train=classes, val=("eel",), test=("fox",))
+    for name in (*classes, "eel", "fox"):
+        for number in range(1, 9):
+            write_image(root, name, number, gray_mask(rows=slice(0, 4 + number)))
+    overrides = [
+        f"data.root={root}", "data.workers=0", "data.val_episodes=4", "data.val_fraction=0.5",
+        "model.backbone=tiny", "model.freeze_backbone=false", "model.channels=8", "model.image_size=[32, 32]",
+        "optim.batch_size=2", "optim.episodes_per_epoch=4", "optim.epochs=1", "run.log_every=1",
+    ]  # fmt: skip
+    config = load_run_config("fss", overrides)
+    train(config, tmp_path / "run", progress=False)
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "fss fold test:" in log
+    assert "Logging error" not in capsys.readouterr().err
