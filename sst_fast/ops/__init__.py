@@ -85,8 +85,17 @@ def library_status() -> str:
     if _compiled.LOAD_ERROR is not None:
         return f"sst_fast.ops._C not loaded ({_compiled.LOAD_ERROR}); every op runs the reference implementation"
     devices = ", ".join(_compiled.built_device_types()) or "no device"
-    triton = ", ".join(_triton_device_types()) or "not available"
-    return f"sst_fast.ops._C loaded (kernels for: {devices}); Triton: {triton}"
+    return f"sst_fast.ops._C loaded (kernels for: {devices}); Triton: {triton_status()}"
+
+
+def triton_status() -> str:
+    """Where the Triton backend runs, or why it runs nowhere here."""
+    devices = _triton_device_types()
+    if devices:
+        return ", ".join(devices)
+    if importlib.util.find_spec("triton") is None:
+        return "not available (triton is not installed)"
+    return "not available (no CUDA device; TRITON_INTERPRET=1 runs its kernels on the CPU, slowly)"
 
 
 def masked_avg_pool(features: torch.Tensor, mask: torch.Tensor, eps: float = 5e-4) -> torch.Tensor:

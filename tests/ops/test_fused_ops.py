@@ -430,6 +430,7 @@ def test_info_names_the_compiled_kernels():
         [sys.executable, "-m", "sst_fast", "info"], capture_output=True, text=True, check=True, env=os.environ
     )
     assert ops.library_status() in result.stdout
+    assert f"Triton: {ops.triton_status()}" in result.stdout  # where it runs, or why nowhere
 
 
 # --- hypothesis: random shapes, masks and layouts ------------------------------------------------------

@@ -319,3 +319,18 @@ def test_the_cuda_kernel_size_limit_is_the_kernels_own():
 
     source = (Path(__file__).resolve().parents[2] / "csrc" / "cuda" / "windows.cuh").read_text()
     assert f"constexpr int kMaxKernelSize = {_compiled.CUDA_MAX_KERNEL_SIZE};" in source
+
+
+def test_the_status_line_says_why_triton_runs_nowhere(monkeypatch):
+    import importlib.util
+
+    monkeypatch.setattr(ops, "_triton_device_types", lambda: ())
+    if importlib.util.find_spec("triton") is not None:
+        assert ops.triton_status() == (
+            "not available (no CUDA device; TRITON_INTERPRET=1 runs its kernels on the CPU, slowly)"
+        )
+    found = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *rest: None if name == "triton" else found(name))
+    assert ops.triton_status() == "not available (triton is not installed)"
+    monkeypatch.setattr(ops, "_triton_device_types", lambda: ("cuda",))
+    assert ops.triton_status() == "cuda"
