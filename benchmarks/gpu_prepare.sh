@@ -68,11 +68,7 @@ environment() {
     [[ -x $PY ]] || "$BASE" -m venv "$ENV_DIR" || return 1
     "$PY" -m pip install -q "$TORCH_SPEC" "setuptools>=70" wheel || return 1
     # sst_fast's requirements and its test extra's, without building sst_fast itself
-    "$PY" - <<'EOF' >"$ENV_DIR/requirements.txt" || return 1
-import tomllib
-project = tomllib.load(open("pyproject.toml", "rb"))["project"]
-print(*project["dependencies"], *(r for r in project["optional-dependencies"]["test"] if not r.startswith("ruff")), sep="\n")
-EOF
+    "$PY" benchmarks/prebuilt.py requirements >"$ENV_DIR/requirements.txt" || return 1
     "$PY" -m pip install -q -r "$ENV_DIR/requirements.txt" || return 1
     "$PY" -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda)"
 }
@@ -82,19 +78,11 @@ stage() {
     git ls-files -co --exclude-standard -z | xargs -0 cp --parents -t "$STAGE"
 }
 
-build() {  # the GPU suite's build: pip install, then the installed library beside the sources
-    (cd "$STAGE" && SST_FAST_CUDA=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} "$PY" -m pip install --no-build-isolation --no-deps \
-        --force-reinstall -v .) || return 1
-    local library
-    library=$(cd / && "$PY" -c "import sst_fast.ops._C as c; print(c.__file__)") || return 1
-    cp "$library" "$STAGE/sst_fast/ops/" || return 1
-    # Loads with every symbol resolved, and registers its CUDA kernels (no GPU needed to register them).
-    (cd "$STAGE" && "$PY" -c "
-from sst_fast import ops
-from sst_fast.ops import _compiled
-print(ops.library_status())
-assert _compiled.built_device_types() == ('cpu', 'cuda'), _compiled.built_device_types()
-") || return 1
+build() {  # the GPU suite's own build stage, without a GPU and with nothing built ahead: pip install, the library
+    # beside the sources, loaded with every symbol resolved and its CUDA kernels registered
+    (cd "$STAGE" && PYTHON=$PY SST_FAST_SUITE_DRY=1 SST_FAST_PREBUILT="$ENV_DIR/nothing-built" SST_FAST_CUDA=1 \
+        bash benchmarks/gpu_suite.sh "$ENV_DIR/build" build) || return 1
+    cat "$ENV_DIR/build/build.log"
     ls -l "$STAGE/sst_fast/ops/_C.so"
 }
 

@@ -9,6 +9,8 @@
                                                      # needs, else exit 1 and name each missing one
     python benchmarks/prebuilt.py cuda-home          # the CUDA toolkit to build with: a folder with bin/nvcc
                                                      # and the runtime library to link (for CUDA_HOME)
+    python benchmarks/prebuilt.py requirements       # sst_fast's requirements and its test extra's, one a line
+                                                     # (for pip install -r)
 
 The library fits when it was built from the same sources (csrc/ and setup.py, by SHA-256), for the same
 Python (major.minor), the same torch release and the same CUDA version. torch's local version tag is left
@@ -94,11 +96,15 @@ def image_packages() -> set[str]:
     return {_name(line) for line in lines if line.strip() and not line.startswith("#")}
 
 
-def needed_packages() -> set[str]:
+def needed_requirements() -> list[str]:
     """sst_fast's requirements and its test extra's, less the linter (the GPU runs no lint)."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     wanted = project["dependencies"] + project["optional-dependencies"]["test"]
-    return {_name(requirement) for requirement in wanted} - {"ruff"}
+    return [requirement for requirement in wanted if _name(requirement) != "ruff"]
+
+
+def needed_packages() -> set[str]:
+    return {_name(requirement) for requirement in needed_requirements()}
 
 
 def wheel_requirements(wheel: Path) -> tuple[str, set[str]]:
@@ -156,6 +162,9 @@ def cuda_home() -> Path | None:
 
 
 def main(argv: list[str]) -> int:
+    if argv == ["requirements"]:
+        print(*needed_requirements(), sep="\n")
+        return 0
     if argv == ["cuda-home"]:
         root = cuda_home()
         if root is None:

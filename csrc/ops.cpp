@@ -59,10 +59,14 @@ at::Tensor weight_by_tap(const at::Tensor& weight, int64_t half) {
       .reshape({out_channels * taps, channels});
 }
 
-// Both halves, [2, Co * k * k, C]: index 0 sees the query/features (Wq), index 1 the prototype (Wp).
+// Both halves, [2, Co * k * k, C], in the accumulation type (op prototype_update's GEMMs run in it): index 0 sees
+// the query/features (Wq), index 1 the prototype (Wp).
 at::Tensor weight_halves_by_tap(const at::Tensor& weight) {
   const int64_t out_channels = weight.size(0), channels = weight.size(1) / 2, taps = weight.size(2) * weight.size(3);
-  return weight.reshape({out_channels, 2, channels, taps}).permute({1, 0, 3, 2}).reshape({2, out_channels * taps, channels});
+  return weight.reshape({out_channels, 2, channels, taps})
+      .permute({1, 0, 3, 2})
+      .reshape({2, out_channels * taps, channels})
+      .to(at::toOpMathType(weight.scalar_type()));
 }
 
 // Per-episode mask statistics of the tuning step: [2, B, 1] = (1 / M, sum(m^2) / M^2), M = sum(m) + eps,
@@ -240,8 +244,7 @@ at::Tensor prototype_update(
     const auto by_window = scales.flip(0).permute({1, 0, 2}).reshape({delta.size(0), 1, 2, 1, 1});
     return k.weight_contract((windows * by_window).flip(2).contiguous(), weight.contiguous()).to(delta.scalar_type());
   }
-  const auto halves = weight_halves_by_tap(weight).to(windows.scalar_type());
-  return at::bmm(sums_by_half(windows) * scales, halves).sum(0).to(delta.scalar_type());
+  return at::bmm(sums_by_half(windows) * scales, weight_halves_by_tap(weight)).sum(0).to(delta.scalar_type());
 }
 
 std::tuple<at::Tensor, at::Tensor> prototype_update_backward(
@@ -262,8 +265,7 @@ std::tuple<at::Tensor, at::Tensor> prototype_update_backward(
   at::Tensor d_delta, d_weight;
   if (output_mask[0]) {
     // Coefficients of the windows: (Wq . g / M, Wp . g * sum(m^2) / M^2), back in window_sums' (plain, masked) order.
-    const auto halves = weight_halves_by_tap(weight).to(scales.scalar_type());
-    const auto coeffs = at::bmm(scales * wide_grad, halves.transpose(1, 2));  // [2, B, Co k k]
+    const auto coeffs = at::bmm(scales * wide_grad, weight_halves_by_tap(weight).transpose(1, 2));  // [2, B, Co k k]
     const auto by_window =
         coeffs.flip(0).view({2, batch, out_channels, kernel, kernel}).permute({1, 2, 0, 3, 4}).contiguous();
     d_delta = k.window_expand(by_window, contiguous_mask, dilation);

@@ -50,9 +50,10 @@ register_backend(
 )
 if _compiled.OPS is not None:
     _compiled_ops = _compiled.backend_ops(_compiled.OPS)
-    if "cpu" in _compiled.built_device_types():
+    _built = _compiled.built_device_types()
+    if "cpu" in _built:
         register_backend("cpp", _compiled_ops, device_types=("cpu",))
-    if "cuda" in _compiled.built_device_types():
+    if "cuda" in _built:
         register_backend("cuda", _compiled_ops, device_types=("cuda",), max_kernel_size=_compiled.CUDA_MAX_KERNEL_SIZE)
 
 
