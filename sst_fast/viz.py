@@ -3,7 +3,8 @@
 :func:`explain` runs one batch of episodes through the model's own stages and keeps what the paper's
 figures show: the query prediction before and after the self-supervised tuning, each support's
 self-segmentation with its IoU and fusion weight, and the gradient of the self-segmentation loss.
-The ``figure_*`` functions draw them (and training logs) into PNG files.
+The ``figure_*`` functions draw them (and training logs) into PNG files: masks as a light fill with a
+two-tone outline (:func:`overlay`), one colour per kind of mask named in a legend, IoUs and mIoUs in percent.
 
 matplotlib is imported lazily and only through ``Figure`` + ``FigureCanvasAgg``: no pyplot state, so
 drawing is thread-safe, never opens a window and does not depend on the session's backend.
@@ -26,12 +27,20 @@ from .models.episode import check_episode
 from .config import IGNORE_LABEL
 from .models.functional import foreground_iou
 
-# Predictions in red, annotations (support masks, ground truth) in blue, so the two never get confused.
-PREDICTION_COLOR = (255, 40, 40)
-ANNOTATION_COLOR = (30, 144, 255)
+# One colour per kind of mask, from the Okabe-Ito palette (told apart with every common colour-vision
+# deficiency): predictions orange, query ground truth sky blue, support masks bluish green. None is red, so
+# no prediction takes the colour of a red object; the outline (see overlay) keeps it visible on any colour.
+PREDICTION_COLOR = (230, 159, 0)
+GROUND_TRUTH_COLOR = (86, 180, 233)
+SUPPORT_COLOR = (0, 158, 115)
+ANNOTATION_COLOR = GROUND_TRUTH_COLOR  # the former name of the annotations' colour
+FILL_ALPHA = 0.3  # a light fill: the object stays visible under it
 GRADIENT_CMAP = "magma"
 DPI = 100
 PANEL_INCHES = 2.2
+# Figure panels are drawn at about the pixels they take on the page, so that a 2-px outline stays 2 px.
+PANEL_PIXELS = round(PANEL_INCHES * DPI)
+PANEL_EDGE = 2
 
 # figure_curves: training losses share one panel, the validation mIoU gets its own.
 TRAIN_KEYS = ("loss", "main_loss", "aux_loss")
@@ -60,14 +69,26 @@ def denormalize(images: torch.Tensor) -> np.ndarray:
     return x.movedim(-3, -1).contiguous().numpy()
 
 
-def overlay(image: np.ndarray, mask: np.ndarray, color=PREDICTION_COLOR, alpha: float = 0.5) -> np.ndarray:
-    """Blend ``color`` into the object pixels of ``image`` and draw the object's 1-px contour in full colour.
+def overlay(
+    image: np.ndarray, mask: np.ndarray, color=PREDICTION_COLOR, alpha: float = FILL_ALPHA, edge: int | None = None
+) -> np.ndarray:
+    """Draw a mask on an image: a light fill of ``color`` and a two-tone outline, legible on any background.
+
+    The object pixels are blended with ``color`` at weight ``alpha``, so the object stays visible under its
+    mask. Along its boundary, inside the object, run two lines of ``edge`` pixels each: the outer one in
+    ``color`` itself, the inner one in black or white, whichever contrasts more with ``color``. Where the
+    image around the object is close to ``color`` (an orange mask on a red object), the contrast line
+    stands out; elsewhere the coloured line does: the outline shows on red, dark and light backgrounds
+    alike. Pixels outside the object are left as they are. The result is a plain picture (no legend):
+    with the default colour, orange marks a prediction.
 
     Args:
         image: uint8 [H, W, 3].
         mask: [H, W], bool or labels 0/1/255; only label 1 (True) is object, 255 (ignore) is not.
         color: RGB, three integers in 0..255.
         alpha: weight of ``color`` inside the object, in [0, 1].
+        edge: width in pixels of each outline line (0: no outline); None: 1 px per 150 px of the longer
+            side, at least 1.
     Returns:
         uint8 [H, W, 3], a new array.
     """
@@ -86,15 +107,39 @@ def overlay(image: np.ndarray, mask: np.ndarray, color=PREDICTION_COLOR, alpha: 
     rgb = _check_color(color)
     if not (isinstance(alpha, (int, float)) and 0 <= alpha <= 1):
         raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
+    if edge is None:
+        edge = max(1, round(max(image.shape[:2]) / 150))
+    if isinstance(edge, bool) or not isinstance(edge, (int, np.integer)) or edge < 0:
+        raise ValueError(f"edge must be a width in pixels (an integer >= 0) or None, got {edge!r}")
 
     out = image.astype(np.float32)
     out[obj] = (1 - alpha) * out[obj] + alpha * rgb
-    # Contour = object pixels with a 4-neighbour outside the object. Edge padding: an object cut by the
-    # image border is not outlined along the border (it may well continue beyond the crop).
-    padded = np.pad(obj, 1, mode="edge")
-    interior = padded[1:-1, 1:-1] & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
-    out[obj & ~interior] = rgb
+    if edge:
+        # Erosion with edge padding: an object cut by the image border is not outlined along the border (it
+        # may well continue beyond the crop).
+        eroded = _grow(obj, edge, shrink=True)
+        out[obj & ~eroded] = rgb
+        out[eroded & ~_grow(eroded, edge, shrink=True)] = _contrast_shade(rgb)
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def _grow(mask: np.ndarray, steps: int, shrink: bool = False) -> np.ndarray:
+    """``mask`` dilated (or eroded, with edge padding) ``steps`` times by a 3x3 square."""
+    height, width = mask.shape
+    for _ in range(steps):
+        padded = np.pad(mask, 1, mode="edge" if shrink else "constant")
+        shifted = [padded[dy : dy + height, dx : dx + width] for dy in range(3) for dx in range(3)]
+        mask = np.logical_and.reduce(shifted) if shrink else np.logical_or.reduce(shifted)
+    return mask
+
+
+def _contrast_shade(rgb: np.ndarray) -> np.ndarray:
+    """Black or white, whichever has the higher contrast ratio (WCAG) with the colour ``rgb`` (0..255)."""
+    linear = rgb / 255
+    linear = np.where(linear <= 0.04045, linear / 12.92, ((linear + 0.055) / 1.055) ** 2.4)
+    luminance = float(linear @ np.array([0.2126, 0.7152, 0.0722]))
+    black_ratio, white_ratio = (luminance + 0.05) / 0.05, 1.05 / (luminance + 0.05)
+    return np.full(3, 0.0 if black_ratio >= white_ratio else 255.0, np.float32)
 
 
 def save_png(array: np.ndarray, path) -> pathlib.Path:
@@ -278,64 +323,75 @@ def _resize(array: np.ndarray, size: tuple[int, int], nearest: bool) -> np.ndarr
 
 
 def figure_tuning(explanations: Sequence[Explanation], path, title: str | None = None) -> pathlib.Path:
-    """The paper's Fig. 3: per episode (first shot), support, query, truth, before/after tuning, gradient."""
+    """The paper's Fig. 3: per episode (first shot), support, query, truth, before/after tuning, gradient.
+
+    Masks are drawn as by :func:`overlay`, in one colour per kind (a legend below the panels names them);
+    IoUs are in percent.
+    """
     explanations = _check_explanations(explanations)
     columns = ("support + mask", "query", "ground truth", "before tuning", "after tuning", "gradient |dL/dRs|")
     fig, axes = _new_figure(len(explanations), len(columns), title)
     for row, ex in enumerate(explanations):
         panels = axes[row]
-        panels[0].imshow(overlay(ex.supports[0], ex.support_masks[0], ANNOTATION_COLOR))
-        panels[1].imshow(ex.query)
+        _show(panels[0], ex.supports[0], ex.support_masks[0], SUPPORT_COLOR)
+        _show(panels[1], ex.query)
         if ex.query_mask is None:
             _blank(panels[2])
         else:
-            panels[2].imshow(overlay(ex.query, ex.query_mask, ANNOTATION_COLOR))
+            _show(panels[2], ex.query, ex.query_mask, GROUND_TRUTH_COLOR)
         for ax, prediction in ((panels[3], ex.before), (panels[4], ex.after)):
-            ax.imshow(overlay(ex.query, prediction))
+            _show(ax, ex.query, prediction, PREDICTION_COLOR)
             if ex.query_mask is not None:
-                _corner_text(ax, f"IoU {_iou(prediction, ex.query_mask):.2f}")
+                _corner_text(ax, f"IoU {_percent(_iou(prediction, ex.query_mask))}")
         if ex.gradient is None:
             _blank(panels[5])
         else:
-            panels[5].imshow(ex.gradient[0], cmap=GRADIENT_CMAP, vmin=0.0, vmax=1.0)
+            panels[5].imshow(_thumbnail(ex.gradient[0]), cmap=GRADIENT_CMAP, vmin=0.0, vmax=1.0)
         if row == 0:
             for ax, name in zip(panels, columns, strict=True):
                 ax.set_title(name, fontsize=9)
+    _mask_legend(fig, truth=any(ex.query_mask is not None for ex in explanations))
     return _save_figure(fig, path)
 
 
 def figure_shots(explanation: Explanation, path, title: str | None = None) -> pathlib.Path:
-    """The paper's Fig. 6 for one K-shot episode: each support, its self-segmentation (IoU, weight), the query."""
+    """The paper's Fig. 6 for one K-shot episode: each support, its self-segmentation (IoU, weight), the query.
+
+    Masks are drawn as by :func:`overlay`, in one colour per kind (a legend below the panels names them);
+    IoUs are in percent, fusion weights ``w`` fractions summing to 1.
+    """
     (ex,) = _check_explanations([explanation], name="explanation")
     fig, axes = _new_figure(2, ex.shots + 1, title)
     for k in range(ex.shots):
-        axes[0][k].imshow(overlay(ex.supports[k], ex.support_masks[k], ANNOTATION_COLOR))
+        _show(axes[0][k], ex.supports[k], ex.support_masks[k], SUPPORT_COLOR)
         axes[0][k].set_title(f"support {k + 1}", fontsize=9)
-        axes[1][k].imshow(overlay(ex.supports[k], ex.support_predictions[k]))
-        caption = f"IoU {float(ex.support_iou[k]):.2f}"
+        _show(axes[1][k], ex.supports[k], ex.support_predictions[k], PREDICTION_COLOR)
+        caption = f"self-seg. IoU {_percent(float(ex.support_iou[k]))}"
         if ex.shot_weights is not None:
-            caption += f"  w {float(ex.shot_weights[k]):.2f}"
+            caption += f", w {float(ex.shot_weights[k]):.2f}"
         axes[1][k].set_title(caption, fontsize=9)
     last = ex.shots
     if ex.query_mask is None:
-        axes[0][last].imshow(ex.query)
+        _show(axes[0][last], ex.query)
         axes[0][last].set_title("query", fontsize=9)
         axes[1][last].set_title("prediction", fontsize=9)
     else:
-        axes[0][last].imshow(overlay(ex.query, ex.query_mask, ANNOTATION_COLOR))
+        _show(axes[0][last], ex.query, ex.query_mask, GROUND_TRUTH_COLOR)
         axes[0][last].set_title("query + ground truth", fontsize=9)
-        axes[1][last].set_title(f"prediction  IoU {_iou(ex.after, ex.query_mask):.2f}", fontsize=9)
-    axes[1][last].imshow(overlay(ex.query, ex.after))
+        axes[1][last].set_title(f"prediction, IoU {_percent(_iou(ex.after, ex.query_mask))}", fontsize=9)
+    _show(axes[1][last], ex.query, ex.after, PREDICTION_COLOR)
+    _mask_legend(fig, truth=ex.query_mask is not None)
     return _save_figure(fig, path)
 
 
 def figure_curves(
     history: Sequence[dict] | Mapping[str, Sequence[dict]], path, title: str | None = None
 ) -> pathlib.Path:
-    """Training curves: losses against step (one panel), validation mIoU with markers (a second panel).
+    """Training curves: losses against step (one panel), validation mIoU in percent with markers (a second panel).
 
     ``history`` is a training log (a list of dicts with ``"step"`` and any of ``loss``, ``main_loss``,
     ``aux_loss``, ``val_miou``; other records are ignored) or a dict ``{run_name: log}``, one line per run.
+    ``val_miou`` is a fraction in the log and is drawn in percent, as the logs and reports print it.
     Returns the path of the PNG.
     """
     runs = _parse_history(history)
@@ -359,8 +415,9 @@ def figure_curves(
         for index, (run, series) in enumerate(runs.items()):
             if VAL_KEY in series:
                 steps, values = series[VAL_KEY]
-                ax.plot(steps, values, color=f"C{index % 10}", marker="o", label=run if named else "val mIoU")
-        _decorate(ax, "validation", "mIoU")
+                percent = [100 * value for value in values]
+                ax.plot(steps, percent, color=f"C{index % 10}", marker="o", label=run if named else "val mIoU")
+        _decorate(ax, "validation mIoU", "mIoU (%)")
     return _save_figure(fig, path)
 
 
@@ -436,6 +493,50 @@ def _save_figure(fig, path) -> pathlib.Path:
 
 def _blank(ax, text: str = "n/a") -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=10, color="0.4", transform=ax.transAxes)
+
+
+def _thumbnail(array: np.ndarray, nearest: bool = False) -> np.ndarray:
+    """``array`` resized so that its longer side is :data:`PANEL_PIXELS`, about its size on the page."""
+    height, width = array.shape[:2]
+    scale = PANEL_PIXELS / max(height, width)
+    return _resize(array, (max(1, round(height * scale)), max(1, round(width * scale))), nearest)
+
+
+def _show(ax, image: np.ndarray, mask: np.ndarray | None = None, color=None) -> None:
+    """Show ``image`` (with ``mask`` drawn by :func:`overlay` in ``color``) at the panel's own resolution: the
+    outline is drawn after resizing, so it keeps its width and contrast whatever the image size."""
+    image = _thumbnail(image)
+    if mask is not None:
+        image = overlay(image, _thumbnail(mask, nearest=True), color, edge=PANEL_EDGE)
+    ax.imshow(image, interpolation="nearest")
+
+
+def _mask_legend(fig, truth: bool) -> None:
+    """A legend below the panels: one swatch per kind of mask drawn, a light fill in a two-tone outline."""
+    from matplotlib.patches import Patch
+    from matplotlib.patheffects import Normal, Stroke
+
+    kinds = [("support mask", SUPPORT_COLOR)]
+    kinds += [("ground truth", GROUND_TRUTH_COLOR)] if truth else []
+    kinds += [("prediction", PREDICTION_COLOR)]
+    handles = []
+    for label, color in kinds:
+        rgb = np.asarray(color) / 255
+        shade = _contrast_shade(np.asarray(color, np.float32)) / 255
+        handles.append(
+            Patch(
+                facecolor=(*rgb, FILL_ALPHA),
+                edgecolor=rgb,
+                linewidth=2,
+                label=label,
+                path_effects=[Stroke(linewidth=4, foreground=shade), Normal()],
+            )
+        )
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False, fontsize=9)
+
+
+def _percent(fraction: float) -> str:
+    return f"{100 * fraction:.1f}%"
 
 
 def _corner_text(ax, text: str) -> None:

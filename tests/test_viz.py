@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 
 import numpy as np
 import pytest
@@ -184,13 +185,76 @@ def test_overlay_colours_object_contour_background_and_ignore():
     np.testing.assert_array_equal(out[4, 4], [150, 50, 75])  # inside: blended
     for contour in ((2, 4), (7, 5), (4, 2), (5, 7), (2, 2)):
         np.testing.assert_array_equal(out[contour], color)  # the 1-px outline in full colour
+    for inside in ((3, 4), (6, 5), (4, 3), (5, 6), (3, 3)):
+        np.testing.assert_array_equal(out[inside], [255, 255, 255])  # the inner line: white contrasts with color
+    assert (out[mask != 1] == image[mask != 1]).all()  # the background is untouched, the outline included
     np.testing.assert_array_equal(out[0, 0:3], image[0, 0:3])  # ignore is not object
     np.testing.assert_array_equal(out[9, 9], image[9, 9])  # background untouched
     assert (image == 100).all()  # the input is not modified
     # bool masks mean the same; an object filling the image has no outline along the image border.
-    np.testing.assert_array_equal(viz.overlay(image, mask == 1, color=color), out)
+    np.testing.assert_array_equal(viz.overlay(image, mask == 1, color=color, alpha=0.5), out)
     full = viz.overlay(image, np.ones((10, 10), bool), color=color, alpha=0.5)
     assert (full == [150, 50, 75]).all()
+    # edge=0: the fill alone; a light colour's outer line is black; edge=2: lines 2 px wide.
+    np.testing.assert_array_equal(viz.overlay(image, mask, color=color, alpha=0.5, edge=0)[2, 4], [150, 50, 75])
+    light = viz.overlay(image, mask, color=(250, 220, 120), edge=2)
+    np.testing.assert_array_equal(light[2:8, 4], [[250, 220, 120]] * 2 + [[0, 0, 0]] * 2 + [[250, 220, 120]] * 2)
+
+
+def _square(size=40, low=10, high=30):
+    mask = np.zeros((size, size), np.uint8)
+    mask[low:high, low:high] = 1
+    return mask
+
+
+def _grow(mask, steps=1):
+    for _ in range(steps):
+        padded = np.pad(mask, 1)
+        height, width = mask.shape
+        mask = np.logical_or.reduce([padded[dy : dy + height, dx : dx + width] for dy in range(3) for dx in range(3)])
+    return mask
+
+
+def _distance(image, colour):
+    return np.linalg.norm(image.astype(float) - np.asarray(colour, float), axis=-1)
+
+
+@pytest.mark.parametrize("background", [(255, 0, 0), (200, 30, 30), (12, 12, 12), (128, 128, 128), (245, 245, 245)])
+@pytest.mark.parametrize("color", ["PREDICTION_COLOR", "GROUND_TRUTH_COLOR", "SUPPORT_COLOR", (255, 0, 0)])
+def test_overlay_outline_shows_on_any_background(background, color):
+    """An object of the background's own colour (a red object on red, a dark one on dark): next to every
+    boundary pixel, the outline has a pixel far in colour from both the background and the object's fill."""
+    color = getattr(viz, color) if isinstance(color, str) else color
+    image = np.empty((40, 40, 3), np.uint8)
+    image[...] = background
+    mask = _square()
+    out = viz.overlay(image, mask, color=color)
+    far = (_distance(out, background) >= 100) & (_distance(out, out[20, 20]) >= 100)
+    obj = mask == 1
+    boundary = obj & _grow(~obj)
+    assert boundary.sum() == 4 * 19
+    assert _grow(far)[boundary].all()
+    assert (out[~obj] == background).all()  # the picture around the object is untouched
+
+
+def test_overlay_fill_is_light_the_object_shows_through():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    mask = _square()
+    interior = _grow(mask == 0, 3) == 0  # object pixels away from the outline
+    for color in (viz.PREDICTION_COLOR, viz.GROUND_TRUTH_COLOR, viz.SUPPORT_COLOR):
+        out = viz.overlay(image, mask, color=color)
+        # The default fill moves a pixel at most 35% of the way to the colour: most of the image is kept.
+        moved = np.abs(out.astype(float) - image)[interior]
+        assert (moved <= 0.35 * np.abs(np.asarray(color, float) - image)[interior] + 0.5).all()
+        # With a known alpha, the photo under the mask is recoverable up to rounding.
+        alpha = 0.3
+        out = viz.overlay(image, mask, color=color, alpha=alpha).astype(float)
+        recovered = (out - alpha * np.asarray(color, float)) / (1 - alpha)
+        assert np.abs(recovered - image)[interior].max() <= 0.5 / (1 - alpha) + 1e-9
+    # The photo's detail shows through: the filled region correlates with it.
+    out = viz.overlay(image, mask)
+    assert np.corrcoef(out[interior].ravel(), image[interior].ravel())[0, 1] > 0.8
 
 
 def test_overlay_rejects_bad_input():
@@ -207,6 +271,9 @@ def test_overlay_rejects_bad_input():
         viz.overlay(image, np.zeros((8, 8), np.uint8), alpha=1.5)
     with pytest.raises(ValueError, match="color"):
         viz.overlay(image, np.zeros((8, 8), np.uint8), color=(0, 300, 0))
+    for edge in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="edge"):
+            viz.overlay(image, np.zeros((8, 8), np.uint8), edge=edge)
 
 
 def test_save_png_round_trip_atomic(tmp_path):
@@ -240,6 +307,81 @@ def test_figure_shots_writes_a_png(explained, tmp_path):
     tuned, plain = explained
     width, _ = _png(viz.figure_shots(tuned[0], tmp_path / "shots.png", title="Fig. 6"), min_size=(400, 250))
     assert width > _png(viz.figure_shots(plain[0], tmp_path / "one.png"), min_size=(200, 250))[0]
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """The matplotlib Figures the figure_* functions draw, kept instead of written."""
+    figures = []
+
+    def keep(fig, path):
+        figures.append(fig)
+        return path
+
+    monkeypatch.setattr(viz, "_save_figure", keep)
+    return figures
+
+
+def _texts(fig):
+    """Every text of a figure: titles, axes texts, legend labels."""
+    texts = [t.get_text() for ax in fig.axes for t in (ax.title, *ax.texts)]
+    return texts + [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+
+
+def _has_colour(ax, colour):
+    picture = np.asarray(ax.images[0].get_array())
+    return bool((picture[..., :3] == colour).all(-1).any())
+
+
+def test_figures_have_a_mask_legend_and_iou_in_percent(explained, drawn, tmp_path):
+    tuned, plain = explained
+    viz.figure_tuning(tuned, tmp_path / "tuning.png")
+    viz.figure_shots(tuned[0], tmp_path / "shots.png")
+    viz.figure_shots(plain[0], tmp_path / "plain.png")  # no ground truth: no ground-truth swatch
+    tuning, shots, no_truth = drawn
+    for fig, truth in ((tuning, True), (shots, True), (no_truth, False)):
+        (legend,) = fig.legends
+        kinds = ["support mask", "ground truth", "prediction"] if truth else ["support mask", "prediction"]
+        assert [t.get_text() for t in legend.get_texts()] == kinds
+        # The legend lies outside the panels: it overlaps none of them.
+        renderer = fig.canvas.get_renderer()
+        box = legend.get_window_extent(renderer)
+        assert not any(box.overlaps(ax.get_window_extent(renderer)) for ax in fig.axes)
+    # Every IoU is a percentage: the query's before/after tuning, each shot's self-segmentation.
+    expected = [100 * viz._iou(p, ex.query_mask) for ex in tuned for p in (ex.before, ex.after)]
+    expected += [100 * float(iou) for iou in tuned[0].support_iou]
+    expected += [100 * viz._iou(tuned[0].after, tuned[0].query_mask)]
+    shown = [float(m) for text in _texts(tuning) + _texts(shots) for m in re.findall(r"IoU (\d+\.\d)%", text)]
+    assert all(re.search(r"IoU \d+\.\d%", text) for text in _texts(tuning) + _texts(shots) if "IoU" in text)
+    np.testing.assert_allclose(shown, expected, rtol=0, atol=0.05)
+
+
+def test_figures_draw_each_kind_of_mask_in_its_own_colour(explained, drawn, tmp_path):
+    colours = [viz.PREDICTION_COLOR, viz.GROUND_TRUTH_COLOR, viz.SUPPORT_COLOR]
+    assert min(np.linalg.norm(np.subtract(a, b)) for a, b in itertools.combinations(colours, 2)) > 100
+    tuned, _ = explained
+    viz.figure_tuning(tuned[:1], tmp_path / "tuning.png")
+    (fig,) = drawn
+    support, query, truth, before, after, _ = fig.axes
+    assert _has_colour(support, viz.SUPPORT_COLOR) and not _has_colour(support, viz.GROUND_TRUTH_COLOR)
+    assert _has_colour(truth, viz.GROUND_TRUTH_COLOR) and not _has_colour(truth, viz.SUPPORT_COLOR)
+    assert _has_colour(after, viz.PREDICTION_COLOR) and not _has_colour(after, viz.GROUND_TRUTH_COLOR)
+    assert not _has_colour(before, viz.GROUND_TRUTH_COLOR)
+    assert not any(_has_colour(query, colour) for colour in colours)
+
+
+def test_figure_curves_draws_miou_in_percent(drawn, tmp_path):
+    """The log holds fractions (val_miou 0.5); the figure draws percent (50), as the logs and reports print."""
+    viz.figure_curves(_log(), tmp_path / "one.png")
+    viz.figure_curves({"a": _log(), "b": [{"step": 3, "val_miou": 0.25}]}, tmp_path / "runs.png")
+    percent = [12.5, 25.0, 37.5, 50.0]  # _log's val_miou: 0.125 ... 0.5
+    for fig, last in zip(drawn, (percent, [25.0]), strict=True):
+        (ax,) = [ax for ax in fig.axes if "mIoU" in ax.get_ylabel()]
+        assert "%" in ax.get_ylabel()
+        lines = ax.get_lines()
+        np.testing.assert_allclose(lines[0].get_ydata(), percent)
+        np.testing.assert_allclose(lines[-1].get_ydata(), last)
+        assert ax.get_ylim()[1] > 1
 
 
 def test_figures_reject_bad_input(explained, tmp_path):
