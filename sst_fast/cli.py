@@ -1,8 +1,11 @@
 """``sst-fast``: train, evaluate, predict, run the demo and the ablations, show what is installed.
 
 Every failure a user can cause (a missing data folder, a wrong fold, an unknown backbone, an
-unreadable checkpoint, a bad override) ends in one line on stderr and a non-zero exit, never a
-traceback; ``SST_FAST_DEBUG=1`` shows the traceback instead.
+unreadable checkpoint, a bad override) ends in its message on stderr and a non-zero exit, never a
+traceback: one line ``sst-fast <command>: error: ...``, followed by the message's detail where it has
+one (the unreadable files, the layout a data folder needs), at most :data:`MAX_ERROR_LINES` lines of
+it. ``SST_FAST_DEBUG=1`` shows the traceback instead. Warnings meant for users are lines in the same
+voice (``sst-fast <command>: warning: ...``).
 
 ``train`` and ``eval`` also run as several processes under ``torchrun`` (one per GPU, or CPU
 processes with ``gloo``): see :mod:`sst_fast.engine.distributed`.
@@ -11,16 +14,27 @@ processes with ``gloo``): see :mod:`sst_fast.engine.distributed`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from .predict import DEFAULT_MAX_PIXELS, read_photo
 from .protocol import PROTOCOLS, protocol_for
 
 EXIT_ERROR = 2
+# An error's detail is shown up to this many lines (each cut at MAX_ERROR_LINE characters); the rest is counted.
+MAX_ERROR_LINES = 40
+MAX_ERROR_LINE = 400
 EXIT_INTERRUPTED = 130
+# Where results go when no folder is named: under runs/, as training runs do (one folder to ignore or clean).
+DEFAULT_PREDICTION_DIR = Path("runs") / "prediction"
+DEFAULT_EVAL_DIR = Path("runs") / "eval"
+# The files of one prediction (``predict --out``): replaced together, so a folder never mixes two predictions.
+PREDICTION_FILES = ("mask.png", "overlay.png", "figure.png", "prediction.json")
+RUN_FOLDER_CHECKPOINT = "a run folder (its best checkpoint; its last one, with a warning, before any validation)"
 # The subcommands that run as several processes under torchrun (the others would only repeat their work).
 DISTRIBUTED_COMMANDS = ("train", "eval")
 
@@ -66,12 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="configuration overrides (section.key=value)")
     train.add_argument("--config", "-c", help="YAML file or packaged configuration name (default: built-in defaults)")
-    train.add_argument("--run-dir", type=Path, help="the run folder (default: runs/<dataset>-fold<fold>-<time>)")
+    train.add_argument(
+        "--run-dir", type=Path, help="the run folder (default: runs/<dataset>-fold<fold>-<shots>shot-<time>)"
+    )
     train.add_argument(
         "--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR exactly (default: a new run)"
     )
     train.add_argument(
-        "--max-steps", type=_positive_int, help="stop (resumably) after this global step (default: train to the end)"
+        "--max-steps", type=_count, help="stop (resumably) after this global step (default: train to the end)"
     )
     train.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
     _progress_flag(train)
@@ -85,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
         "training run. --protocol draws and scores the episodes as SST, PFENet or HSNet do.",
     )
     evaluate.add_argument(
-        "checkpoint", type=Path, nargs="?", help="a checkpoint file, or a run folder (its best checkpoint)"
+        "checkpoint", type=Path, nargs="?", help=f"a checkpoint file, or {RUN_FOLDER_CHECKPOINT}"
     )
     evaluate.add_argument(
         "--model",
@@ -103,28 +119,47 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--dataset", help="pascal, coco, fss or synthetic (default: the training run's)")
     evaluate.add_argument("--root", help="the data folder (default: the training run's)")
     evaluate.add_argument("--fold", help="the fold, 0-3; FSS-1000: test or val (default: the training run's)")
-    evaluate.add_argument("--shots", type=_positive_int, default=1, help="support images per episode")
     evaluate.add_argument(
-        "--episodes", type=_positive_int, help="episodes per seed (default: the protocol's; sst 1000)"
+        "--shots", type=_count, help="support images per episode (default: 1, or the manifests')"
     )
     evaluate.add_argument(
-        "--seeds", type=int, nargs="+", help="episode seeds, one run per seed (default: the protocol's; sst 0)"
+        "--episodes",
+        type=_count,
+        help="episodes per seed (default: the protocol's, sst 1000; or the manifests')",
     )
     evaluate.add_argument(
-        "--manifest", type=Path, nargs="+", help="replay the episodes of these manifests (default: sample them)"
+        "--seeds",
+        type=int,
+        nargs="+",
+        help="episode seeds, one run per seed (default: the protocol's, sst 0; or the manifests')",
+    )
+    evaluate.add_argument(
+        "--manifest",
+        type=Path,
+        nargs="+",
+        help="replay the episodes of these manifests, which decide the shots, episodes, seeds, fold and protocol "
+        "(default: sample them)",
+    )
+    evaluate.add_argument(
+        "--allow-seen-classes",
+        action="store_true",
+        help="score test classes the checkpoint trained on (another fold's base classes); refused otherwise, "
+        "and named on the card when allowed",
     )
     evaluate.add_argument("--original-size", action="store_true", help="score at each label's own size")
     evaluate.add_argument("--fusion", choices=("weighted", "average", "max"), help="K-shot fusion (default: trained)")
     evaluate.add_argument(
         "--size", type=int, nargs="+", help="network input size H [W] (default: trained; needed with --model)"
     )
-    evaluate.add_argument("--batch-size", type=_positive_int, default=8, help="episodes per forward pass")
-    evaluate.add_argument("--workers", type=int, default=0, help="data loader processes")
+    evaluate.add_argument("--batch-size", type=_count, default=8, help="episodes per forward pass")
+    evaluate.add_argument("--workers", type=_workers, default=0, help="data loader processes")
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     evaluate.add_argument("--reference", action="store_true", help="run the plain-PyTorch reference model")
     evaluate.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off", help="mixed precision (autocast)")
     evaluate.add_argument(
-        "--out", type=Path, help="output folder (default: one per setting, in the checkpoint's run folder)"
+        "--out",
+        type=Path,
+        help="output folder (default: one per setting, in the checkpoint's run folder, else under runs/eval/)",
     )
     evaluate.add_argument(
         "--overwrite", action="store_true", help="replace the results of another evaluation in --out"
@@ -133,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(handler=_eval)
 
     predict = commands.add_parser("predict", help="segment a query image given annotated support images")
-    predict.add_argument("checkpoint", type=Path, help="a checkpoint file, or a run folder (its best checkpoint)")
+    predict.add_argument("checkpoint", type=Path, help=f"a checkpoint file, or {RUN_FOLDER_CHECKPOINT}")
     predict.add_argument("--query", type=Path, required=True, help="the image to segment")
     predict.add_argument("--support", type=Path, nargs="+", required=True, help="K support images")
     predict.add_argument(
@@ -144,9 +179,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="their masks (PNG): 0/1/255 (255 ignore), or 0/255 or 0/N binary, or with --class-id",
     )
     predict.add_argument(
-        "--class-id", type=int, help="the label in the masks that marks the object (default: the masks' one label)"
+        "--class-id",
+        type=int,
+        nargs="+",
+        help="the label that marks the object: one for every mask, or one per mask (default: each mask's one label)",
     )
-    predict.add_argument("--out", type=Path, default=Path("prediction"), help="output folder (default: prediction)")
+    predict.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_PREDICTION_DIR,
+        help="output folder; it holds one prediction: an earlier one's files there are replaced",
+    )
     predict.add_argument("--size", type=int, nargs="+", help="network input size H [W] (default: trained)")
     predict.add_argument("--figure", action="store_true", help="also draw the tuning figure (paper Fig. 3/6)")
     predict.add_argument(
@@ -162,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="the demo's folder (runs and report)")
     demo.add_argument("--quick", action="store_true", help="a smoke test in seconds (numbers meaningless)")
     demo.add_argument(
-        "--episodes", type=_positive_int, help="evaluation episodes per seed (default: 1000 1-shot, 300 5-shot)"
+        "--episodes", type=_count, help="evaluation episodes per seed (default: 1000 1-shot, 300 5-shot)"
     )
     demo.add_argument("--seeds", type=int, nargs="+", help="evaluation seeds (default 0)")
     demo.add_argument(
@@ -188,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="tables: the paper's Table 1 and 2; step: the tuning step's scale, form and order (default: tables)",
     )
     ablation.add_argument(
-        "--episodes", type=_positive_int, help="test episodes per seed (default: the protocol's; sst 1000)"
+        "--episodes", type=_count, help="test episodes per seed (default: the protocol's; sst 1000)"
     )
     ablation.add_argument(
         "--seeds", type=int, nargs="+", help="evaluation seeds (default: the protocol's; --study step: one)"
@@ -203,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--train-seeds", type=int, nargs="+", default=[0], help="run.seed of each training run of every variant"
     )
     ablation.add_argument(
-        "--probes", type=_positive_int, default=200, help="--study step: test episodes the step's probe measures"
+        "--probes", type=_count, default=200, help="--study step: test episodes the step's probe measures"
     )
     _progress_flag(ablation)
     ablation.set_defaults(handler=_ablation)
@@ -223,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--no-read", dest="read", action="store_false", help="index the labels only, do not decode the images"
     )
-    check.add_argument("--workers", type=_positive_int, default=8, help="threads that read the files")
+    check.add_argument("--workers", type=_threads, default=8, help="threads that read the files")
     check.set_defaults(handler=_data_check)
 
     info = commands.add_parser("info", help="versions, built op backends, devices")
@@ -246,7 +289,7 @@ def main(argv=None) -> int:
             raise ValueError(
                 f"{args.command} runs as one process; only {' and '.join(DISTRIBUTED_COMMANDS)} run under torchrun"
             )
-        with distributed.process_group():
+        with distributed.process_group(), _warnings_as_lines(args.command):
             return args.handler(args)
     except KeyboardInterrupt:
         print(f"sst-fast {args.command}: interrupted", file=sys.stderr)
@@ -257,8 +300,42 @@ def main(argv=None) -> int:
     except user_errors as error:
         if os.environ.get("SST_FAST_DEBUG"):
             raise
-        print(f"sst-fast {args.command}: error: {_one_line(error)}", file=sys.stderr)
+        print(f"sst-fast {args.command}: error: {error_text(error)}", file=sys.stderr)
         return EXIT_ERROR
+
+
+def error_text(error: BaseException) -> str:
+    """An error's message as the user reads it: whole, but at most :data:`MAX_ERROR_LINES` lines of at most
+    :data:`MAX_ERROR_LINE` characters (a list of ten thousand unreadable files is counted, not printed)."""
+    text = str(error).strip() or type(error).__name__
+    lines = text.splitlines()
+    shown = [line if len(line) <= MAX_ERROR_LINE else line[: MAX_ERROR_LINE - 3] + "..." for line in lines]
+    if len(shown) > MAX_ERROR_LINES:
+        hidden = len(shown) - (MAX_ERROR_LINES - 1)
+        shown = [*shown[: MAX_ERROR_LINES - 1], f"... and {hidden} more lines (SST_FAST_DEBUG=1 shows them all)"]
+    return "\n".join(shown)
+
+
+@contextlib.contextmanager
+def _warnings_as_lines(command: str):
+    """The package's warnings (meant for users) as ``sst-fast <command>: warning: ...`` lines on stderr, once
+    each; other libraries' warnings as Python shows them."""
+    shown = warnings.showwarning
+    package = str(Path(__file__).resolve().parent)
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if not str(Path(filename).resolve()).startswith(package):
+            return shown(message, category, filename, lineno, file, line)
+        if file is None:
+            _say(command, "warning", str(message))
+        else:
+            print(f"sst-fast {command}: warning: {message}", file=file)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -315,12 +392,12 @@ def _train(args) -> int:
 def _eval(args) -> int:
     from .data import EpisodeManifest, open_dataset
     from .engine import distributed
-    from .engine.evaluate import evaluate
+    from .engine.evaluate import evaluate, seen_classes
     from .engine.train import resolve_device
 
     device = resolve_device(args.device, "--device")
     if args.model is not None:
-        model, data, checkpoint = _own_model(args, device), {}, args.checkpoint
+        (model, checkpoint), data = _own_model(args, device), {}
     else:
         model, data, checkpoint = _sst_model(args, device)
     default_size = getattr(getattr(model, "config", None), "image_size", None)  # the trained size, if any
@@ -342,7 +419,8 @@ def _eval(args) -> int:
         raise ValueError(f"--size: {type(model).__name__} has no config.image_size; pass --size H [W]")
     size = _size(args.size, default_size)
     dataset = open_dataset(dataset_name, root, **options)
-    dataset.fold_split(fold)  # a wrong fold is refused before anything is written
+    dataset.fold_split(fold)  # a wrong fold is refused before anything is written, and classes the model saw
+    seen_classes(getattr(model, "trained_on", None), dataset, fold, args.allow_seen_classes)
     manifests = [EpisodeManifest.load(path) for path in args.manifest] if args.manifest else None
     setting = _eval_setting(checkpoint, dataset_name, fold, size, args, model, manifests)
     world = distributed.current()
@@ -377,6 +455,7 @@ def _eval(args) -> int:
             protocol=args.protocol,
             device=device,
             model_source=args.model,
+            allow_seen_classes=args.allow_seen_classes,
         )
     except BaseException:
         if made is not None:  # a failed evaluation leaves no empty folder behind
@@ -406,6 +485,7 @@ def _sst_model(args, device):
     if args.checkpoint is None:
         raise ValueError("checkpoint: name a checkpoint or a run folder, or a model with --model MODULE:FACTORY")
     state = load_checkpoint(args.checkpoint)
+    _note_checkpoint(args, state)
     overrides = {"fusion": args.fusion} if args.fusion else {}
     model = model_from_checkpoint(state, device=device, fast=not args.reference, **overrides)
     return model, state["config"]["data"], Path(state["path"])
@@ -417,12 +497,35 @@ def _own_model(args, device):
         if given:
             raise ValueError(f"{flag} applies to SST checkpoints, not to a model from --model")
     factory = load_factory(args.model)
-    model = factory(str(args.checkpoint)) if args.checkpoint is not None else factory()
+    checkpoint = None
+    if args.checkpoint is not None:  # a run folder means its checkpoint, as for SST's own
+        from .engine.checkpoint import checkpoint_file, fell_back_to_last
+
+        checkpoint = checkpoint_file(args.checkpoint)
+        note = fell_back_to_last(args.checkpoint, checkpoint)
+        if note is not None:
+            _say(args.command, "warning", note)
+    model = factory(str(checkpoint)) if checkpoint is not None else factory()
     if not callable(model):
         raise ValueError(f"--model: {args.model} returned {type(model).__name__}, not a model (a callable)")
     import torch
 
-    return model.to(device) if isinstance(model, torch.nn.Module) else model
+    return (model.to(device) if isinstance(model, torch.nn.Module) else model), checkpoint
+
+
+def _note_checkpoint(args, state: dict) -> None:
+    """Tell the user when a run folder gave its latest state, not its best one."""
+    from .engine.checkpoint import fell_back_to_last
+
+    note = fell_back_to_last(args.checkpoint, state["path"])
+    if note is not None:
+        step = state.get("step")
+        _say(args.command, "warning", note + (f" (step {step})" if step is not None else ""))
+
+
+def _say(command: str, kind: str, text: str) -> None:
+    """A line for the user in the CLI's voice on stderr: ``sst-fast <command>: <kind>: <text>``."""
+    print(f"sst-fast {command}: {kind}: {text}", file=sys.stderr, flush=True)
 
 
 def load_factory(spec: str):
@@ -466,7 +569,7 @@ def _eval_setting(checkpoint, dataset: str, fold, size, args, model, manifests) 
         "protocol": rules.name,
         "dataset": dataset,
         "fold": fold,
-        "shots": manifests[0].shots if manifests else args.shots,
+        "shots": manifests[0].shots if manifests else (args.shots or 1),
         "episodes": len(manifests[0].episodes) if manifests else (args.episodes or rules.episodes),
         "seeds": [m.seed for m in manifests] if manifests else list(args.seeds or [rules.seed]),
         "manifests": [m.sha256 for m in manifests] if manifests else None,
@@ -510,7 +613,7 @@ def _claim_output(out: Path, setting: dict, overwrite: bool) -> Path | None:
         with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
             pass
     except OSError as error:
-        raise ValueError(f"--out {out} is not writable ({_one_line(error)})") from None
+        raise ValueError(f"--out {out} is not writable ({_first_line(error)})") from None
     return made
 
 
@@ -524,25 +627,35 @@ def _predict(args) -> int:
     import numpy as np
 
     from . import viz
-    from .engine.checkpoint import model_from_checkpoint
+    from .engine.checkpoint import load_checkpoint, model_from_checkpoint
     from .engine.train import resolve_device
+    from .files import write_json_atomic
     from .predict import predict
 
     if len(args.mask) != len(args.support):
         raise ValueError(f"--mask: one mask per support image ({len(args.support)}), got {len(args.mask)}")
-    model = model_from_checkpoint(args.checkpoint, device=resolve_device(args.device, "--device"))
+    class_ids = args.class_id or [None]
+    if len(class_ids) not in (1, len(args.mask)):
+        raise ValueError(
+            f"--class-id: one label for every mask, or one per mask ({len(args.mask)}), got {len(class_ids)}"
+        )
+    if len(class_ids) == 1:
+        class_ids = class_ids * len(args.mask)
+    state = load_checkpoint(args.checkpoint)
+    _note_checkpoint(args, state)
+    model = model_from_checkpoint(state, device=resolve_device(args.device, "--device"))
     size = _size(args.size, model.config.image_size)
     # Every image as a photo viewer shows it: EXIF orientation applied before the size checks below.
     query = read_photo(args.query, "--query", args.max_pixels)
     supports = [read_photo(path, "--support", args.max_pixels) for path in args.support]
-    masks = [read_mask(path, args.class_id, args.max_pixels) for path in args.mask]
-    for path, image, mask in zip(args.mask, supports, masks, strict=True):
+    masks = [read_mask(path, class_id, args.max_pixels) for path, class_id in zip(args.mask, class_ids, strict=True)]
+    for support, path, image, mask in zip(args.support, args.mask, supports, masks, strict=True):
         if mask.shape != image.shape[:2]:
-            raise ValueError(
-                f"--mask {path} is {mask.shape[1]}x{mask.shape[0]} but its support image is "
-                f"{image.shape[1]}x{image.shape[0]}"
-            )
+            raise ValueError(_size_mismatch(support, image.shape[:2], path, mask.shape))
     prediction = predict(model, query, supports, masks, image_size=size)
+    # The folder holds this prediction only: an earlier one's files go first (a figure not drawn this time too).
+    for name in PREDICTION_FILES:
+        (args.out / name).unlink(missing_ok=True)
     mask_path = viz.save_png(prediction * np.uint8(255), args.out / "mask.png")
     overlay_path = viz.save_png(viz.overlay(query, prediction), args.out / "overlay.png")
     print(f"mask: {mask_path}\noverlay: {overlay_path}")
@@ -550,7 +663,39 @@ def _predict(args) -> int:
     if args.figure:
         figure = _prediction_figure(model, query, supports, masks, size, args.out)
         print(f"figure: {figure}")
+    record = {
+        "checkpoint": state["path"],
+        "query": str(args.query),
+        "supports": [str(path) for path in args.support],
+        "masks": [str(path) for path in args.mask],
+        "class_ids": class_ids,
+        "input_size": list(size),
+        "files": [name for name in PREDICTION_FILES[:-1] if (args.out / name).exists()],
+        "object_pixels": int(prediction.sum()),
+        "code_version": _version(),
+    }
+    write_json_atomic(args.out / "prediction.json", record)
     return 0
+
+
+def _size_mismatch(support: Path, shown: tuple[int, int], mask_path: Path, mask: tuple[int, int]) -> str:
+    """Why a mask does not fit its support photo, with the photo's EXIF orientation when it turned the photo."""
+    from .predict import stored_size_and_orientation
+
+    text = f"--mask {mask_path} is {mask[1]}x{mask[0]} but its support image {support} is {shown[1]}x{shown[0]}"
+    stored, orientation = stored_size_and_orientation(support)
+    if orientation in (None, 1):
+        return text
+    text += (
+        f" as shown: its EXIF orientation ({orientation}) turns it from {stored[1]}x{stored[0]} as stored, "
+        "and masks are read as their own files are shown"
+    )
+    if tuple(mask) == tuple(stored):
+        text += (
+            "; the mask fits the photo as stored: save the mask in the photo's shown orientation "
+            "(or save the photo without its EXIF orientation)"
+        )
+    return text
 
 
 def _demo(args) -> int:
@@ -752,10 +897,10 @@ def _default_eval_dir(checkpoint: Path | None, setting: dict, args) -> Path:
         own = "".join(c if c.isalnum() or c in "-_." else "-" for c in setting["model"])
         if checkpoint is not None:
             own += f"-{Path(checkpoint).stem}"
-        return Path("eval") / own / name
+        return DEFAULT_EVAL_DIR / own / name
     if checkpoint.parent.name == "checkpoints":  # inside a run folder: keep results with the run
         return checkpoint.parent.parent / "eval" / name
-    return Path("eval") / name
+    return DEFAULT_EVAL_DIR / name
 
 
 def _size(values: list[int] | None, default: tuple[int, int]) -> tuple[int, int]:
@@ -765,6 +910,34 @@ def _size(values: list[int] | None, default: tuple[int, int]) -> tuple[int, int]
     from .config import as_size
 
     return as_size(values[0] if len(values) == 1 else values, "--size")
+
+
+def _count(text: str) -> int:
+    """A positive count a run can mean: episodes, shots, a batch, steps (at most config.MAX_COUNT)."""
+    from .config import MAX_COUNT
+
+    value = _positive_int(text)
+    if value > MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_COUNT:,}, got {text}")
+    return value
+
+
+def _workers(text: str) -> int:
+    """Data loader processes: 0 (in the main process) up to runconfig.MAX_THREADS."""
+    return _in_range(text, 0)
+
+
+def _threads(text: str) -> int:
+    """Reading threads: 1 up to runconfig.MAX_THREADS."""
+    return _in_range(text, 1)
+
+
+def _in_range(text: str, low: int) -> int:
+    from .engine.runconfig import MAX_THREADS
+
+    if not text.isdigit() or not low <= int(text) <= MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"must be an integer from {low} to {MAX_THREADS}, got {text!r}")
+    return int(text)
 
 
 def _positive_int(text: str) -> int:
@@ -785,7 +958,7 @@ def _values(array) -> str:
     return "{" + shown + (", ..." if len(values) > 8 else "") + "}"
 
 
-def _one_line(error: BaseException) -> str:
+def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
 

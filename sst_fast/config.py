@@ -117,6 +117,12 @@ def as_size(value: Any, name: str) -> tuple[int, int]:
     return tuple(value)
 
 
+# The most episodes (per epoch, per validation, per evaluation seed, per batch) and epochs anything may ask for:
+# ten thousand times the paper's 1,000 test episodes, over a hundred times COCO's ~80,000 training images per
+# epoch. A larger number is a typo, and would hang drawing episodes while the memory grows.
+MAX_COUNT = 10**7
+
+
 def positive_int(value: Any, name: str) -> int:
     """``value`` if it is an integer >= 1 (not a bool); anything else is an error naming ``name``."""
     if not _is_int(value) or value < 1:

@@ -136,6 +136,22 @@ def open_photo(path, name: str = "image", max_pixels: int | None = DEFAULT_MAX_P
         yield shown
 
 
+EXIF_ORIENTATION = 0x0112
+
+
+def stored_size_and_orientation(path) -> tuple[tuple[int, int] | None, int | None]:
+    """A photo's size as stored in its file, ``(H, W)``, and its EXIF orientation tag (1 upright, 3 turned
+    180°, 6 and 8 turned 90°, 2/4/5/7 mirrored; None without one); ``(None, None)`` for an unreadable file.
+    What :func:`open_photo` turns the photo by, for messages about it."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return (image.height, image.width), image.getexif().get(EXIF_ORIENTATION)
+    except (OSError, ValueError, SyntaxError):
+        return None, None
+
+
 def read_photo(path, name: str = "image", max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """A photo file -> uint8 [H, W, 3] RGB, as a viewer shows it (:func:`open_photo`): 16-bit and 32-bit grey
     scaled to 8 bits (not clipped to white), palette and grey images expanded, transparency over white."""

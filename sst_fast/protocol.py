@@ -50,6 +50,8 @@ CLASS_SAMPLING = "class uniform over the test classes, then K+1 distinct images 
 
 PFENET = "PFENet (github.com/dvlab-research/PFENet, commit a505675)"
 HSNET = "HSNet (github.com/juhongm999/hsnet, commit 6b1bc12)"
+PEERS = {"pfenet": "PFENet", "hsnet": "HSNet"}
+BENCHMARKS = {"pascal": "PASCAL-5i", "coco": "COCO-20i", "fss": "FSS-1000"}  # the tables' names of the data sets
 
 
 @dataclass(frozen=True)
@@ -91,8 +93,8 @@ class Protocol:
 _SST = Protocol(
     "sst", "any", "class-first", 1000, 0,
     source="the paper (1000 episodes per run); this project's conventions",
-    comparable="the SST paper's tables and this project's own results",
 )  # fmt: skip
+_SST_TABLES = ("pascal", "coco")  # the data sets of the SST paper's (IJCAI 2020) tables
 _PFENET_PASCAL = Protocol(
     "pfenet", "pascal", "image-first", 5000, 321, resolution="original",
     empty_class="zero", empty_fb_term="zero", align_corners=True,
@@ -136,17 +138,31 @@ def protocol_for(name: str, dataset: str) -> Protocol:
     """The protocol ``name`` (sst, pfenet, hsnet) on the data set called ``dataset``.
 
     A peer's rules for a data set it never used (the synthetic one, say) are its PASCAL rules; PFENet
-    has no FSS-1000 protocol. A ValueError names ``protocol`` for anything else.
+    has no FSS-1000 protocol. A ValueError names ``protocol`` for anything else. ``comparable`` names a
+    published table only where the paper has one for ``dataset``: elsewhere a number compares only with
+    others under the same protocol on the same data set.
     """
     if name not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {name!r}")
     if name == "sst":
-        return _SST
+        if dataset in _SST_TABLES:
+            comparable = f"the SST paper (IJCAI 2020)'s {BENCHMARKS[dataset]} tables and this project's own results"
+        else:
+            comparable = _no_table(f"this project's own rules applied to {dataset}", name, dataset)
+        return replace(_SST, comparable=comparable)
     if name == "pfenet" and dataset == "fss":
         raise ValueError("protocol: PFENet defines no FSS-1000 protocol (its code has no FSS-1000 loader): use hsnet")
     if (name, dataset) in _BUNDLES:
         return _BUNDLES[name, dataset]
-    return replace(_BUNDLES[name, "pascal"], dataset=dataset, pair_lists=None)  # no peer's list for it
+    rules = f"{PEERS[name]}'s PASCAL-5i rules applied to {dataset}"
+    return replace(  # no peer's list for it, and no peer's table
+        _BUNDLES[name, "pascal"], dataset=dataset, pair_lists=None, comparable=_no_table(rules, name, dataset)
+    )
+
+
+def _no_table(rules: str, name: str, dataset: str) -> str:
+    """The comparability of a protocol on a data set its paper publishes no table of."""
+    return f"no published table ({rules}): only results under {name} on {dataset}"
 
 
 def small_object_rule(sampling: str, min_pixels: int) -> str:
@@ -197,6 +213,9 @@ class ProtocolCard:
     align_corners: bool = False  # resolution "original" / "fixed": how logits are resized to the labels
     checkpoint: str | None = None
     model: dict = field(default_factory=dict)
+    # What the model trained on, when known: {"dataset", "fold", "seen_test_classes"}: test classes that were
+    # training classes (scored only when the evaluation allowed it: then not a few-shot result).
+    trained_on: dict | None = None
     manifests: tuple[str, ...] = ()  # SHA-256 of each seed's episode manifest
     code_version: str = ""
 
@@ -240,12 +259,25 @@ class ProtocolCard:
             ("small-object filter", small),
             ("metrics", self.metric),
             ("checkpoint", self.checkpoint or "(in memory)"),
+            ("trained on", _trained_on_text(self.trained_on)),
             ("model", ", ".join(f"{k}={v}" for k, v in self.model.items()) or "-"),
             ("manifests", ", ".join(h[:16] for h in self.manifests) or "-"),
             ("code", self.code_version or "-"),
         ]
         width = max(len(name) for name, _ in rows)
         return "\n".join(["Protocol", *(f"  {name:<{width}}  {value}" for name, value in rows)])
+
+
+def _trained_on_text(trained_on: dict | None) -> str:
+    if not trained_on:
+        return "not known"
+    text = f"{trained_on['dataset']}, fold {trained_on['fold']}"
+    seen = trained_on.get("seen_test_classes")
+    if seen is None:
+        return text + " (another class space: no class checked)"
+    if not seen:
+        return text + " (no test class among its training classes)"
+    return text + f" (TEST CLASSES {', '.join(map(str, seen))} WERE TRAINING CLASSES: not a few-shot result)"
 
 
 def code_version() -> str:

@@ -186,6 +186,13 @@ REFUSED = [
         ValueError,
         "episodes",
     ),
+    case(
+        "sampler-episodes-beyond-the-maximum",
+        lambda e: EpisodeSampler(e.dataset, [1], e.train_split, 1).sample(10**20, 0),
+        ValueError,
+        "episodes",
+        "at most 10,000,000",
+    ),
     case("sampler-seed", lambda e: EpisodeSampler(e.dataset, [1], e.train_split, 1).sample(3, -1), ValueError, "seed"),
     case("episodes-size-0", lambda e: EpisodeDataset(e.dataset, [], 0), ValueError, "size"),
     case(
@@ -232,12 +239,60 @@ REFUSED = [
     case("config-unknown", lambda e: load_run_config("nope"), ConfigError, "'nope'"),
     case("config-lr-negative", lambda e: load_run_config("synthetic", ["optim.lr=-1"]), ConfigError, "optim.lr"),
     case("config-unknown-key", lambda e: load_run_config("synthetic", ["run.nope=1"]), ConfigError, "run.nope"),
+    case(
+        "config-val-episodes-huge",
+        lambda e: load_run_config("synthetic", ["data.val_episodes=99999999999999999999"]),
+        ConfigError,
+        "data.val_episodes",
+        "10000000",
+    ),
+    case(
+        "config-batch-beyond-epoch",
+        lambda e: load_run_config("synthetic", ["optim.batch_size=100000"]),
+        ConfigError,
+        "optim.batch_size=100000",
+        "optim.episodes_per_epoch=800",
+    ),
+    case(
+        "config-key-twice",
+        lambda e: load_run_config("synthetic", ["data.options={seed: 1, seed: 2}"]),
+        ConfigError,
+        "data.options.seed twice",
+    ),
     case("evaluate-no-seeds", lambda e: evaluate(e.model, e.dataset, 0, seeds=[]), ValueError, "seeds"),
     case("evaluate-same-seeds", lambda e: evaluate(e.model, e.dataset, 0, seeds=[1, 1]), ValueError, "distinct"),
     case("evaluate-amp", lambda e: evaluate(e.model, e.dataset, 0, amp="fp8"), ValueError, "amp", "'fp8'"),
     case("evaluate-fold", lambda e: evaluate(e.model, e.dataset, 7), ValueError, "fold", "7"),
     case("evaluate-episodes-0", lambda e: evaluate(e.model, e.dataset, 0, episodes=0), ValueError, "episodes"),
     case("evaluate-shots-0", lambda e: evaluate(e.model, e.dataset, 0, shots=0), ValueError, "shots"),
+    case(
+        "evaluate-dataset-not-a-dataset",
+        lambda e: evaluate(e.model, 3, 0),
+        TypeError,
+        "dataset must be a FewShotDataset",
+        "got int",
+    ),
+    case(
+        "evaluate-nan-logits",
+        lambda e: evaluate(_nan_model, e.dataset, 0, size=32, episodes=3),
+        ValueError,
+        "non-finite logits",
+        "episode 0 (class ",
+    ),
+    case(
+        "evaluate-classes-the-model-trained-on",
+        lambda e: evaluate(e.model, e.dataset, 1, trained_on={"dataset": "synthetic", "fold": 0}, episodes=2),
+        ValueError,
+        "trained on synthetic fold 0",
+        "were its training classes",
+        "allow_seen_classes=True",
+    ),
+    case(
+        "evaluate-manifest-decides-shots",
+        lambda e: evaluate(e.model, e.dataset, 0, manifests=[_manifest(e)], shots=2),
+        ValueError,
+        "shots (--shots): the manifests decide it (1), got 2",
+    ),
     case(
         "score-batch-0",
         lambda e: score_episodes(e.model, e.dataset, [1], [], 32, batch_size=0),
@@ -257,6 +312,16 @@ def test_bad_input_is_refused_with_a_clear_error(e, call, error, fragments):
     for fragment in fragments:
         assert fragment in message, f"{fragment!r} not in {message!r}"
     assert len(message) < 1000 and "Traceback" not in message
+
+
+def _nan_model(query, support_images, support_masks):
+    return torch.full((query.shape[0], 2, 8, 8), np.nan)
+
+
+def _manifest(e) -> EpisodeManifest:
+    split = e.dataset.fold_split(0)
+    episodes = EpisodeSampler(e.dataset, split.test_classes, split.test_split, 1).sample(2, 0)
+    return EpisodeManifest(e.dataset.describe(), split.test_split, 0, 1, 0, episodes)
 
 
 def _nan_prototype(e):
@@ -288,6 +353,10 @@ DEFINED = [
     pytest.param(_empty_mask_predicts_background, id="predict-empty-support-mask-warns"),
     pytest.param(
         lambda e: score_episodes(e.model, e.dataset, [1], [], 32)["episodes"] == 0, id="score-no-episodes-is-empty"
+    ),
+    pytest.param(
+        lambda e: evaluate(e.model, "synthetic", 0, episodes=2, size=32).card.dataset == "synthetic",
+        id="evaluate-dataset-by-name",
     ),
 ]
 

@@ -184,6 +184,12 @@ class FewShotDataset(abc.ABC):
     def fingerprint(self, split: str) -> dict:
         """JSON-able identity of the files that ``split``'s index is built from (changes when they change)."""
 
+    def survey(self, split: str) -> tuple[list[str], list[tuple[str, str]]]:
+        """The images of ``split`` that can be listed, and every problem found listing them as (what, what is
+        wrong): where :meth:`image_ids` stops at a layout it cannot list (FSS-1000: a class folder missing, an
+        image without its mask), this goes on, so that ``data check`` reports every problem in one pass."""
+        return self.image_ids(split), []
+
     def class_pixels(self, image_id: str) -> dict[int, int]:
         """Pixel count of each class present in ``image_id`` (background and ignore excluded)."""
         counts = np.bincount(self.load_label(image_id).ravel())

@@ -2,9 +2,11 @@
 
 ``sst-fast data check --config pascal data.root=/data/VOC2012`` runs :func:`check_dataset` and prints
 its :class:`CheckReport`. A missing folder or list is found when the data set opens (its error names
-the expected layout); the check then reads every image and label of every split (an unreadable or
-truncated file, an image whose label has another size) and counts, per fold, the images and classes
-that training and testing will draw from, flagging classes too thin to make an episode.
+the expected layout); the check then lists every split, noting every image or folder it cannot list
+(FSS-1000: a class folder missing, an image without its mask), reads every image and label it listed
+(an unreadable or truncated file, an image whose label has another size) and counts, per fold, the
+images and classes that training and testing will draw from, flagging classes too thin to make an
+episode. Every problem is reported in one pass.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from .base import FewShotDataset
 from .splits import FOLDS, FSS_FOLDS
 
-SHOWN_PROBLEMS = 20  # unreadable files listed in full; the rest are counted
+SHOWN_PROBLEMS = 20  # problems of each kind listed in full; the rest are counted
 
 
 @dataclasses.dataclass
@@ -50,14 +52,21 @@ class CheckReport:
     unreadable: list[tuple[str, str]]  # (image id, what is wrong)
     folds: list[FoldSummary]
     shots: int
+    layout: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (what, what is wrong): unlisted
 
     @property
     def ok(self) -> bool:
-        return not self.unreadable and not any(any(f.thin.values()) for f in self.folds)
+        return not self.layout and not self.unreadable and not any(any(f.thin.values()) for f in self.folds)
 
     def __str__(self) -> str:
         lines = [f"{self.dataset}: " + ", ".join(f"{k}={v}" for k, v in self.description.items() if k != "dataset")]
         lines.append("images: " + ", ".join(f"{split} {count}" for split, count in self.images.items()))
+        if self.layout:
+            lines.append(f"{len(self.layout)} problem(s) in the data folder's layout (images not listed):")
+        for item, problem in self.layout[:SHOWN_PROBLEMS]:
+            lines.append(f"  {item}: {problem}")
+        if len(self.layout) > SHOWN_PROBLEMS:
+            lines.append(f"  ... and {len(self.layout) - SHOWN_PROBLEMS} more")
         if self.read:
             total = sum(self.images.values())
             lines.append(f"read every image and label: {total - len(self.unreadable)} of {total} readable")
@@ -67,8 +76,8 @@ class CheckReport:
             lines.append(f"  unreadable {image_id}: {problem}")
         if len(self.unreadable) > SHOWN_PROBLEMS:
             lines.append(f"  ... and {len(self.unreadable) - SHOWN_PROBLEMS} more")
-        if self.unreadable:
-            lines.append("folds not counted: fix the unreadable files first")
+        if self.layout or self.unreadable:
+            lines.append("folds not counted: fix the problems above first")
         lines.extend(fold.line(self.shots) for fold in self.folds)
         lines.append("OK" if self.ok else "PROBLEMS FOUND")
         return "\n".join(lines)
@@ -87,12 +96,15 @@ def check_dataset(
     workers: int = 8,
     log: Callable[[str], None] | None = None,
 ) -> CheckReport:
-    """Check ``dataset``: list every split, read every image and label (unless ``read`` is False), index the
-    labels and count each fold's classes and images. ``shots``: the episodes the check plans for (a class
-    needs ``shots + 1`` images). Problems are reported, never raised; a layout the data set cannot open
-    raises when it is opened, before this."""
+    """Check ``dataset``: list every split (:meth:`~FewShotDataset.survey`: every problem listing it), read every
+    image and label listed (unless ``read`` is False), index the labels and count each fold's classes and
+    images. ``shots``: the episodes the check plans for (a class needs ``shots + 1`` images). Problems are
+    reported, never raised; a layout the data set cannot open raises when it is opened, before this."""
     say = log or (lambda _text: None)
-    images = {split: dataset.image_ids(split) for split in dataset.splits}
+    images, layout = {}, []
+    for split in dataset.splits:  # every split's listing problems, not only the first one's
+        images[split], problems = dataset.survey(split)
+        layout.extend(problems)
     unreadable: list[tuple[str, str]] = []
     if read:
         ids = sorted({image_id for split_ids in images.values() for image_id in split_ids})
@@ -108,7 +120,7 @@ def check_dataset(
         with ThreadPoolExecutor(max(1, workers)) as pool:
             unreadable = [found for found in pool.map(problem, ids) if found is not None]
     summaries = []
-    if not unreadable:
+    if not unreadable and not layout:
         say("indexing the labels' classes (cached for training)")
         dataset.prepare()
         for fold in folds if folds is not None else dataset_folds(dataset):
@@ -121,6 +133,7 @@ def check_dataset(
         unreadable=unreadable,
         folds=summaries,
         shots=shots,
+        layout=layout,
     )
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from . import transforms
-from ..config import as_size, positive_int
+from ..config import MAX_COUNT, as_size, positive_int
 from ..files import sha256_json, strict_json, write_text_atomic
 from ..protocol import PROTOCOLS, SUPPORT_DRAWS, Protocol, check_protocol_data, protocol_for
 from .base import DataError, FewShotDataset
@@ -113,7 +113,10 @@ class EpisodeSampler:
             if self.count is None:
                 raise ValueError(f"episodes: {type(self).__name__} needs a number of episodes")
             return self.count
-        return positive_int(episodes, "episodes")
+        positive_int(episodes, "episodes")
+        if episodes > MAX_COUNT:
+            raise ValueError(f"episodes (--episodes) must be at most {MAX_COUNT:,}, got {episodes:,}")
+        return episodes
 
     def _episode(self, number: int, rng: np.random.Generator) -> Episode:
         class_id = self.classes[int(rng.integers(len(self.classes)))]
@@ -206,12 +209,13 @@ class PairListSampler(EpisodeSampler):
     def _class_pools(self, excluded, allowed):
         if self._listed is None:
             return super()._class_pools(excluded, allowed)
-        images = set(self.dataset.image_ids(self.split))
         for image, class_id in self._listed:
             if class_id not in self.classes:
                 raise DataError(f"{self._source}: class {class_id} of {image} is not a test class of this fold")
-            if image not in images or self.dataset.image_classes(self.split, image).get(class_id, 0) == 0:
-                raise DataError(f"{self._source}: {image} is not an image of class {class_id} in split {self.split!r}")
+        absent, unlabelled = pair_mismatches(self.dataset, self.split, self._listed)
+        if absent or unlabelled:
+            listed = len({image for image, _ in self._listed})
+            raise DataError(f"{self._source}: " + mismatch_text(absent, unlabelled, listed, f"in split {self.split!r}"))
         # HSNet's support pools: the list's images of each class.
         return {c: sorted({image for image, k in self._listed if k == c}) for c in self.classes}
 
@@ -258,8 +262,19 @@ def protocol_sampler(dataset: FewShotDataset, fold, shots: int, protocol: Protoc
     sampler = SAMPLERS[protocol.sampling]
     if protocol.pair_lists:
         path = hsnet_pascal_pairs_path(fold)
+        pairs = read_pairs(path)
+        absent, unlabelled = pair_mismatches(dataset, split.test_split, pairs)
+        if absent or unlabelled:
+            listed = len({image for image, _ in pairs})
+            found = mismatch_text(absent, unlabelled, listed, "in this folder's val list")
+            raise DataError(
+                "protocol hsnet: HSNet's PASCAL-5i pair lists are drawn from the standard VOC2012 val list "
+                f"(ImageSets/Segmentation/val.txt, 1449 ids, SBD-augmented labels); of its fold-{fold} pairs, {found}\n"
+                f"The pairs are {path} (HSNet's data/splits/pascal/val/fold{fold}.txt): --protocol hsnet needs the "
+                "standard val list and SegmentationClassAug labels; sst and pfenet draw from any val list."
+            )
         return PairListSampler(
-            dataset, split.test_classes, split.test_split, shots, protocol.supports, read_pairs(path), str(path)
+            dataset, split.test_classes, split.test_split, shots, protocol.supports, pairs, str(path)
         )
     return sampler(dataset, split.test_classes, split.test_split, shots, supports=protocol.supports)
 
@@ -272,6 +287,35 @@ def hsnet_pascal_pairs_path(fold) -> Path:
     if fold not in (0, 1, 2, 3):
         raise ValueError(f"fold must be 0, 1, 2 or 3 for HSNet's PASCAL-5i pairs, got {fold!r}")
     return Path(str(resources.files("sst_fast.data") / "hsnet_pairs" / f"pascal_val_fold{fold}.txt"))
+
+
+def pair_mismatches(dataset: FewShotDataset, split: str, pairs) -> tuple[list[str], list[tuple[str, int]]]:
+    """What of the (image, class) ``pairs`` the data set lacks: the images not in ``split`` (sorted), and the
+    pairs whose image is in it but whose label has no pixel of the class (in the list's order)."""
+    images = set(dataset.image_ids(split))
+    absent = sorted({image for image, _ in pairs if image not in images})
+    unlabelled = [
+        (image, class_id)
+        for image, class_id in pairs
+        if image in images and dataset.image_classes(split, image).get(class_id, 0) == 0
+    ]
+    return absent, unlabelled
+
+
+def mismatch_text(absent: list[str], unlabelled: list[tuple[str, int]], listed: int, where: str, shown: int = 5) -> str:
+    """:func:`pair_mismatches`' findings in words, counts and the first few of each; ``where``: the images' place
+    (``"in split 'val'"``)."""
+
+    def few(items) -> str:
+        return ", ".join(items[:shown]) + (", ..." if len(items) > shown else "")
+
+    parts = []
+    if absent:
+        parts.append(f"{len(absent)} of the {listed} images are not {where} ({few(absent)})")
+    if unlabelled:
+        named = [f"{image} class {class_id}" for image, class_id in unlabelled]
+        parts.append(f"{len(unlabelled)} pairs name a class their image's label lacks ({few(named)})")
+    return "; ".join(parts)
 
 
 def read_pairs(path) -> list[tuple[str, int]]:

@@ -31,6 +31,7 @@ from .splits import FoldSplit, check_fold
 # Accepted names of each split's class list, first match wins: HSNet calls the train list trn.txt.
 SPLIT_FILES = {"train": ("train.txt", "trn.txt"), "val": ("val.txt",), "test": ("test.txt",)}
 FOREGROUND_THRESHOLD = 127
+SHOWN_PROBLEMS = 20  # layout problems named in full in one error; the rest are counted
 
 LAYOUT = """\
   <root>/
@@ -68,7 +69,8 @@ class FSS1000(FewShotDataset):
 
     The split files are read and checked at construction (a missing file, a class listed twice,
     or in two splits, is a :class:`DataError`); a split's class folders are listed and checked
-    (folder present, every ``.jpg`` beside its ``.png``) when the split is first needed.
+    (folder present, every ``.jpg`` beside its ``.png``) when the split is first needed, every problem
+    of the split named in one :class:`DataError` (:meth:`survey` lists them without raising).
     """
 
     name = "fss"
@@ -100,7 +102,8 @@ class FSS1000(FewShotDataset):
                 self._split_of_class[name] = split
         self._class_names = tuple(sorted(self._split_of_class))
         self._class_ids = {name: class_id for class_id, name in enumerate(self._class_names, start=1)}
-        self._images: dict[str, tuple[str, ...]] = {}  # class name -> image numbers, listed on first use
+        # class name -> (image numbers with their masks, the folder's problems), listed on first use
+        self._scans: dict[str, tuple[tuple[str, ...], list[tuple[str, str]]]] = {}
 
     # -- FewShotDataset ----------------------------------------------------------------------------
     @property
@@ -120,9 +123,23 @@ class FSS1000(FewShotDataset):
 
     def image_ids(self, split: str) -> list[str]:
         """The images of the split's classes, sorted as strings (``"ab_wheel/10"`` before ``"ab_wheel/2"``),
-        the same order in which the class index lists them."""
-        names = self._split_classes[self.check_split(split)]
-        return sorted(f"{name}/{number}" for name in names for number in self._class_images(name))
+        the same order in which the class index lists them. A split whose class folders cannot be listed
+        (:meth:`survey`'s problems) is one :class:`DataError` naming every problem."""
+        ids, problems = self.survey(split)
+        if problems:
+            raise layout_error(self.root, f"in the class folders of split {split!r}", problems)
+        return ids
+
+    def survey(self, split: str) -> tuple[list[str], list[tuple[str, str]]]:
+        """The images of the split's classes that have their masks, and every problem of its class folders:
+        ``(class name, ...)`` for a folder missing or without images, ``(image id, ...)`` for an image
+        without its mask."""
+        ids, problems = [], []
+        for name in self._split_classes[self.check_split(split)]:
+            numbers, found = self._scan(name)
+            ids.extend(f"{name}/{number}" for number in numbers)
+            problems.extend(found)
+        return sorted(ids), sorted(problems)
 
     def load(self, image_id: str) -> Sample:
         """The JPEG and the label map of :meth:`load_label` (their sizes must agree)."""
@@ -170,35 +187,55 @@ class FSS1000(FewShotDataset):
 
     def _class_images(self, name: str) -> tuple[str, ...]:
         """The image numbers of a class folder (every ``<n>.jpg`` must have its ``<n>.png``), sorted."""
-        if name not in self._images:
-            folder = self.root / name
-            listed_in = self.split_files[self._split_of_class[name]]
-            if not folder.is_dir():
-                raise DataError(
-                    f"class folder {folder} (listed in {listed_in}) is missing.\n"
-                    f"Expected layout under {self.root}:\n{LAYOUT}"
-                )
-            numbers = []
-            for image in folder.glob("*.jpg"):
-                if not image.with_suffix(".png").is_file():
-                    raise DataError(
-                        f"image {image} has no mask {image.with_suffix('.png')}.\n"
-                        f"Expected layout under {self.root}:\n{LAYOUT}"
-                    )
+        numbers, problems = self._scan(name)
+        if problems:
+            raise layout_error(self.root, f"in class folder {name!r}", problems)
+        return numbers
+
+    def _scan(self, name: str) -> tuple[tuple[str, ...], list[tuple[str, str]]]:
+        """A class folder's image numbers that have their masks (sorted), and its problems (:meth:`survey`)."""
+        if name not in self._scans:
+            self._scans[name] = self._list_folder(name)
+        return self._scans[name]
+
+    def _list_folder(self, name: str) -> tuple[tuple[str, ...], list[tuple[str, str]]]:
+        folder = self.root / name
+        listed_in = self.split_files[self._split_of_class[name]]
+        if not folder.is_dir():
+            return (), [(name, f"class folder {folder} (listed in {listed_in}) is missing")]
+        numbers, problems = [], []
+        for image in folder.glob("*.jpg"):
+            if image.with_suffix(".png").is_file():
                 numbers.append(image.stem)
-            if not numbers:
-                raise DataError(f"class folder {folder} (listed in {listed_in}) holds no .jpg image")
-            self._images[name] = tuple(sorted(numbers))
-        return self._images[name]
+            else:
+                problems.append((f"{name}/{image.stem}", f"image {image} has no mask {image.with_suffix('.png')}"))
+        if not numbers and not problems:
+            problems.append((name, f"class folder {folder} (listed in {listed_in}) holds no .jpg image"))
+        return tuple(sorted(numbers)), sorted(problems)
 
     def _locate(self, image_id: str) -> tuple[str, str]:
         """``"ab_wheel/3"`` -> ``("ab_wheel", "3")``, checking that the image exists in the data set."""
         name, separator, number = str(image_id).partition("/")
         if not separator or name not in self._class_ids:
             raise ValueError(f"image_id must be '<class name>/<n>' with a class of {self.name}, got {image_id!r}")
-        if number not in self._class_images(name):
+        if number not in self._scan(name)[0]:  # an image with its mask loads, whatever else its folder lacks
             raise ValueError(f"image {image_id!r}: no {number}.jpg in {self.root / name}")
         return name, number
+
+
+def layout_error(root: Path, where: str, problems: list[tuple[str, str]]) -> DataError:
+    """One :class:`DataError` naming every problem: the only one as its first line, else their count and the
+    first, then each (at most :data:`SHOWN_PROBLEMS`, the rest counted), then the expected layout."""
+    texts = [text for _, text in problems]
+    if len(texts) == 1:
+        head = f"{texts[0]}."
+    else:
+        head = f"FSS-1000: {len(texts)} problems {where}, the first: {texts[0]}; all of them:"
+        shown = [f"  {text}" for text in texts[:SHOWN_PROBLEMS]]
+        if len(texts) > SHOWN_PROBLEMS:
+            shown.append(f"  ... and {len(texts) - SHOWN_PROBLEMS} more")
+        head = "\n".join([head, *shown])
+    return DataError(f"{head}\nExpected layout under {root}:\n{LAYOUT}")
 
 
 def _read_split_file(path: Path) -> tuple[str, ...]:

@@ -64,17 +64,35 @@ def _feed(digest, value) -> None:
         digest.update(f"V{type(value).__name__}:{value!r};".encode())
 
 
-def load_checkpoint(path, map_location="cpu") -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint`; any problem is a :class:`CheckpointError`
-    naming the file and what is wrong with it."""
+def checkpoint_file(path) -> Path:
+    """The checkpoint file that ``path`` names: a file as it is; a run folder's ``checkpoints/best.pt``, or its
+    ``checkpoints/last.pt`` when it has no best one yet (see :func:`fell_back_to_last`); a CheckpointError for a
+    folder with neither."""
     path = Path(path)
-    if path.is_dir():
-        for candidate in (path / "checkpoints" / "best.pt", path / "checkpoints" / "last.pt"):
-            if candidate.is_file():
-                path = candidate
-                break
-        else:
-            raise CheckpointError(f"checkpoint: {path} is a folder without checkpoints/best.pt or checkpoints/last.pt")
+    if not path.is_dir():
+        return path
+    for candidate in (path / "checkpoints" / "best.pt", path / "checkpoints" / "last.pt"):
+        if candidate.is_file():
+            return candidate
+    raise CheckpointError(f"checkpoint: {path} is a folder without checkpoints/best.pt or checkpoints/last.pt")
+
+
+def fell_back_to_last(given, resolved) -> str | None:
+    """A note for the user when the run folder ``given`` resolved to its ``last.pt`` (it has no ``best.pt``:
+    no validation has finished), else None."""
+    given, resolved = Path(given), Path(resolved)
+    if not given.is_dir() or resolved.name != "last.pt":
+        return None
+    return (
+        f"{given} has no checkpoints/best.pt (no validation has finished yet): "
+        f"using its latest state, checkpoints/last.pt"
+    )
+
+
+def load_checkpoint(path, map_location="cpu") -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` (a file, or a run folder: see
+    :func:`checkpoint_file`); any problem is a :class:`CheckpointError` naming the file and what is wrong with it."""
+    path = checkpoint_file(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint: {path} does not exist")
     try:
@@ -114,7 +132,9 @@ def model_from_checkpoint(checkpoint, device="cpu", fast: bool = True, **config_
     """The model of a checkpoint (a path, a run folder, or a state from :func:`load_checkpoint`), in eval mode.
 
     ``config_overrides`` change settings that do not alter the parameters (e.g. ``fusion``,
-    ``tune_step``); ``fast=False`` builds the reference model instead of :class:`sst_fast.SST`.
+    ``tune_step``); ``fast=False`` builds the reference model instead of :class:`sst_fast.SST`. The model's
+    ``trained_on`` (``{"dataset", "fold"}`` of its training run) lets :func:`~sst_fast.engine.evaluate` refuse
+    test classes it trained on.
     """
     from ..models import SST, SSTReference
 
@@ -133,4 +153,7 @@ def model_from_checkpoint(checkpoint, device="cpu", fast: bool = True, **config_
     except RuntimeError as error:
         first = str(error).strip().splitlines()[0]
         raise CheckpointError(f"checkpoint: {state.get('path', '<state>')} does not fit its model ({first})") from None
+    # What it learned from, for the evaluation's check that the test classes are new to it.
+    data = state["config"]["data"]
+    model.trained_on = {"dataset": data.get("dataset"), "fold": data.get("fold")}
     return model.to(device).eval()

@@ -88,11 +88,15 @@ class EvaluationResult:
         return "\n".join(lines)
 
 
+class NonFiniteLogits(ValueError):
+    """A model returned NaN or infinite logits: its scores would be meaningless (an argmax of NaN is class 0)."""
+
+
 def evaluate(
     model,
-    dataset: FewShotDataset,
+    dataset: FewShotDataset | str,
     fold,
-    shots: int = 1,
+    shots: int | None = None,
     episodes: int | None = None,
     seeds: Sequence[int] | None = None,
     size=None,
@@ -106,6 +110,8 @@ def evaluate(
     protocol: str | Protocol | None = None,
     device=None,
     model_source: str | None = None,
+    trained_on: dict | None = None,
+    allow_seen_classes: bool = False,
 ) -> EvaluationResult:
     """Evaluate ``model`` on ``fold`` of ``dataset`` under ``protocol``: one run of ``episodes`` episodes per seed.
 
@@ -116,20 +122,34 @@ def evaluate(
     ``"pfenet"``, ``"hsnet"`` or a :class:`~sst_fast.protocol.Protocol`: how episodes are drawn and scored
     (docs/design.md §4.3). ``episodes`` and ``seeds`` default to the protocol's (sst: 1000, seed 0).
 
-    With ``manifests`` the episodes are replayed from them instead of sampled (``shots``, ``episodes``,
-    ``seeds`` and the protocol then come from the manifests). ``original_size`` scores at each label's stored
+    ``dataset``: a :class:`~sst_fast.data.FewShotDataset`, or a data set name that needs no folder
+    (``"synthetic"``; the others need :func:`~sst_fast.data.open_dataset` with their root). ``shots``: support
+    images per episode (default 1).
+
+    With ``manifests`` the episodes are replayed from them instead of sampled: ``shots``, ``episodes``,
+    ``seeds`` and the protocol then come from the manifests, and a value given for one of them that differs
+    from the manifests' is refused (it would be ignored otherwise). ``original_size`` scores at each label's stored
     size (logits upsampled bilinearly) instead of the network's input size; a protocol that scores at a
     fixed size refuses it. ``size``: the network's input size (default: the model's own
     ``config.image_size``, the size it was trained at; a model without one needs ``size``). ``device``:
     where the inputs go (default: the device of the model's parameters, else the CPU). ``amp``: ``off``,
     ``bf16`` or ``fp16`` autocast (written on the protocol card). ``model_source``: how the model was made,
     for the card (``sst-fast eval --model`` passes its ``module:factory``).
+
+    ``trained_on``: ``{"dataset": name, "fold": fold}`` the model was trained on (default: the model's own
+    ``trained_on``, which :func:`~sst_fast.engine.checkpoint.model_from_checkpoint` sets). On the same data set,
+    test classes that were among that fold's training classes are refused: their scores are not few-shot
+    results. ``allow_seen_classes=True`` scores them anyway, and the card names them.
     """
     if amp not in AMP_DTYPES:
         raise ValueError(f"amp must be one of {sorted(AMP_DTYPES)}, got {amp!r}")
     if not callable(model):
         raise ValueError(f"model must be an nn.Module or a callable, got {type(model).__name__}")
+    dataset = as_dataset(dataset)
     split = dataset.fold_split(fold)
+    training = seen_classes(
+        getattr(model, "trained_on", None) if trained_on is None else trained_on, dataset, fold, allow_seen_classes
+    )
     size = as_size(model_input_size(model) if size is None else size, "size")
     if manifests is not None:
         manifests = list(manifests)
@@ -144,6 +164,17 @@ def evaluate(
                 f"protocol (--protocol): the manifests were drawn under {manifests[0].protocol}, not {name}"
             )
         protocol = manifests[0].protocol
+        decided = {
+            "shots (--shots)": (shots, manifests[0].shots),
+            "episodes (--episodes)": (episodes, len(manifests[0].episodes)),
+            "seeds (--seeds)": (None if seeds is None else list(seeds), [m.seed for m in manifests]),
+        }
+        for name, (given, theirs) in decided.items():
+            if given is not None and given != theirs:
+                raise ValueError(
+                    f"{name}: the manifests decide it ({theirs}), got {given}; drop it to replay them, "
+                    "or drop the manifests to draw new episodes"
+                )
     if isinstance(protocol, Protocol):  # one of the built-in protocols, as protocol_for gives it
         if protocol != protocol_for(protocol.name, dataset.name):
             raise ValueError(
@@ -163,6 +194,7 @@ def evaluate(
         resolution = "original"
     if manifests is None:
         seeds = check_seeds((protocol.seed,) if seeds is None else seeds)
+        shots = 1 if shots is None else positive_int(shots, "shots")
         sampler = protocol_sampler(dataset, fold, shots, protocol)
         episodes = protocol.episodes if episodes is None else episodes
         manifests = [
@@ -210,6 +242,7 @@ def evaluate(
         align_corners=scoring.align_corners,
         checkpoint=checkpoint,
         model=_model_summary(model, amp, model_source),
+        trained_on=training,
         manifests=tuple(m.sha256 for m in manifests),
         code_version=code_version(),
     )
@@ -239,6 +272,46 @@ class Scoring:
 
     def conventions(self) -> str:
         return f"empty class: {EMPTY_CLASS[self.empty_class]}; empty FB-IoU term: {EMPTY_FB_TERM[self.empty_fb_term]}"
+
+
+def seen_classes(trained_on: dict | None, dataset: FewShotDataset, fold, allow: bool = False) -> dict | None:
+    """What the card records of the model's training (``{"dataset", "fold", "seen_test_classes"}``, None when
+    not known); a ValueError when test classes of ``fold`` were training classes, unless ``allow``.
+    ``seen_test_classes`` is None for a model trained on another data set (its class ids mean other classes)."""
+    if trained_on is None:
+        return None
+    if not isinstance(trained_on, dict) or not {"dataset", "fold"} <= set(trained_on):
+        raise ValueError(f"trained_on must be a dict with 'dataset' and 'fold', got {trained_on!r}")
+    record = {"dataset": trained_on["dataset"], "fold": trained_on["fold"], "seen_test_classes": None}
+    if trained_on["dataset"] != dataset.name:
+        return record
+    test_classes = dataset.fold_split(fold).test_classes
+    seen = sorted(set(test_classes) & set(dataset.fold_split(trained_on["fold"]).train_classes))
+    record["seen_test_classes"] = seen
+    if seen and not allow:
+        shown = ", ".join(map(str, seen[:10])) + (", ..." if len(seen) > 10 else "")
+        raise ValueError(
+            f"fold (--fold): the model was trained on {dataset.name} fold {trained_on['fold']}, and {len(seen)} of "
+            f"the {len(test_classes)} test classes of fold {fold} were its training classes ({shown}): their scores "
+            f"are not few-shot results. Evaluate fold {trained_on['fold']} (the model's novel classes), or pass "
+            "allow_seen_classes=True (--allow-seen-classes) to score them anyway; the card then names them"
+        )
+    return record
+
+
+def as_dataset(dataset) -> FewShotDataset:
+    """``dataset`` itself, or the data set a name opens without a folder (``"synthetic"``); a TypeError for
+    anything else."""
+    if isinstance(dataset, FewShotDataset):
+        return dataset
+    if isinstance(dataset, str):
+        from ..data import open_dataset
+
+        return open_dataset(dataset, None)
+    raise TypeError(
+        f"dataset must be a FewShotDataset (see sst_fast.data.open_dataset) or a data set name, "
+        f"got {type(dataset).__name__}"
+    )
 
 
 def model_input_size(model: nn.Module) -> tuple[int, int]:
@@ -283,6 +356,7 @@ def score_episodes(
     In a process group (:mod:`sst_fast.engine.distributed`) every rank must call it: the batches are dealt
     to the ranks and the result, the same on every rank, equals a single process's exactly."""
     positive_int(batch_size, "batch_size")
+    dataset = as_dataset(dataset)
     if scoring is None:
         scoring = Scoring("original" if original_size else "input")
     elif original_size:
@@ -304,6 +378,7 @@ def score_episodes(
     )
     device, dtype = _placement(model, device)
     meters = {}
+    broken = None  # the first batch whose logits are not finite: (its episode indices, which of them)
     module = model if isinstance(model, nn.Module) else None
     was_training = module.training if module is not None else False
     if module is not None:
@@ -318,6 +393,10 @@ def score_episodes(
                     batch["support_masks"].to(device),
                 )
             logits = _logits(output, len(batch["class_id"])).float()
+            finite = torch.isfinite(logits).flatten(1).all(1).cpu()
+            if not finite.all():  # stop: every rank still meets the others in the gather below
+                broken = [batches[index][row] for row in (~finite).nonzero().flatten().tolist()]
+                break
             if scoring.resolution == "original":
                 for row, label in enumerate(batch["query_label"]):
                     # Back to the label's own size: the inverse of the bilinear input resize (pixel centres).
@@ -331,8 +410,20 @@ def score_episodes(
         if module is not None:
             module.train(was_training)
     total = scoring.meter(classes)
-    for gathered in distributed.all_gather(meters, world):
+    problems = []
+    for gathered, bad in distributed.all_gather((meters, broken), world):
         meters.update(gathered)
+        problems += bad or []
+    if problems:
+        problems.sort()
+        shown = "; ".join(
+            f"episode {i} (class {episodes[i].class_id}, query {episodes[i].query})" for i in problems[:5]
+        )
+        more = f" and {len(problems) - 5} more" if len(problems) > 5 else ""
+        raise NonFiniteLogits(
+            f"model: non-finite logits (NaN or inf) for {shown}{more}; its scores would be meaningless "
+            "(check the model's weights, or run without --amp fp16, whose range may overflow)"
+        )
     for index in range(len(batches)):  # in batch order: the episode-wise mean sums in the same order
         total.merge(meters[index])
     return total.compute()

@@ -9,7 +9,9 @@ A run is described by four sections::
 
 Packaged configurations (``pascal``, ``coco``, ``fss``, ``synthetic``) are found by name; any other
 ``--config`` is a path to a YAML file. Every key is checked: an unknown or ill-typed one is an error
-that names it.
+that names it, and so is a key given twice in one mapping (YAML would keep the last). Counts that no run
+can mean are refused too: episodes, epochs and the batch are at most :data:`MAX_COUNT` (ten million), a
+batch at most an epoch, loader workers and threads at most :data:`MAX_THREADS`.
 """
 
 from __future__ import annotations
@@ -23,11 +25,14 @@ from typing import Any
 
 import yaml
 
-from ..config import SSTConfig
+from ..config import MAX_COUNT, SSTConfig
 from ..data import DATASETS
 from ..data.splits import check_fold
 
 CONFIG_PACKAGE = "sst_fast.configs"
+
+# The most loader worker processes (data.workers) and torch threads (run.threads).
+MAX_THREADS = 1024
 
 
 class ConfigError(ValueError):
@@ -78,7 +83,8 @@ class DataConfig:
         _check(isinstance(self.feature_cache, bool), "data.feature_cache", "true or false", self.feature_cache)
         if self.feature_cache and self.augment:
             raise ConfigError("data.feature_cache caches un-augmented images: set data.augment=false with it")
-        _check(_is_int(self.workers) and self.workers >= 0, "data.workers", "an integer >= 0", self.workers)
+        workers = f"an integer from 0 to {MAX_THREADS}"
+        _check(_in_range(self.workers, 0, MAX_THREADS), "data.workers", workers, self.workers)
         _check(
             _is_number(self.val_fraction) and 0 < self.val_fraction < 1,
             "data.val_fraction",
@@ -86,9 +92,9 @@ class DataConfig:
             self.val_fraction,
         )
         _check(
-            _is_int(self.val_episodes) and self.val_episodes >= 1,
+            _in_range(self.val_episodes, 1, MAX_COUNT),
             "data.val_episodes",
-            "an integer >= 1",
+            f"an integer from 1 to {MAX_COUNT}",
             self.val_episodes,
         )
 
@@ -124,16 +130,21 @@ class OptimConfig:
             value = getattr(self, name)
             _check(_is_number(value) and value >= 0, f"optim.{name}", "a finite number >= 0", value)
         _check(self.lr > 0, "optim.lr", "> 0", self.lr)
+        counts = f"an integer from 1 to {MAX_COUNT}"
+        _check(_in_range(self.batch_size, 1, MAX_COUNT), "optim.batch_size", counts, self.batch_size)
+        _check(_in_range(self.epochs, 1, MAX_COUNT), "optim.epochs", counts, self.epochs)
         _check(
-            _is_int(self.batch_size) and self.batch_size >= 1, "optim.batch_size", "an integer >= 1", self.batch_size
-        )
-        _check(_is_int(self.epochs) and self.epochs >= 1, "optim.epochs", "an integer >= 1", self.epochs)
-        _check(
-            self.episodes_per_epoch is None or (_is_int(self.episodes_per_epoch) and self.episodes_per_epoch >= 1),
+            self.episodes_per_epoch is None or _in_range(self.episodes_per_epoch, 1, MAX_COUNT),
             "optim.episodes_per_epoch",
-            "an integer >= 1 or null",
+            f"{counts} or null",
             self.episodes_per_epoch,
         )
+        if self.episodes_per_epoch is not None and self.batch_size > self.episodes_per_epoch:
+            raise ConfigError(
+                f"optim.batch_size={self.batch_size} is more than an epoch "
+                f"(optim.episodes_per_epoch={self.episodes_per_epoch}): every epoch would be one step of "
+                f"{self.episodes_per_epoch} episodes; lower optim.batch_size or raise optim.episodes_per_epoch"
+            )
         _check(
             self.step_lr is None or (_is_number(self.step_lr) and self.step_lr > 0),
             "optim.step_lr",
@@ -191,7 +202,8 @@ class RunSettings:
             "a number > 0",
             self.progress_seconds,
         )
-        _check(_is_int(self.seed) and self.seed >= 0, "run.seed", "an integer >= 0", self.seed)
+        # torch seeds are 64-bit
+        _check(_in_range(self.seed, 0, 2**64 - 1), "run.seed", "an integer from 0 to 2**64 - 1", self.seed)
         _check(self.amp in ("off", "bf16", "fp16"), "run.amp", "'off', 'bf16' or 'fp16'", self.amp)
         _check(isinstance(self.channels_last, bool), "run.channels_last", "true or false", self.channels_last)
         _check(
@@ -201,9 +213,9 @@ class RunSettings:
             self.device,
         )
         _check(
-            self.threads is None or (_is_int(self.threads) and self.threads >= 1),
+            self.threads is None or _in_range(self.threads, 1, MAX_THREADS),
             "run.threads",
-            "an integer >= 1 or null",
+            f"an integer from 1 to {MAX_THREADS} or null",
             self.threads,
         )
         for name in ("log_every", "checkpoint_every", "val_every"):
@@ -281,6 +293,11 @@ def read_config_file(config) -> dict:
         text = path.read_text()
     try:
         values = _load_yaml(text)
+    except _KeyTwice as error:
+        raise ConfigError(
+            f"config: {config} sets {error.key} twice (lines {error.lines[0]} and {error.lines[1]}): "
+            "a key may appear once in a mapping"
+        ) from None
     except yaml.YAMLError as error:
         raise ConfigError(f"config: {config} is not valid YAML: {str(error).splitlines()[0]}") from None
     if values is not None and not isinstance(values, dict):
@@ -305,7 +322,9 @@ def apply_overrides(values: dict, overrides) -> dict:
                 f"override {override!r}: unknown section {path[0]!r}; the sections are {sorted(SECTIONS)}"
             )
         try:
-            value = _load_yaml(text) if text.strip() else None
+            value = _load_yaml(text, within=".".join(path)) if text.strip() else None
+        except _KeyTwice as error:
+            raise ConfigError(f"override {override!r} sets {error.key} twice: a key may appear once") from None
         except yaml.YAMLError:
             raise ConfigError(f"override {override!r}: cannot read the value {text!r}") from None
         node = values
@@ -335,8 +354,49 @@ _Loader.add_implicit_resolver(
 )
 
 
-def _load_yaml(text: str):
-    return yaml.load(text, Loader=_Loader)
+class _KeyTwice(yaml.YAMLError):
+    """A mapping of a YAML document holds a key twice."""
+
+    def __init__(self, key: str, first: yaml.Mark, second: yaml.Mark) -> None:
+        self.key, self.lines = key, (first.line + 1, second.line + 1)
+        super().__init__(f"{key} twice (lines {self.lines[0]} and {self.lines[1]})")
+
+
+def _load_yaml(text: str, within: str = ""):
+    """The YAML document in ``text``; a key given twice in any of its mappings is a :class:`_KeyTwice` naming
+    it by its path (``optim.lr``, under ``within``), where plain YAML loading would keep the last silently."""
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _refuse_keys_twice(loader, node, within, set())
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _refuse_keys_twice(loader: _Loader, node: yaml.Node, path: str, seen_nodes: set) -> None:
+    if id(node) in seen_nodes:  # an alias of a node already checked (or of one that holds itself)
+        return
+    seen_nodes.add(id(node))
+    if isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _refuse_keys_twice(loader, item, f"{path}[{index}]", seen_nodes)
+    elif isinstance(node, yaml.MappingNode):
+        keys: dict = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # "<<: *base": the mapping's own keys override these
+                _refuse_keys_twice(loader, value_node, path, seen_nodes)
+                continue
+            scalar = isinstance(key_node, yaml.ScalarNode)
+            key = loader.construct_object(key_node) if scalar else key_node.tag
+            name = f"{path}.{key}" if path else str(key)
+            if scalar:  # a mapping or list as a key: unhashable, the loader itself refuses it
+                first = keys.setdefault(key, key_node)
+                if first is not key_node:
+                    raise _KeyTwice(name, first.start_mark, key_node.start_mark)
+            _refuse_keys_twice(loader, value_node, name, seen_nodes)
 
 
 def _check(ok: bool, key: str, expected: str, got: Any) -> None:
@@ -346,6 +406,10 @@ def _check(ok: bool, key: str, expected: str, got: Any) -> None:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _in_range(value: Any, low: int, high: int) -> bool:
+    return _is_int(value) and low <= value <= high
 
 
 def _is_number(value: Any) -> bool:

@@ -152,6 +152,23 @@ class TqdmHandler(logging.Handler):
             self.handleError(record)
 
 
+FILE_ONLY = "file_only"  # a record with this attribute set goes to the log file, not to the console
+
+
+class _NotFileOnly(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(record, FILE_ONLY, False)
+
+
+class RunLogFile(logging.FileHandler):
+    """The run's ``train.log``. A file-only record it cannot write (the disk that failed the run is full) is
+    dropped without a word: the error it records reaches the user anyway, as the exception."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if not getattr(record, FILE_ONLY, False):
+            super().handleError(record)
+
+
 def run_logger(path: Path | None, world: distributed.World | None = None) -> logging.Logger:
     """The ``sst_fast.train`` logger writing to ``path`` (all records) and the console (INFO and up). The other
     ranks of a run on several processes (``path`` None) print only errors, marked with their rank."""
@@ -159,14 +176,29 @@ def run_logger(path: Path | None, world: distributed.World | None = None) -> log
     logger.setLevel(logging.DEBUG)
     logger.propagate = False
     if path is not None:
-        file_handler = logging.FileHandler(path)
+        file_handler = RunLogFile(path)
         file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         logger.addHandler(file_handler)
     world = world or distributed.World()
     console = TqdmHandler(logging.INFO if world.main else logging.ERROR)
     console.setFormatter(logging.Formatter(f"[rank {world.rank}] %(message)s" if world.distributed else "%(message)s"))
+    console.addFilter(_NotFileOnly())
     logger.addHandler(console)
     return logger
+
+
+def log_fatal(logger: logging.Logger, error: BaseException, where: str, traceback: bool = True) -> None:
+    """Record in the run's log file the error that ends the run (``where``: e.g. "after step 3"), with its
+    traceback unless ``traceback`` is false. Not on the console: the exception goes on to the caller, and
+    the command line prints it there once."""
+    logger.error(
+        "the run ends %s: %s: %s",
+        where,
+        type(error).__name__,
+        error,
+        exc_info=error if traceback else None,
+        extra={FILE_ONLY: True},
+    )
 
 
 def close_logger() -> logging.Logger:

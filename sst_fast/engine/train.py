@@ -128,7 +128,10 @@ class Trainer:
         existing = set(self.run_dir.iterdir()) if created is None and _state is None else None
         try:
             self._setup(_state)
-        except BaseException:
+        except BaseException as error:
+            if _state is not None and isinstance(error, Exception) and hasattr(self, "log"):
+                # A resumed run keeps its folder and its log: the log says why it could not go on.
+                runlog.log_fatal(self.log, error, f"on resuming from step {_state['step']}")
             # A run that could not start leaves nothing behind: no half-made folder, no files in the user's.
             runlog.close_logger()
             self._abandon(created, lock_file_existed, existing)
@@ -208,6 +211,7 @@ class Trainer:
         self.best_miou: float | None = None
         self.best_step: int | None = None
         self.history: list[dict] = []
+        self.checkpoint_step: int | None = None  # the step of checkpoints/last.pt, once this run wrote or read it
         if world.main:  # what a save killed half-way left behind (the checkpoint itself is whole)
             for stale in self.last_path.parent.glob(".*.tmp"):
                 stale.unlink(missing_ok=True)
@@ -313,6 +317,7 @@ class Trainer:
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         self.best_miou, self.best_step = state["best"]["miou"], state["best"]["step"]
         self.history = list(state["history"])
+        self.checkpoint_step = self.step
         rng = state["rng"]
         saved_by = len(rng.get("ranks", ())) or 1
         if saved_by == self.world.size:
@@ -344,6 +349,7 @@ class Trainer:
             if best:  # best first: a crash between the two writes leaves last.pt behind, and resuming redoes it
                 save_checkpoint(self.best_path, state)
             save_checkpoint(self.last_path, state)
+        self.checkpoint_step = self.step
         distributed.barrier(self.world)
 
     # --- the loop -------------------------------------------------------------------------------
@@ -357,6 +363,10 @@ class Trainer:
             self._lock.acquire()  # held since __init__; taken again by a second fit() on the same trainer
         try:
             return self._fit(max_steps)
+        except Exception as error:  # not KeyboardInterrupt: a second Ctrl-C aborts at once, as asked
+            # Whatever ends the run is recorded in its log too, not only shown on the console.
+            runlog.log_fatal(self.log, error, f"after step {self.step}", traceback=not isinstance(error, TrainingError))
+            raise
         finally:
             if self._lock is not None:
                 self._lock.release()
@@ -463,7 +473,7 @@ class Trainer:
         if not math.isfinite(losses[0]):
             raise TrainingError(
                 f"the loss is {losses[0]} at step {self.step + 1} (optim.lr={self.config.optim.lr} too high?); "
-                f"the last checkpoint is {self.last_path}"
+                f"{self._last_checkpoint()}"
             )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -479,6 +489,13 @@ class Trainer:
         if self.model.tuning.log_step is not None:  # the learned alpha's trajectory
             record["tune_step"] = self.model.tuning.step().item()
         return record
+
+    def _last_checkpoint(self) -> str:
+        """Where a run that cannot go on stands: its last checkpoint, if one is on disk."""
+        if not self.last_path.exists():
+            return "no checkpoint was written yet (nothing to resume): start the run again, e.g. with a lower optim.lr"
+        step = f" (step {self.checkpoint_step})" if self.checkpoint_step is not None else ""
+        return f"the last checkpoint is {self.last_path}{step}"
 
     def validate(self, writer=None) -> bool:
         """Score the validation episodes; record them; True when the mIoU is the best so far."""

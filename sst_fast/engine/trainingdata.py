@@ -35,6 +35,12 @@ class TrainingData:
         self.sampler = fold_sampler(self.dataset, data.fold, shots, "train", data.exclude_novel, images=kept)
         self.episodes_per_epoch = config.optim.episodes_per_epoch or len(kept)
         batch_size, processes = config.optim.batch_size, world.size
+        if batch_size > self.episodes_per_epoch:  # (a set optim.episodes_per_epoch is checked with the config)
+            raise ConfigError(
+                f"optim.batch_size={batch_size} is more than an epoch (optim.episodes_per_epoch=null: one episode "
+                f"per training image, {len(kept)} training images here): every epoch would be one step of "
+                f"{len(kept)} episodes; lower optim.batch_size or set optim.episodes_per_epoch"
+            )
         if batch_size < processes:
             raise ConfigError(
                 f"optim.batch_size={batch_size} (the global batch) is smaller than the {processes} processes"

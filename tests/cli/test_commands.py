@@ -75,6 +75,64 @@ def test_eval_replaying_the_manifests_gives_identical_metrics(evaluation, tiny_c
         assert (replay / name).read_text() == (out / name).read_text()
 
 
+@pytest.mark.parametrize(
+    ("flags", "refused"),
+    [
+        pytest.param(["--shots", "5"], "shots (--shots): the manifests decide it (1), got 5", id="shots"),
+        pytest.param(["--episodes", "7"], "episodes (--episodes): the manifests decide it (8), got 7", id="episodes"),
+        pytest.param(
+            ["--seeds", "3", "4"], "seeds (--seeds): the manifests decide it ([0, 1]), got [3, 4]", id="seeds"
+        ),
+        pytest.param(["--seeds", "1", "0"], "seeds (--seeds): the manifests decide it ([0, 1])", id="seed-order"),
+    ],
+)
+def test_eval_refuses_a_flag_that_the_manifests_decide(evaluation, tiny_checkpoint, tmp_path, capsys, flags, refused):
+    out, _ = evaluation
+    manifests = [str(out / "manifests" / f"seed-{seed}.json") for seed in (0, 1)]
+    argv = ["eval", str(tiny_checkpoint), "--manifest", *manifests, "--out", str(tmp_path / "r"), "--no-progress"]
+    assert main([*argv, *flags]) == 2
+    assert refused in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+    # The manifests' own values are what a replay runs anyway: given again, they are accepted.
+    same = ["--shots", "1", "--episodes", "8", "--seeds", "0", "1"]
+    assert main([*argv, *same]) == 0, capsys.readouterr().err
+
+
+def test_eval_on_another_fold_refuses_the_classes_the_checkpoint_trained_on(tiny_checkpoint, tmp_path, capsys):
+    """Trained on fold 0, fold 1's test classes were training classes: refused, or scored with the card saying so."""
+    argv = ["eval", str(tiny_checkpoint), "--fold", "1", "--episodes", "3", "--no-progress"]
+    assert main([*argv, "--out", str(tmp_path / "refused")]) == 2
+    err = capsys.readouterr().err
+    assert "the model was trained on synthetic fold 0" in err and "--allow-seen-classes" in err, err
+    assert not (tmp_path / "refused").exists()
+    out = tmp_path / "allowed"
+    assert main([*argv, "--out", str(out), "--allow-seen-classes"]) == 0, capsys.readouterr().err
+    assert "WERE TRAINING CLASSES: not a few-shot result" in capsys.readouterr().out
+    trained_on = json.loads((out / "metrics.json").read_text())["protocol"]["trained_on"]
+    assert trained_on["dataset"] == "synthetic" and trained_on["fold"] == 0 and trained_on["seen_test_classes"]
+
+
+def test_eval_card_records_the_training_fold(evaluation):
+    out, printed = evaluation
+    trained_on = json.loads((out / "metrics.json").read_text())["protocol"]["trained_on"]
+    assert trained_on == {"dataset": "synthetic", "fold": 0, "seen_test_classes": []}
+    assert "trained on           synthetic, fold 0 (no test class among its training classes)" in printed
+
+
+def test_eval_of_a_model_with_nan_logits_is_an_error_naming_the_episode(tmp_path, capsys):
+    factory = tmp_path / "nan_model.py"
+    factory.write_text(
+        "import torch\n"
+        "def build():\n"
+        "    return lambda q, s, m: torch.full((q.shape[0], 2, *q.shape[-2:]), float('nan'))\n"
+    )
+    argv = ["eval", "--model", f"{factory}:build", "--dataset", "synthetic", "--fold", "0", "--size", "32"]
+    assert main([*argv, "--episodes", "3", "--no-progress", "--out", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err
+    assert "non-finite logits (NaN or inf) for episode 0 (class " in err, err
+    assert not (tmp_path / "e").exists()
+
+
 def test_eval_two_shots_with_max_fusion(tiny_checkpoint, tmp_path, capsys):
     out = tmp_path / "out"
     argv = ["eval", str(tiny_checkpoint), "--shots", "2", "--fusion", "max", "--episodes", "4", "--out", str(out)]
@@ -93,6 +151,35 @@ def test_eval_of_a_run_folder_writes_beside_the_run(run_copy, capsys):
     assert f"results: {results / 'metrics.json'}" in capsys.readouterr().out
     protocol = json.loads((results / "metrics.json").read_text())["protocol"]
     assert protocol["checkpoint"] == str(run_copy / "checkpoints" / "best.pt")
+
+
+def test_eval_of_a_run_folder_without_best_checkpoint_says_it_uses_the_last(run_copy, capsys):
+    (run_copy / "checkpoints" / "best.pt").unlink()
+    assert main(["eval", str(run_copy), "--episodes", "4", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith(f"sst-fast eval: warning: {run_copy} has no checkpoints/best.pt"), err
+    assert "using its latest state, checkpoints/last.pt (step " in err
+
+
+def test_eval_with_own_model_takes_a_run_folder_as_its_checkpoint(run_copy, tmp_path, monkeypatch, capsys):
+    """The factory gets the run folder's checkpoint file, as SST's own evaluation would read it; the results go
+    under runs/eval/ in the working folder."""
+    factory = tmp_path / "factory.py"
+    factory.write_text(
+        "import torch\n"
+        "class Constant(torch.nn.Module):\n"
+        "    def forward(self, query, support_images, support_masks):\n"
+        "        return torch.zeros(query.shape[0], 2, *query.shape[-2:])\n"
+        "def build(checkpoint):\n"
+        "    assert torch.load(checkpoint, weights_only=True)['kind'] == 'sst_fast-checkpoint'\n"
+        "    return Constant()\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    argv = ["eval", str(run_copy), "--model", f"{factory}:build", "--size", "32", "--episodes", "3", "--no-progress"]
+    assert main([*argv, "--dataset", "synthetic", "--fold", "0"]) == 0, capsys.readouterr().err
+    (metrics,) = (tmp_path / "runs" / "eval").rglob("metrics.json")
+    assert json.loads(metrics.read_text())["protocol"]["checkpoint"] == str(run_copy / "checkpoints" / "best.pt")
+    assert metrics.parent.parent.name.endswith("-best")
 
 
 def test_print_config_round_trips_through_yaml(tmp_path, monkeypatch, capsys):

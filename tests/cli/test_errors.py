@@ -1,5 +1,6 @@
-"""Every failure a user can cause ends in ONE line on stderr (``sst-fast <cmd>: error: ...``), exit code 2, no
-traceback, and leaves no files behind; ``SST_FAST_DEBUG=1`` shows the traceback instead."""
+"""Every failure a user can cause ends in its message on stderr (``sst-fast <cmd>: error: ...``, then the detail
+the message has, bounded), exit code 2, no traceback, and leaves no files behind; ``SST_FAST_DEBUG=1`` shows the
+traceback instead."""
 
 import os
 import subprocess
@@ -11,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sst_fast.cli import main
+from sst_fast.cli import MAX_ERROR_LINE, MAX_ERROR_LINES, error_text, main
 from sst_fast.engine.runconfig import ConfigError
 from tests.engine.tiny import TINY
 
@@ -23,7 +24,7 @@ CASES = [
     # --- train: configuration and data ---
     pytest.param(
         [*TRAIN, "--config", "pascal", "data.root={tmp}/nope", "run.allow_random_backbone=true"],
-        ["PASCAL VOC", "{tmp}/nope"],
+        ["PASCAL VOC", "{tmp}/nope", "Expected layout", "JPEGImages/<id>.jpg", "train_aug.txt"],
         id="train-missing-data-root",
     ),
     pytest.param([*TRAIN, "--config", "synthetic", "data.fold=7"], ["fold", "got 7"], id="train-fold-7"),
@@ -69,6 +70,21 @@ CASES = [
         ["run.device", "cuda:abc"],
         id="train-bad-device-string",
     ),
+    pytest.param(
+        [*TRAIN, "--config", "synthetic", "data.val_episodes=99999999999999999999"],
+        ["data.val_episodes", "from 1 to 10000000"],
+        id="train-val-episodes-beyond-the-maximum",
+    ),
+    pytest.param(
+        [*TRAIN, "--config", "synthetic", "optim.batch_size=100000"],
+        ["optim.batch_size=100000 is more than an epoch", "optim.episodes_per_epoch=800"],
+        id="train-batch-larger-than-an-epoch",
+    ),
+    pytest.param(
+        [*TRAIN, "--config", "synthetic", "data.options={{seed: 1, seed: 2}}"],  # braces doubled: str.format
+        ["data.options.seed twice"],
+        id="train-override-sets-a-key-twice",
+    ),
     # --- eval: checkpoints, folds, data ---
     pytest.param(
         [*EVAL, "{random_bytes}"], ["{random_bytes}", "not a readable checkpoint"], id="eval-ckpt-random-bytes"
@@ -97,6 +113,18 @@ CASES = [
     pytest.param([*EVAL, "{checkpoint}", "--dataset", "bogus"], ["dataset", "'bogus'"], id="eval-unknown-dataset"),
     pytest.param([*EVAL, "{checkpoint}", "--shots", "0"], ["shots"], id="eval-shots-0"),
     pytest.param([*EVAL, "{checkpoint}", "--size", "1", "2", "3"], ["--size"], id="eval-size-3-numbers"),
+    pytest.param(
+        [*EVAL, "{checkpoint}", "--episodes", "99999999999999999999"],
+        ["--episodes", "at most 10,000,000"],
+        id="eval-episodes-beyond-the-maximum",
+    ),
+    pytest.param([*EVAL, "{checkpoint}", "--workers", "100000"], ["--workers", "from 0 to 1024"], id="eval-workers"),
+    pytest.param(
+        ["data", "check", "--config", "synthetic", "--workers", "0"], ["--workers", "from 1 to 1024"], id="check-workers"
+    ),
+    pytest.param(
+        ["ablation", "--out", "{tmp}/a", "--episodes", "10000001"], ["--episodes", "at most"], id="ablation-episodes"
+    ),
     pytest.param([*EVAL, "{checkpoint}", "--manifest", "{tmp}/none.json"], ["none.json"], id="eval-missing-manifest"),
     pytest.param([*EVAL, "{checkpoint}", "--manifest", "{bad_yaml}"], ["bad.yaml"], id="eval-unreadable-manifest"),
     pytest.param(
@@ -232,13 +260,16 @@ def snapshot(folder: Path) -> set[str]:
 
 
 def assert_one_line_error(stderr: str, *expected: str) -> None:
+    """One error, in the CLI's voice: its first line ``sst-fast <cmd>: error: ...``, its detail (if any) after it,
+    at most MAX_ERROR_LINES lines; no traceback. ``expected`` fragments are looked for in the whole message."""
     assert "Traceback" not in stderr
     lines = stderr.splitlines()
-    assert len(lines) == 1, f"expected one line on stderr, got:\n{stderr}"
+    assert 1 <= len(lines) <= MAX_ERROR_LINES, f"expected one bounded message on stderr, got:\n{stderr}"
     assert lines[0].startswith("sst-fast"), lines[0]
     assert ": error: " in lines[0]
+    assert sum(": error: " in line for line in lines) == 1, stderr
     for text in expected:
-        assert text in lines[0], f"{text!r} not in {lines[0]!r}"
+        assert text in stderr, f"{text!r} not in {stderr!r}"
 
 
 @pytest.mark.parametrize(("argv", "expected"), CASES)
@@ -330,3 +361,42 @@ def test_debug_environment_shows_the_traceback(tmp_path):
     assert result.returncode not in (0, 2)
     assert "Traceback (most recent call last)" in result.stderr
     assert "ConfigError: optim.lr must be" in result.stderr
+
+
+def test_an_unreadable_label_is_named_in_the_error_without_debug(tmp_path, monkeypatch, capsys):
+    """The detail of a multi-line message (which files) reaches the user; the traceback does not."""
+    from tests.data.layouts import make_voc, voc_images
+
+    monkeypatch.delenv("SST_FAST_DEBUG", raising=False)
+    images = voc_images(per_class=2)
+    root = make_voc(tmp_path / "voc", images, val=list(images)[:10])
+    broken = root / "SegmentationClassAug" / f"{list(images)[-1]}.png"
+    broken.write_bytes(b"not a png")
+    argv = ["train", "--config", "pascal", f"data.root={root}", *TINY[3:], "model.backbone=tiny"]
+    code = run_main([*argv, "--run-dir", str(tmp_path / "run"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert_one_line_error(err, "1 unreadable file(s)", str(broken))
+
+
+def test_error_text_is_whole_but_bounded():
+    assert error_text(ValueError("first\n  detail a\n  detail b")) == "first\n  detail a\n  detail b"
+    assert error_text(OSError()) == "OSError"
+    long = error_text(ValueError("\n".join(f"line {n}" for n in range(1000))))
+    lines = long.splitlines()
+    assert len(lines) == MAX_ERROR_LINES
+    assert lines[-2] == f"line {MAX_ERROR_LINES - 2}"
+    assert lines[-1].startswith(f"... and {1000 - MAX_ERROR_LINES + 1} more lines")
+    wide = error_text(ValueError("x" * 10_000))
+    assert len(wide) == MAX_ERROR_LINE and wide.endswith("...")
+
+
+def test_package_warnings_are_lines_in_the_clis_voice(tiny_checkpoint, tmp_path, capsys):
+    """One episode scores one class: the others have no IoU, which the user reads as a warning line of sst-fast's,
+    not as Python's ``file.py:N: UserWarning`` with the source line under it."""
+    code = run_main(["eval", str(tiny_checkpoint), "--episodes", "1", "--no-progress", "--out", str(tmp_path / "e")])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert err.startswith("sst-fast eval: warning: classes ["), err
+    assert "have no IoU" in err
+    assert "UserWarning" not in err and ".py:" not in err

@@ -263,3 +263,83 @@ def test_the_figure_keeps_the_photos_aspect_ratio(balanced_checkpoint, voc_episo
     assert ex.supports.shape[1] / ex.supports.shape[2] == pytest.approx(s_height / s_width, rel=0.05)
     assert ex.support_masks.shape[1:] == ex.supports.shape[1:3] and ex.gradient.shape == ex.support_masks.shape
     assert (tmp_path / "figure.png").is_file()
+
+
+def test_a_second_prediction_replaces_the_first_in_its_folder(balanced_checkpoint, voc_episode, tmp_path, capsys):
+    """--out holds one prediction: a figure of the first query does not stay beside the second's mask."""
+    out = tmp_path / "out"
+    supports, masks = voc_episode.supports[:1], voc_episode.masks_255[:1]
+    assert run_predict(balanced_checkpoint, voc_episode.query, supports, masks, out, "--figure") == 0
+    assert (out / "figure.png").is_file()
+    (out / "notes.txt").write_text("mine")
+    assert run_predict(balanced_checkpoint, voc_episode.supports[1], supports, masks, out) == 0
+    assert not (out / "figure.png").exists()
+    assert (out / "notes.txt").read_text() == "mine"  # not a file of a prediction: left alone
+    import json
+
+    record = json.loads((out / "prediction.json").read_text())
+    assert record["query"] == str(voc_episode.supports[1])
+    assert record["files"] == ["mask.png", "overlay.png"]
+    assert read_array(out / "mask.png").shape == voc_episode.read_supports()[1].shape[:2]
+
+
+def test_predict_defaults_to_a_folder_under_runs(balanced_checkpoint, voc_episode, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    argv = ["predict", str(balanced_checkpoint), "--query", str(voc_episode.query)]
+    argv += ["--support", str(voc_episode.supports[0]), "--mask", str(voc_episode.masks_255[0])]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "runs" / "prediction").iterdir()) == [
+        "mask.png",
+        "overlay.png",
+        "prediction.json",
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
+
+
+def test_class_id_per_mask(balanced_checkpoint, voc_episode, tmp_path, capsys):
+    """Two class maps whose object has different labels: one --class-id each gives the binary masks' answer."""
+    maps = []
+    for index, label in enumerate(voc_episode.labels):
+        relabelled = np.where(label == 1, 7 + index, 0).astype(np.uint8)  # the object: 7 in one, 8 in the other
+        maps.append(tmp_path / f"map{index}.png")
+        Image.fromarray(relabelled).save(maps[-1])
+    binary = tmp_path / "binary"
+    assert run_predict(balanced_checkpoint, voc_episode.query, voc_episode.supports, voc_episode.masks_01, binary) == 0
+    per_mask = tmp_path / "per-mask"
+    code = run_predict(
+        balanced_checkpoint, voc_episode.query, voc_episode.supports, maps, per_mask, "--class-id", "7", "8"
+    )
+    assert code == 0, capsys.readouterr().err
+    np.testing.assert_array_equal(read_array(per_mask / "mask.png"), read_array(binary / "mask.png"))
+    capsys.readouterr()
+    code = run_predict(
+        balanced_checkpoint, voc_episode.query, voc_episode.supports, maps, tmp_path / "x", "--class-id", "7", "8", "9"
+    )
+    assert code == 2
+    assert "--class-id: one label for every mask, or one per mask (2), got 3" in capsys.readouterr().err
+
+
+def test_a_mask_in_the_stored_orientation_of_an_exif_rotated_support_is_explained(
+    balanced_checkpoint, voc_episode, tmp_path, capsys
+):
+    support_photo = voc_episode.read_supports()[1]
+    assert support_photo.shape[0] != support_photo.shape[1]
+    support = save_with_orientation(support_photo, tmp_path / "support.png", 6)  # shown turned by 90°
+    # The mask drawn on the support's pixels as stored, not as a viewer shows the photo.
+    stored_mask = tmp_path / "stored-mask.png"
+    Image.fromarray(np.ascontiguousarray(STORED[6](read_array(voc_episode.masks_255[1])))).save(stored_mask)
+    code = run_predict(balanced_checkpoint, voc_episode.query, [support], [stored_mask], tmp_path / "o")
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "EXIF orientation (6)" in err and "fits the photo as stored" in err, err
+    assert str(support) in err
+
+
+def test_a_run_folder_without_best_checkpoint_says_it_uses_the_last(run_copy, voc_episode, tmp_path, capsys):
+    (run_copy / "checkpoints" / "best.pt").unlink()
+    out = tmp_path / "out"
+    code = run_predict(run_copy, voc_episode.query, voc_episode.supports[:1], voc_episode.masks_01[:1], out)
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert err.startswith(f"sst-fast predict: warning: {run_copy} has no checkpoints/best.pt"), err
+    assert "checkpoints/last.pt (step " in err

@@ -68,4 +68,32 @@ def test_a_class_too_thin_for_an_episode_is_flagged(tmp_path, monkeypatch, capsy
 def test_a_missing_folder_is_one_error_naming_the_layout(tmp_path, capsys):
     assert check(tmp_path / "nope") == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "PASCAL VOC" in err
+    assert "Traceback" not in err and err.count(": error: ") == 1
+    assert err.startswith("sst-fast data: error: PASCAL VOC data not found")
+
+
+@pytest.mark.parametrize("read", [True, False], ids=["read", "no-read"])
+def test_fss_lists_every_missing_mask_and_class_folder_in_one_pass(tmp_path, monkeypatch, capsys, read):
+    from tests.data.test_fss import gray_mask, write_image, write_splits
+
+    monkeypatch.setenv("SST_FAST_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "fss"
+    write_splits(root, train=("ab_wheel", "bee"), val=("cat",), test=("dog", "emu"))
+    for name in ("ab_wheel", "bee", "cat", "dog"):
+        for number in (1, 2, 3):
+            write_image(root, name, number, gray_mask(rows=slice(0, 4)))
+    (root / "bee" / "2.png").unlink()  # a training image without its mask
+    (root / "cat" / "3.png").unlink()  # a val one
+    (root / "dog" / "1.png").unlink()  # a test one
+    (root / "ab_wheel" / "1.jpg").write_bytes(b"\xff\xd8 not a jpeg")  # and an unreadable image
+    # emu (test) has no folder at all
+    code = main(["data", "check", "--config", "fss", f"data.root={root}", *([] if read else ["--no-read"])])
+    captured = capsys.readouterr()
+    assert code == 2, captured.err
+    assert captured.err == ""
+    out = captured.out
+    for image in ("bee/2", "cat/3", "dog/1"):
+        assert f"{image}.jpg has no mask" in out, out
+    assert "class folder" in out and "emu (listed in" in out and "is missing" in out
+    assert ("unreadable ab_wheel/1" in out) == read
+    assert "PROBLEMS FOUND" in out and "folds not counted" in out

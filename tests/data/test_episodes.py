@@ -198,3 +198,16 @@ def test_a_loader_with_workers_gives_the_same_batches(arrays):
     parallel = list(torch.utils.data.DataLoader(dataset, batch_size=4, collate_fn=collate_episodes, num_workers=2))
     for a, b in zip(serial, parallel, strict=True):
         assert torch.equal(a["query"], b["query"]) and torch.equal(a["support_masks"], b["support_masks"])
+
+
+def test_a_pair_list_names_every_pair_the_data_set_lacks(arrays):
+    from sst_fast.data.episodes import PairListSampler
+
+    good = [("val/01-0", 1), ("val/01-1", 1), ("val/02-0", 2), ("val/02-1", 2)]
+    PairListSampler(arrays, [1, 2], "val", 1, pairs=good, source="mine.txt")
+    lacking = [*good, ("val/99-0", 1), ("train/01-0", 1), ("val/01-2", 2), ("val/02-2", 1)]
+    with pytest.raises(DataError) as error:
+        PairListSampler(arrays, [1, 2], "val", 1, pairs=lacking, source="mine.txt")
+    message = str(error.value)
+    assert message.startswith("mine.txt: 2 of the 8 images are not in split 'val' (train/01-0, val/99-0)")
+    assert "2 pairs name a class their image's label lacks (val/01-2 class 2, val/02-2 class 1)" in message

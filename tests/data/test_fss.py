@@ -268,3 +268,22 @@ def test_class_255_is_a_class_not_the_ignore_label(many_classes, tmp_path):
     assert dataset.ignore_label is None
     assert set(np.unique(dataset.episode_mask(label, 255)).tolist()) == {0, 1}
     assert dataset.image_classes("train", "c254/1") == {255: int((label == 255).sum())}
+
+
+def test_every_layout_problem_of_a_split_is_in_one_error(fss_root):
+    (fss_root / "bee" / "2.png").unlink()
+    (fss_root / "ab_wheel" / "10.png").unlink()
+    for path in (fss_root / "zebra_fish").iterdir():
+        path.unlink()
+    dataset = FSS1000(fss_root)
+    with pytest.raises(DataError) as error:
+        dataset.image_ids("train")
+    message = str(error.value)
+    assert message.splitlines()[0].startswith("FSS-1000: 3 problems in the class folders of split 'train'")
+    assert "ab_wheel/10.jpg has no mask" in message and "bee/2.jpg has no mask" in message
+    assert "zebra_fish (listed in" in message and "holds no .jpg image" in message
+    assert "Expected layout" in message
+    ids, problems = dataset.survey("train")
+    assert ids == ["ab_wheel/1", "ab_wheel/2", "bee/1"]
+    assert [item for item, _ in problems] == ["ab_wheel/10", "bee/2", "zebra_fish"]
+    assert dataset.survey("test") == (["apple/1", "apple/2", "dog/1", "dog/2"], [])

@@ -233,7 +233,8 @@ def test_hsnet_scores_at_400_by_nearest_labels_and_corner_aligned_logits():
     assert run["miou"] == pytest.approx(np.mean(list(ious.values())))
     assert result.card.protocol == "hsnet" and result.card.score_size == (400, 400)
     assert "400x400" in str(result.card) and "independent" in str(result.card)
-    assert "HSNet (ICCV 2021)" in str(result.card)  # the tables this number sits in
+    # HSNet has no table of this data set: its PASCAL rules, comparable only with the same protocol here.
+    assert "no published table (HSNet's PASCAL-5i rules applied to arrays)" in str(result.card)
 
 
 def test_pfenet_scores_at_the_label_size_and_counts_a_class_without_episodes_as_zero():
@@ -345,3 +346,77 @@ def test_eval_model_files_import_like_modules_and_size_comes_from_the_command_li
     )
     common = ["--dataset", "synthetic", "--fold", "0", "--episodes", "3", "--no-progress", "--out", str(tmp_path / "o")]
     assert main(["eval", "--model", f"{tmp_path / 'mine.py'}:build", "--size", "32", *common]) == 0, capsys.readouterr()
+
+
+# The benchmarks' names in the protocols' texts, and the data sets each protocol's paper has tables of.
+TABLES = {"pascal": "PASCAL-5i", "coco": "COCO-20i", "fss": "FSS-1000"}
+PUBLISHED = {"sst": ("pascal", "coco"), "pfenet": ("pascal", "coco"), "hsnet": ("pascal", "coco", "fss")}
+
+
+def test_a_protocol_claims_only_the_tables_of_its_own_data_set():
+    from sst_fast.data import DATASETS
+
+    for name in PROTOCOLS:
+        for dataset in (*DATASETS, "arrays"):
+            if (name, dataset) == ("pfenet", "fss"):
+                continue  # refused (test_every_protocol_names_its_rules_and_peer)
+            protocol = protocol_for(name, dataset)
+            claim = protocol.comparable
+            for other, table in TABLES.items():
+                if other != dataset:
+                    assert f"{table} table" not in claim, (name, dataset, claim)
+            if dataset in PUBLISHED[name]:
+                assert TABLES[dataset] in claim and "table" in claim, (name, dataset, claim)
+            else:
+                assert claim.startswith("no published table"), (name, dataset, claim)
+                assert f"applied to {dataset}" in claim, (name, dataset, claim)
+    assert "SST paper" in protocol_for("sst", "pascal").comparable
+    assert "SST paper" not in protocol_for("sst", "synthetic").comparable
+    assert "PASCAL-5i rules" in protocol_for("pfenet", "synthetic").comparable
+
+
+def test_the_card_of_a_peer_protocol_on_the_synthetic_set_claims_no_peer_table(tmp_path, capsys):
+    factory = f"{ROOT / 'examples' / 'own_model.py'}:build"
+    common = ["--dataset", "synthetic", "--fold", "0", "--episodes", "2", "--no-progress", "--size", "32"]
+    for name in PROTOCOLS:
+        assert main(["eval", "--model", factory, *common, "--protocol", name, "--out", str(tmp_path / name)]) == 0
+        (line,) = [row for row in capsys.readouterr().out.splitlines() if row.strip().startswith("comparable with")]
+        assert "no published table" in line and "PASCAL-5i tables" not in line and "SST paper" not in line, line
+
+
+def hsnet_fold0_voc(root, val_drop: int = 0):
+    """A VOC folder holding the images of HSNet's fold-0 pairs, each with its pair's classes; the val list lacks
+    the first ``val_drop`` of them (sorted)."""
+    from sst_fast.data.episodes import hsnet_pascal_pairs_path, read_pairs
+    from tests.data.layouts import make_voc
+
+    images: dict[str, dict[int, int]] = {}
+    for image, class_id in read_pairs(hsnet_pascal_pairs_path(0)):
+        images.setdefault(image, {})[class_id] = 30
+    val = sorted(images)[val_drop:]
+    return make_voc(root, images, val=val, size=(12, 12), ignore=0), sorted(images)
+
+
+def test_hsnet_pairs_missing_from_the_val_list_are_counted_and_named(tmp_path):
+    from sst_fast.data import DataError
+    from sst_fast.data.pascal import PascalVOC
+
+    root, images = hsnet_fold0_voc(tmp_path / "voc", val_drop=7)
+    dataset = PascalVOC(root, cache_dir=tmp_path / "cache")
+    with pytest.raises(DataError) as error:
+        protocol_sampler(dataset, 0, 1, protocol_for("hsnet", "pascal"))
+    first = str(error.value).splitlines()[0]
+    assert "HSNet's PASCAL-5i pair lists" in first and "standard VOC2012 val list" in first
+    assert f"7 of the {len(images)} images" in first and images[0] in first
+    assert "pascal_val_fold0.txt" in str(error.value)
+
+
+def test_eval_hsnet_on_a_folder_with_another_val_list_says_what_it_lacks(tmp_path, capsys):
+    root, images = hsnet_fold0_voc(tmp_path / "voc", val_drop=3)
+    factory = f"{ROOT / 'examples' / 'own_model.py'}:build"
+    argv = ["eval", "--model", factory, "--dataset", "pascal", "--root", str(root), "--fold", "0", "--size", "32"]
+    code = main([*argv, "--protocol", "hsnet", "--no-progress", "--out", str(tmp_path / "out")])
+    assert code == 2
+    first = capsys.readouterr().err.splitlines()[0]
+    assert "HSNet's PASCAL-5i pair lists" in first and "standard VOC2012 val list" in first, first
+    assert f"3 of the {len(images)} images" in first and images[0] in first, first

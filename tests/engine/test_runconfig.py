@@ -77,6 +77,15 @@ def test_overrides_do_not_touch_the_input():
         (["model.image_size=[1, 2, 3]"], "image_size"),
         (["model.tune_form=sum"], "tune_form must be one of"),
         (["optim.step_lr=0"], "optim.step_lr must be"),
+        (["data.val_episodes=99999999999999999999"], r"data\.val_episodes must be an integer from 1 to 10000000"),
+        (["optim.episodes_per_epoch=10000001"], r"optim\.episodes_per_epoch must be an integer from 1 to 10000000"),
+        (["optim.epochs=10000001"], r"optim\.epochs must be an integer from 1 to 10000000"),
+        (["optim.batch_size=100000"], r"optim\.batch_size=100000 is more than an epoch \(.*episodes_per_epoch=800\)"),
+        (["optim.episodes_per_epoch=null", "optim.batch_size=10000001"], r"optim\.batch_size must be an integer from"),
+        (["run.seed=18446744073709551616"], r"run\.seed must be an integer from 0 to 2\*\*64 - 1"),
+        (["data.workers=100000"], r"data\.workers must be an integer from 0 to 1024"),
+        (["run.threads=100000"], r"run\.threads must be an integer from 1 to 1024"),
+        (["data.options={seed: 1, seed: 2}"], r"'data\.options=\{seed: 1, seed: 2\}'.* sets data\.options\.seed twice"),
     ],
 )
 def test_bad_overrides_name_the_key(overrides, match):
@@ -98,3 +107,47 @@ def test_bad_files(tmp_path):
     (tmp_path / "section.yaml").write_text("optim: 3\n")
     with pytest.raises(ConfigError, match="section 'optim' must be a mapping"):
         load_run_config(str(tmp_path / "section.yaml"))
+
+
+def test_counts_up_to_their_maximum_are_accepted():
+    from sst_fast.engine.runconfig import MAX_COUNT, MAX_THREADS
+
+    config = load_run_config(
+        "synthetic",
+        [
+            f"data.val_episodes={MAX_COUNT}",
+            f"optim.episodes_per_epoch={MAX_COUNT}",
+            f"optim.batch_size={MAX_COUNT}",
+            f"optim.epochs={MAX_COUNT}",
+            f"data.workers={MAX_THREADS}",
+            f"run.threads={MAX_THREADS}",
+            f"run.seed={2**64 - 1}",
+        ],
+    )
+    assert config.optim.batch_size == config.optim.episodes_per_epoch == MAX_COUNT == 10**7
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "lines"),
+    [
+        ("optim:\n  lr: 0.1\nrun:\n  seed: 1\noptim:\n  epochs: 2\n", "optim", (1, 5)),
+        ("optim:\n  lr: 0.1\n  momentum: 0\n  lr: 0.2\n", "optim.lr", (2, 4)),
+        ('optim:\n  lr: 0.1\n  "lr": 0.2\n', "optim.lr", (2, 3)),
+        ("data:\n  options:\n    seed: 1\n    seed: 2\n", "data.options.seed", (3, 4)),
+        ("model: {image_size: [64, 64], image_size: [32, 32]}\n", "model.image_size", (1, 1)),
+    ],
+)
+def test_a_key_twice_in_a_config_file_is_an_error_naming_the_key_and_the_file(tmp_path, text, key, lines):
+    path = tmp_path / "twice.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as raised:
+        load_run_config(str(path))
+    assert str(raised.value) == (
+        f"config: {path} sets {key} twice (lines {lines[0]} and {lines[1]}): a key may appear once in a mapping"
+    )
+
+
+def test_yaml_merge_keys_still_override_what_they_merge(tmp_path):
+    path = tmp_path / "merged.yaml"
+    path.write_text("base: &base {lr: 0.1, momentum: 0.5}\noptim:\n  <<: *base\n  lr: 0.2\n")
+    assert read_config_file(str(path))["optim"] == {"lr": 0.2, "momentum": 0.5}

@@ -443,3 +443,122 @@ def test_training_on_fss_logs_every_line_without_a_logging_error(tmp_path, capsy
     log = (tmp_path / "run" / "train.log").read_text()
     assert "fss fold test:" in log
     assert "Logging error" not in capsys.readouterr().err
+
+
+# --- fatal errors: a clear message, and the run's log keeps it ---------------------------------------------
+
+
+def _nan_losses(trainer) -> None:
+    """From now on every training step of ``trainer`` computes a NaN loss."""
+    forward = trainer.network.forward
+
+    def nan_forward(batch):
+        out = forward(batch)
+        out.loss = out.loss * float("nan")
+        return out
+
+    trainer.network.forward = nan_forward
+
+
+def test_a_loss_that_diverges_before_any_checkpoint_names_none_and_is_logged(tmp_path):
+    run_dir = tmp_path / "run"
+    with pytest.raises(TrainingError, match="optim.lr") as raised:
+        train(tiny_config("optim.lr=1.0e+12", "optim.momentum=0"), run_dir, progress=False)
+    message = str(raised.value)
+    assert not (run_dir / "checkpoints" / "last.pt").exists()
+    assert "last.pt" not in message and "no checkpoint was written" in message
+    log = (run_dir / "train.log").read_text()
+    assert "ERROR" in log and message in log
+
+
+def test_a_loss_that_diverges_after_a_checkpoint_names_it_and_its_step(tmp_path):
+    trainer = Trainer(tiny_config(), tmp_path / "run", progress=False)
+    trainer.fit(max_steps=2)
+    _nan_losses(trainer)
+    with pytest.raises(TrainingError) as raised:
+        trainer.fit()
+    message = str(raised.value)
+    assert "the loss is nan at step 3" in message
+    assert f"the last checkpoint is {trainer.last_path} (step 2)" in message
+    assert message in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_an_error_that_ends_a_run_goes_to_its_log_with_the_traceback(tmp_path, monkeypatch):
+    trainer = Trainer(tiny_config(), tmp_path / "run", progress=False)
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(trainer.data, "loader", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        trainer.fit()
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "ERROR" in log and "No space left on device" in log and "Traceback" in log and "full_disk" in log
+    assert (tmp_path / "run" / "config.yaml").is_file()  # a run that started keeps its folder
+
+
+def test_a_ctrl_c_abort_is_not_logged_as_an_error(tmp_path, monkeypatch):
+    trainer = Trainer(tiny_config(), tmp_path / "run", progress=False)
+
+    def abort(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer.data, "loader", abort)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    assert "ERROR" not in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_a_resume_that_cannot_start_logs_why_in_the_runs_log(tmp_path, monkeypatch):
+    training = sys.modules[Trainer.__module__]
+    train(tiny_config(), tmp_path, max_steps=1, progress=False)
+    before = sorted(path.relative_to(tmp_path) for path in tmp_path.rglob("*"))
+
+    def unreadable(*args, **kwargs):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(training, "TrainingData", unreadable)
+    with pytest.raises(OSError, match="Input/output error"):
+        Trainer.resume(tmp_path, progress=False)
+    assert "Input/output error" in (tmp_path / "train.log").read_text()
+    assert sorted(path.relative_to(tmp_path) for path in tmp_path.rglob("*")) == before
+
+
+def test_the_command_line_reports_a_diverged_run_once_and_its_log_keeps_it(tmp_path, monkeypatch, capsys):
+    from sst_fast.cli import main
+    from tests.engine.tiny import TINY
+
+    monkeypatch.delenv("SST_FAST_DEBUG", raising=False)
+    run_dir = tmp_path / "run"
+    argv = ["train", "--config", "synthetic", *TINY, "optim.lr=1.0e+12", "optim.momentum=0", "--no-progress"]
+    assert main([*argv, "--run-dir", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "the loss is" in line]
+    assert len(errors) == 1 and errors[0].startswith("sst-fast train: error: ") and "no checkpoint" in errors[0]
+    assert errors[0].removeprefix("sst-fast train: error: ") in (run_dir / "train.log").read_text()
+
+
+def test_a_fatal_error_the_log_file_cannot_take_adds_nothing_on_the_console(tmp_path, capsys):
+    import io
+    import logging
+
+    from sst_fast.engine import runlog
+
+    class FullDisk(io.StringIO):
+        def write(self, text):
+            raise OSError(28, "No space left on device")
+
+    log = runlog.run_logger(tmp_path / "train.log")
+    (handler,) = [h for h in log.handlers if isinstance(h, logging.FileHandler)]
+    handler.stream.close()
+    handler.stream = FullDisk()
+    runlog.log_fatal(log, OSError(28, "No space left on device"), "after step 3")
+    runlog.close_logger()
+    assert capsys.readouterr().err == ""
+
+
+def test_a_batch_larger_than_an_epoch_of_every_training_image_is_refused(tmp_path):
+    config = tiny_config("optim.episodes_per_epoch=null", "optim.batch_size=500")
+    with pytest.raises(ConfigError, match=r"optim\.batch_size=500 is more than an epoch \(.*116 training images"):
+        Trainer(config, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
