@@ -198,7 +198,11 @@ class SSTReference(nn.Module):
         part of the outer graph (second order) only when gradients are on and ``first_order`` is off.
         ``feature_gradient``: return the full gradient map dLsup/dRs too (paper Fig. 3); the
         reference forms it anyway, :class:`sst_fast.SST` only when asked.
+        Under ``torch.compile`` this step runs eagerly, a graph break between the compiled stages
+        before and after it (see :func:`_tune_eagerly` for why).
         """
+        if torch.compiler.is_compiling():
+            return _tune_eagerly(self, rs, mask, labels, feature_gradient)
         if torch.is_inference_mode_enabled():
             # enable_grad cannot lift inference mode: step out of it, with ordinary copies of the inputs.
             with torch.inference_mode(False), torch.no_grad():
@@ -256,6 +260,12 @@ class SST(SSTReference):
       ``delta`` in closed form: neither the transposed convolution that would give ``dLsup/dRs``
       nor the tuned feature map ``R's`` is ever computed. Second order, ``delta`` keeps its graph
       and the outer loss differentiates through it.
+
+    ``torch.compile(model)`` works, for evaluation (under ``torch.no_grad()`` or ``torch.inference_mode()``)
+    and for training, with this model and with the reference: the tuning step (:meth:`tune`, which takes
+    the inner gradient) runs eagerly between the compiled stages, which are the backbone, the embedding
+    and the query's relation and decoder. The inputs' checks (``check_inputs``) and the tuning step are
+    graph breaks, so ``fullgraph=True`` cannot apply to the whole model.
     """
 
     def pool(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -302,6 +312,30 @@ class SST(SSTReference):
             gradient = -ops.tuned_prototype(delta, mask, weight, torch.zeros_like(proto), 1.0, cfg.eps, dilation)
             tuned_proto = proto - self.tuning.feature_steps(proto, gradient) * gradient
         return TuningResult(support_logits, support_loss, proto, tuned_proto, None)
+
+
+@torch.compiler.disable(reason="the tuning step differentiates its own loss: it runs eagerly")
+def _tune_eagerly(model: SSTReference, rs, mask, labels, feature_gradient: bool) -> TuningResult:
+    """``model.tune`` outside the compiled graphs: under ``torch.compile(model)`` the graph that returns Rs
+    ends here, and the one that takes the tuned prototypes p' starts after it. Compiled, the step would fail
+    or be wrong four ways (torch 2.13):
+
+    * dynamo does not trace ``torch.autograd.grad`` (a graph break), and a compiled graph that returns both
+      the self-segmentation loss and the tensor it is differentiated by (SST's ``y``) holds no path from one
+      to the other for autograd: "The differentiated Tensor ... appears to not have been used in the graph";
+    * second order (gradients on, ``first_order`` off) the inner gradient keeps its graph, and AOTAutograd
+      has no double backward;
+    * under ``inference_mode`` a compiled graph's outputs are inference tensors, even inside
+      ``inference_mode(False)``, and autograd cannot differentiate them; eagerly the step copies them first;
+    * inductor's CPU code for the backward of the decoder and the cross-entropy can run the classifier's
+      convolution backward before the fused kernel that fills its input (the bilinear upsampling's
+      backward), so the inner gradient comes back zero.
+
+    What runs uncompiled is the supports' self-segmentation (their relation and decoder) and the step: their
+    convolutions are library kernels compiled or not (SST's pools and relation convolution are its fused
+    ops), so compiling them would only fuse the element-wise work between them.
+    """
+    return model.tune(rs, mask, labels, feature_gradient)
 
 
 def _inner_loss_scale(y: torch.Tensor, labels: torch.Tensor) -> float:
