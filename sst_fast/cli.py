@@ -36,7 +36,7 @@ DEFAULT_EVAL_DIR = Path("runs") / "eval"
 PREDICTION_FILES = ("mask.png", "overlay.png", "figure.png", "prediction.json")
 RUN_FOLDER_CHECKPOINT = "a run folder (its best checkpoint; its last one, with a warning, before any validation)"
 # The subcommands that run as several processes under torchrun (the others would only repeat their work).
-DISTRIBUTED_COMMANDS = ("train", "eval")
+DISTRIBUTED_COMMANDS = ("train", "eval", "benchmark")
 
 
 class _Formatter(argparse.HelpFormatter):
@@ -131,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--seeds",
         type=int,
         nargs="+",
-        help="episode seeds, one run per seed (default: the protocol's, sst 0; or the manifests')",
+        help="episode seeds, one run per seed (default: the protocol's: sst 0-4 on PASCAL-5i, 0-9 on COCO-20i, "
+        "0 elsewhere; or the manifests')",
     )
     evaluate.add_argument(
         "--manifest",
@@ -163,6 +164,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument(
         "--overwrite", action="store_true", help="replace the results of another evaluation in --out"
+    )
+    evaluate.add_argument(
+        "--save-predictions",
+        type=_count,
+        metavar="N",
+        help="also draw the first N episodes of the first seed (at most its episodes) as figures in "
+        "OUT/predictions/, with an index.html of their classes and IoUs as scored; it replaces an earlier "
+        "gallery there (default: none, and an earlier gallery is removed)",
     )
     _progress_flag(evaluate)
     evaluate.set_defaults(handler=_eval)
@@ -248,8 +257,81 @@ def build_parser() -> argparse.ArgumentParser:
     ablation.add_argument(
         "--probes", type=_count, default=200, help="--study step: test episodes the step's probe measures"
     )
+    ablation.add_argument(
+        "--folds",
+        nargs="+",
+        metavar="FOLD",
+        help="--study tables: on each of these folds (0-3; FSS-1000: test val), a column per fold and their mean "
+        "(default: data.fold alone)",
+    )
     _progress_flag(ablation)
     ablation.set_defaults(handler=_ablation)
+
+    bench = commands.add_parser(
+        "benchmark",
+        help="the field's table: train and evaluate a configuration on every fold, 1- and 5-shot, as one command",
+        description="Train the configuration once per fold (and per training seed) on the fold's base classes, "
+        "evaluate each run on the fold's novel classes for every K in --shots as sst-fast eval does (saved in "
+        "the run folder's eval/), and write OUT/benchmark.md and OUT/benchmark.json: mIoU and FB-IoU per fold "
+        "and their mean, ± 95% CI over evaluation and training seeds, the protocol card and every manifest's "
+        "SHA-256. Run it again to continue a stopped benchmark: finished runs and evaluations are reused. "
+        "Runs under torchrun, e.g. torchrun --nproc-per-node 8 -m sst_fast benchmark --config pascal ...",
+    )
+    bench.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="configuration overrides (data.root=...)")
+    bench.add_argument("--config", "-c", required=True, help="YAML file or packaged configuration name")
+    bench.add_argument("--out", type=Path, required=True, help="the benchmark's folder (runs, tables)")
+    bench.add_argument(
+        "--folds",
+        nargs="+",
+        metavar="FOLD",
+        help="the folds: 0-3; FSS-1000: test and/or val (default: 0 1 2 3; FSS-1000: test)",
+    )
+    bench.add_argument("--shots", type=_count, nargs="+", default=[1, 5], help="support images per episode, each K")
+    bench.add_argument("--episodes", type=_count, help="test episodes per seed (default: the protocol's; sst 1000)")
+    bench.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        help="evaluation seeds (default: the protocol's: sst 0-4 on PASCAL-5i, 0-9 on COCO)",
+    )
+    bench.add_argument(
+        "--protocol", choices=PROTOCOLS, default="sst", help="how the test episodes are drawn and scored"
+    )
+    bench.add_argument("--train-seeds", type=int, nargs="+", default=[0], help="run.seed of each fold's runs")
+    _progress_flag(bench)
+    bench.set_defaults(handler=_benchmark)
+
+    compare = commands.add_parser(
+        "compare",
+        help="the paired difference B − A of two models evaluated on the same episodes, with 95%% CIs",
+        description="Compare two evaluations of the same episodes (the same manifests, protocol and scoring): "
+        "mIoU, FB-IoU and per-class IoU of B − A, with a 95% CI from a paired bootstrap over episodes "
+        "(resampled within each class) and, with several training seeds per side, a t-interval over them. "
+        "Each EVAL is an evaluation folder (sst-fast eval --out), or a folder holding several (one per "
+        "training seed, paired with the other side's by training seed).",
+    )
+    compare.add_argument("evaluations", nargs="*", type=Path, metavar="EVAL", help="A, then B")
+    compare.add_argument(
+        "--a",
+        nargs="+",
+        metavar="EVAL",
+        help="A's evaluations, one per training seed (folders or glob patterns; default: the first EVAL)",
+    )
+    compare.add_argument(
+        "--b",
+        nargs="+",
+        metavar="EVAL",
+        help="B's evaluations, one per training seed (folders or glob patterns; default: the second EVAL)",
+    )
+    compare.add_argument("--bootstrap", type=_count, default=2000, help="bootstrap replicates")
+    compare.add_argument("--seed", type=int, default=0, help="seed of the bootstrap's draws")
+    compare.add_argument(
+        "--out", type=Path, metavar="FILE.json", help="also write the comparison as JSON (default: stdout only)"
+    )
+    compare.add_argument(
+        "--markdown", type=Path, metavar="FILE.md", help="also write the Markdown report (default: stdout only)"
+    )
+    compare.set_defaults(handler=_compare)
 
     data = commands.add_parser("data", help="check a data folder before training on it")
     data_commands = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser, metavar="ACTION")
@@ -287,7 +369,8 @@ def main(argv=None) -> int:
     try:
         if distributed.launched() and args.command not in DISTRIBUTED_COMMANDS:
             raise ValueError(
-                f"{args.command} runs as one process; only {' and '.join(DISTRIBUTED_COMMANDS)} run under torchrun"
+                f"{args.command} runs as one process; only {', '.join(DISTRIBUTED_COMMANDS[:-1])} and "
+                f"{DISTRIBUTED_COMMANDS[-1]} run under torchrun"
             )
         with distributed.process_group(), _warnings_as_lines(args.command):
             return args.handler(args)
@@ -431,6 +514,10 @@ def _eval(args) -> int:
     if world.main:
         try:
             made = _claim_output(out, setting, args.overwrite)
+            if args.save_predictions is not None:  # its folder is replaced whole: it must be a gallery, or absent
+                from .engine.gallery import GALLERY, check_replaceable
+
+                check_replaceable(out / GALLERY)
         except ValueError as error:
             problem = str(error)
     problem = distributed.broadcast(problem, world)
@@ -475,6 +562,16 @@ def _eval(args) -> int:
     metrics = result.save(out)
     _write_setting(out, setting)
     print(f"results: {metrics}")
+    from .engine import gallery
+
+    if args.save_predictions is None:
+        gallery.discard_predictions(out)  # an earlier evaluation's figures must not pass for this one's
+    else:  # a pass of its own after the scoring: the first seed's first episodes, as they were scored
+        index = gallery.save_predictions(
+            model, dataset, result, args.save_predictions, out, batch_size=args.batch_size, amp=args.amp,
+            device=device,
+        )  # fmt: skip
+        print(f"predictions: {index}")
     return 0
 
 
@@ -571,7 +668,7 @@ def _eval_setting(checkpoint, dataset: str, fold, size, args, model, manifests) 
         "fold": fold,
         "shots": manifests[0].shots if manifests else (args.shots or 1),
         "episodes": len(manifests[0].episodes) if manifests else (args.episodes or rules.episodes),
-        "seeds": [m.seed for m in manifests] if manifests else list(args.seeds or [rules.seed]),
+        "seeds": [m.seed for m in manifests] if manifests else list(args.seeds or rules.seeds),
         "manifests": [m.sha256 for m in manifests] if manifests else None,
         "input_size": list(size),
         "original_size": args.original_size,
@@ -727,6 +824,8 @@ def _ablation(args) -> int:
             raise ValueError(f"--seeds: the step study evaluates on one seed's episodes, got {seeds}")
         if args.protocol != "sst":
             raise ValueError(f"--protocol: the step study draws its episodes under sst, got {args.protocol}")
+        if args.folds is not None:
+            raise ValueError("--folds: the step study runs on data.fold alone; --folds is for --study tables")
         step_study(
             config,
             args.out,
@@ -745,8 +844,49 @@ def _ablation(args) -> int:
         train_seeds=args.train_seeds,
         progress=args.progress,
         protocol=args.protocol,
+        folds=args.folds,
     )
     print(report.read_text())
+    return 0
+
+
+def _benchmark(args) -> int:
+    from .engine import distributed
+    from .engine.benchmark import benchmark
+    from .engine.runconfig import load_run_config
+
+    config = load_run_config(args.config, args.overrides)
+    report = benchmark(
+        config,
+        args.out,
+        folds=args.folds,
+        shots=args.shots,
+        episodes=args.episodes,
+        seeds=args.seeds,
+        train_seeds=args.train_seeds,
+        progress=args.progress,
+        protocol=args.protocol,
+        config_name=args.config,
+    )
+    if distributed.current().main:  # every rank has run it: rank 0 shows it
+        print(report.read_text())
+    return 0
+
+
+def _compare(args) -> int:
+    from .engine.compare import compare, markdown, write
+
+    if args.a or args.b:
+        if args.evaluations or not (args.a and args.b):
+            raise ValueError("name A and B either as two EVAL arguments or with both --a and --b, not both ways")
+        a, b = args.a, args.b
+    elif len(args.evaluations) == 2:
+        a, b = [args.evaluations[0]], [args.evaluations[1]]
+    else:
+        raise ValueError(f"compare needs two evaluations, A and B (or --a and --b), got {len(args.evaluations)}")
+    comparison = compare(a, b, replicates=args.bootstrap, seed=args.seed)
+    print(markdown(comparison), end="")
+    write(comparison, args.out, args.markdown)
     return 0
 
 

@@ -31,11 +31,11 @@ class SSTConfig:
         aux_loss: add the self-segmentation loss to the training loss (paper §4.4, "+SS Loss").
         aux_weight: lambda, the weight of the auxiliary loss.
         fusion: K-shot fusion of the relation maps: ``"weighted"`` (IoU, Eq. 14), ``"average"``, ``"max"``.
-        tune_step: alpha of Eq. 11, ``R's = Rs - alpha * dLsup/dRs``. The paper: 1.0 with
-            ``tune_form="paper"``; the default, 0.1 ``"relative"``, validated best in the step study
-            (README, docs/step-study.md).
-        tune_form: how ``tune_step`` sets the step (:mod:`sst_fast.models.tuning`): ``"paper"``, alpha
-            as written; ``"relative"`` (default), a per-shot step that moves the prototype by the fraction
+        tune_step: alpha of Eq. 11, ``R's = Rs - alpha * dLsup/dRs``. The default is the paper's, 1.0
+            with ``tune_form="paper"`` (docs/design.md §2); this project's variant is 0.1 ``"relative"``
+            (the synthetic configuration's, chosen on synthetic data only: docs/step-study.md).
+        tune_form: how ``tune_step`` sets the step (:mod:`sst_fast.models.tuning`): ``"paper"`` (default),
+            alpha as written; ``"relative"``, a per-shot step that moves the prototype by the fraction
             ``tune_step`` of its norm (``p' = p - alpha |p| g / |g|``, ``g = pool(dLsup/dRs)``),
             independent of the image size and the feature scale. A checkpoint saved before this
             setting existed loads as ``"paper"``.
@@ -57,8 +57,8 @@ class SSTConfig:
     aux_loss: bool = True
     aux_weight: float = 1.0
     fusion: str = "weighted"
-    tune_step: float = 0.1
-    tune_form: str = "relative"
+    tune_step: float = 1.0
+    tune_form: str = "paper"
     learnable_step: bool = False
     first_order: bool = False
     dropout: float = 0.5

@@ -12,6 +12,10 @@ FB-IoU NaN (``"nan"``: HSNet). The evaluation protocols (:mod:`sst_fast.protocol
 - FB-IoU: foreground IoU and background IoU, each pooled over all episodes, then their mean.
 - Episode-wise mean IoU: the foreground IoU of each episode, averaged over episodes.
 - Pixels labelled 255 are excluded from all of them.
+
+The meter also keeps each episode's pixel counts (five integers an episode, :meth:`FewShotMeter.counts`):
+an evaluation writes them as ``episodes.jsonl``, and :func:`metrics_from_records` recomputes every
+number from them.
 """
 
 from __future__ import annotations
@@ -57,7 +61,8 @@ class FewShotMeter:
         self.union = torch.zeros(count, dtype=torch.int64)
         self.episodes = torch.zeros(count, dtype=torch.int64)
         self.pooled = torch.zeros(2, 2, dtype=torch.int64)  # [background, foreground] x [intersection, union]
-        self.episode_ious: list[float] = []
+        # Each episode's counts in the order of the updates: [E, 5] chunks of RECORD_COLUMNS (five ints an episode).
+        self._counts: list[torch.Tensor] = []
 
     def update(self, pred: torch.Tensor, target: torch.Tensor, class_id) -> None:
         """``pred`` [B, H, W] in {0, 1}; ``target`` [B, H, W] in {0, 1, 255}; ``class_id`` [B] (or an int for B = 1)."""
@@ -96,9 +101,8 @@ class FewShotMeter:
         background = torch.stack([bg_inter.sum(), bg_union.sum()])
         foreground = torch.stack([fg_inter.sum(), fg_union.sum()])
         self.pooled += torch.stack([background, foreground])
-        for inter, union in zip(fg_inter.tolist(), fg_union.tolist(), strict=True):
-            if union > 0:
-                self.episode_ious.append(inter / union)
+        classes = class_id.to(torch.int64)
+        self._counts.append(torch.stack([classes, bg_inter, bg_union, fg_inter, fg_union], 1).to(torch.int64))
 
     def merge(self, other: FewShotMeter) -> FewShotMeter:
         """Add another meter's episodes (same classes) to this one: evaluation sharded over processes."""
@@ -113,35 +117,115 @@ class FewShotMeter:
         self.union += other.union
         self.episodes += other.episodes
         self.pooled += other.pooled
-        self.episode_ious.extend(other.episode_ious)
+        self._counts.extend(other._counts)
         return self
+
+    def counts(self) -> torch.Tensor:
+        """Each episode's counts, in the order they were added: int64 ``[episodes, 5]``, the columns
+        :data:`RECORD_COLUMNS` (class id, then background and foreground intersection and union)."""
+        if not self._counts:
+            return torch.zeros(0, len(RECORD_COLUMNS), dtype=torch.int64)
+        return torch.cat(self._counts)
+
+    def records(self) -> list[dict]:
+        """Each episode's record (:func:`episode_record`), in the order the episodes were added."""
+        return [episode_record(*row) for row in self.counts().tolist()]
+
+    @property
+    def episode_ious(self) -> list[float]:
+        """The foreground IoU of each episode with a non-empty foreground union, in order."""
+        return [fg_inter / fg_union for _, _, _, fg_inter, fg_union in self.counts().tolist() if fg_union > 0]
 
     def compute(self) -> dict:
         """``{"miou", "fb_iou", "class_iou": {c: iou}, "episode_miou", "episodes", "class_episodes"}``."""
-        empty = math.nan if self.empty_class == "skip" else 0.0
-        class_iou = {}
-        for c, inter, union in zip(self.class_ids, self.intersection.tolist(), self.union.tolist(), strict=True):
-            class_iou[c] = inter / union if union > 0 else empty
-        missing = [c for c, iou in class_iou.items() if math.isnan(iou)]
-        if missing:
-            reason = "no episode or an empty foreground union"
-            warnings.warn(f"classes {missing} have no IoU ({reason}): left out of the mIoU", stacklevel=2)
-        scored = [iou for iou in class_iou.values() if not math.isnan(iou)]
-        terms = self.pooled.tolist()  # [background, foreground] x [intersection, union]
-        if self.empty_fb_term == "skip":
-            fb = [inter / union for inter, union in terms if union > 0]
-        elif self.empty_fb_term == "zero":
-            fb = [inter / union if union > 0 else 0.0 for inter, union in terms]
-        else:
-            fb = [inter / union if union > 0 else math.nan for inter, union in terms]
-        return {
-            "miou": sum(scored) / len(scored) if scored else math.nan,
-            "fb_iou": sum(fb) / len(fb) if fb else math.nan,
-            "class_iou": class_iou,
-            "episode_miou": sum(self.episode_ious) / len(self.episode_ious) if self.episode_ious else math.nan,
-            "episodes": int(self.episodes.sum()),
-            "class_episodes": dict(zip(self.class_ids, self.episodes.tolist(), strict=True)),
-        }
+        return _scores(
+            self.class_ids,
+            self.intersection.tolist(),
+            self.union.tolist(),
+            self.episodes.tolist(),
+            self.pooled.tolist(),
+            self.episode_ious,
+            self.empty_class,
+            self.empty_fb_term,
+            warn=True,
+        )
+
+
+# The columns of FewShotMeter.counts(): an episode's class and its pixel counts, [background, foreground].
+RECORD_COLUMNS = ("class_id", "bg_intersection", "bg_union", "fg_intersection", "fg_union")
+
+
+def episode_record(class_id: int, bg_inter: int, bg_union: int, fg_inter: int, fg_union: int) -> dict:
+    """One episode's scores as ``episodes.jsonl`` stores them: ``{"class_id", "intersection": [background,
+    foreground], "union": [background, foreground], "iou"}`` (pixel counts; ``iou``: the foreground IoU, None
+    when the foreground union is empty)."""
+    return {
+        "class_id": int(class_id),
+        "intersection": [int(bg_inter), int(fg_inter)],
+        "union": [int(bg_union), int(fg_union)],
+        "iou": fg_inter / fg_union if fg_union > 0 else None,
+    }
+
+
+def metrics_from_records(
+    records, classes: Sequence[int], empty_class: str = "skip", empty_fb_term: str = "skip", warn: bool = False
+) -> dict:
+    """The metrics of one evaluation seed recomputed from its episode records (:func:`episode_record`, e.g. the
+    lines of ``episodes.jsonl`` of that seed, in episode order): what :meth:`FewShotMeter.compute` gave for those
+    episodes, to the bit. ``classes``: the fold's test classes (the card's ``test_classes``); ``empty_class`` and
+    ``empty_fb_term``: the conventions the evaluation scored with (:class:`FewShotMeter`)."""
+    classes = tuple(int(c) for c in classes)
+    if empty_class not in EMPTY_CLASS:
+        raise ValueError(f"empty_class must be one of {sorted(EMPTY_CLASS)}, got {empty_class!r}")
+    if empty_fb_term not in EMPTY_FB_TERM:
+        raise ValueError(f"empty_fb_term must be one of {sorted(EMPTY_FB_TERM)}, got {empty_fb_term!r}")
+    row = {c: n for n, c in enumerate(classes)}
+    intersection, union, episodes = [0] * len(classes), [0] * len(classes), [0] * len(classes)
+    pooled = [[0, 0], [0, 0]]  # [background, foreground] x [intersection, union]
+    episode_ious = []
+    for number, record in enumerate(records):
+        c = int(record["class_id"])
+        if c not in row:
+            raise ValueError(f"record {number}: class {c} is not one of the classes {classes}")
+        (bg_inter, fg_inter), (bg_union, fg_union) = record["intersection"], record["union"]
+        intersection[row[c]] += fg_inter
+        union[row[c]] += fg_union
+        episodes[row[c]] += 1
+        pooled[0][0] += bg_inter
+        pooled[0][1] += bg_union
+        pooled[1][0] += fg_inter
+        pooled[1][1] += fg_union
+        if fg_union > 0:
+            episode_ious.append(fg_inter / fg_union)
+    return _scores(classes, intersection, union, episodes, pooled, episode_ious, empty_class, empty_fb_term, warn)
+
+
+def _scores(classes, intersection, union, episodes, pooled, episode_ious, empty_class, empty_fb_term, warn) -> dict:
+    """The metrics from the integer sums (per class, and pooled ``[background, foreground] x [intersection,
+    union]``) and the episodes' foreground IoUs: one computation for the meter and for the records."""
+    empty = math.nan if empty_class == "skip" else 0.0
+    class_iou = {}
+    for c, inter, total in zip(classes, intersection, union, strict=True):
+        class_iou[c] = inter / total if total > 0 else empty
+    missing = [c for c, iou in class_iou.items() if math.isnan(iou)]
+    if missing and warn:
+        reason = "no episode or an empty foreground union"
+        warnings.warn(f"classes {missing} have no IoU ({reason}): left out of the mIoU", stacklevel=3)
+    scored = [iou for iou in class_iou.values() if not math.isnan(iou)]
+    if empty_fb_term == "skip":
+        fb = [inter / total for inter, total in pooled if total > 0]
+    elif empty_fb_term == "zero":
+        fb = [inter / total if total > 0 else 0.0 for inter, total in pooled]
+    else:
+        fb = [inter / total if total > 0 else math.nan for inter, total in pooled]
+    return {
+        "miou": sum(scored) / len(scored) if scored else math.nan,
+        "fb_iou": sum(fb) / len(fb) if fb else math.nan,
+        "class_iou": class_iou,
+        "episode_miou": sum(episode_ious) / len(episode_ious) if episode_ious else math.nan,
+        "episodes": int(sum(episodes)),
+        "class_episodes": dict(zip(classes, (int(n) for n in episodes), strict=True)),
+    }
 
 
 def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:

@@ -3,7 +3,8 @@
 A :class:`Protocol` is how one paper's test code draws and scores episodes on one data set: the
 sampling, the episode count and seed, the scoring resolution, the support draw and the metric's
 edge conventions (docs/design.md §4.3, which cites the peers' code line by line). ``sst`` is this
-project's own (the paper's 1000 class-uniform episodes, scored at the model's input size);
+project's own (the paper's 1000 class-uniform episodes per seed, five seeds on PASCAL-5i and ten on COCO-20i,
+scored at the model's input size);
 ``pfenet`` and ``hsnet`` reproduce PFENet's and HSNet's test protocols, so that a number sits in
 their tables. A protocol changes how episodes are drawn and scored, never the model's input.
 
@@ -62,7 +63,7 @@ class Protocol:
     dataset: str  # the data set whose rules these are ("pascal" rules also serve data sets the peer never used)
     sampling: str  # a key of SAMPLINGS
     episodes: int | None  # per seed; None: one per test image (every-image)
-    seed: int  # the default episode seed
+    seed: int  # the default episode seed (the first of them: runs)
     resolution: str = "input"  # "input": the model's input size; "original": each label's size; "fixed": score_size
     score_size: tuple[int, int] | None = None
     supports: str = "distinct"  # a key of SUPPORT_DRAWS
@@ -73,9 +74,20 @@ class Protocol:
     pair_lists: str | None = None  # pair-list: the peer's own (image, class) lists shipped in sst_fast.data
     source: str = ""  # the code the rules come from
     comparable: str = ""  # the published tables a number under this protocol sits in
+    runs: int = 1  # the default number of seeds: seed, seed + 1, ... (the mean's 95% CI is over them)
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        """The default episode seeds: ``runs`` consecutive seeds from ``seed``."""
+        return tuple(range(self.seed, self.seed + self.runs))
 
     def sampling_rule(self) -> str:
         """How the queries and their classes are drawn (SAMPLINGS, or the peer's shipped pair lists)."""
+        if self.pair_lists and self.sampling == "class-first":
+            return (
+                "a class uniformly among the test classes, then the query uniformly among the peer's listed "
+                f"images of it ({self.pair_lists}); supports among the list's images of the class"
+            )
         if self.pair_lists:
             return (
                 f"the peer's (test image, test class) pairs of the fold ({self.pair_lists}), in order, wrapping; "
@@ -95,6 +107,9 @@ _SST = Protocol(
     source="the paper (1000 episodes per run); this project's conventions",
 )  # fmt: skip
 _SST_TABLES = ("pascal", "coco")  # the data sets of the SST paper's (IJCAI 2020) tables
+# sst's default seeds per data set, 1000 episodes each: enough for a 95% CI of the mIoU within +-1 point
+# (benchmarks/eval_precision.py; docs/design.md §4.3, "Episodes and seeds"). Elsewhere one seed.
+SST_RUNS = {"pascal": 5, "coco": 10}
 _PFENET_PASCAL = Protocol(
     "pfenet", "pascal", "image-first", 5000, 321, resolution="original",
     empty_class="zero", empty_fb_term="zero", align_corners=True,
@@ -122,6 +137,7 @@ _BUNDLES: dict[tuple[str, str], Protocol] = {
         "hsnet", "coco", "class-first", 1000, 0, resolution="fixed", score_size=(400, 400),
         supports="independent", empty_class="zero", empty_fb_term="nan", align_corners=True,
         requires=(("style", "interleaved"),),
+        pair_lists="sst_fast/data/hsnet_pairs/coco_val_fold<f>.txt, HSNet's data/splits/coco/val/fold<f>.pkl",
         source=f"{HSNET}: data/coco.py:30-107, common/logger.py:24-43, test.py:20",
         comparable="HSNet (ICCV 2021)'s COCO-20i tables and work scored with HSNet's test.py",
     ),
@@ -146,10 +162,14 @@ def protocol_for(name: str, dataset: str) -> Protocol:
         raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {name!r}")
     if name == "sst":
         if dataset in _SST_TABLES:
-            comparable = f"the SST paper (IJCAI 2020)'s {BENCHMARKS[dataset]} tables and this project's own results"
+            comparable = (
+                f"results under sst on {BENCHMARKS[dataset]}; the SST paper (IJCAI 2020)'s {BENCHMARKS[dataset]} "
+                "tables come from 1000 episodes, but their scoring resolution and checkpoint selection are not "
+                "stated, so a match with them cannot be shown"
+            )
         else:
             comparable = _no_table(f"this project's own rules applied to {dataset}", name, dataset)
-        return replace(_SST, comparable=comparable)
+        return replace(_SST, dataset=dataset, comparable=comparable, runs=SST_RUNS.get(dataset, 1))
     if name == "pfenet" and dataset == "fss":
         raise ValueError("protocol: PFENet defines no FSS-1000 protocol (its code has no FSS-1000 loader): use hsnet")
     if (name, dataset) in _BUNDLES:
@@ -163,6 +183,75 @@ def protocol_for(name: str, dataset: str) -> Protocol:
 def _no_table(rules: str, name: str, dataset: str) -> str:
     """The comparability of a protocol on a data set its paper publishes no table of."""
     return f"no published table ({rules}): only results under {name} on {dataset}"
+
+
+# What a number can and cannot be compared with beyond the episodes and the scoring (docs/design.md §4.3,
+# "What the protocols do not copy", which cites the peers' code): how the checkpoint was picked, what it was
+# trained on, where the masks come from, the input size.
+_SELECTION = (
+    "checkpoint selection: sst_fast picks the checkpoint on base-class episodes of training images held out "
+    "from training (data.val_fraction, 5%), never on the test fold"
+)
+_SELECTION_PEERS = (
+    "; PFENet's train.py and HSNet's train.py pick theirs on the test fold's own novel-class episodes, which "
+    "biases their numbers upwards"
+)
+_TRAINING = {
+    "pascal": (
+        "training list: sst_fast trains on ImageSets/SegmentationAug/train_aug.txt (10,582 ids in the usual "
+        "SBD-augmented release; without it, every label) minus the VOC val images and the 5% hold-out; PFENet "
+        "on its 5,953 ids (lists/pascal/voc_sbd_merge_noduplicate.txt: data.options.train_list takes it), "
+        "HSNet on its (image, class) pairs of data/splits/pascal/trn"
+    ),
+    "coco": (
+        "training list: sst_fast trains on the train2014 images holding a base class past the small-object "
+        "filter, minus the 5% hold-out; PFENet on its list of 82,081 train2014 images, HSNet on its pairs of "
+        "data/splits/coco/trn"
+    ),
+    "fss": (
+        "training list: sst_fast trains on the 520 training classes of HSNet's FSS-1000 split minus the 5% "
+        "hold-out; HSNet on all of them"
+    ),
+}
+_MASKS = (
+    "masks: sst_fast rasterises COCO's masks from the instance annotations (JSON, pycocotools); PFENet and "
+    "HSNet read label PNGs made from them beforehand, which may settle overlaps and crowd regions differently"
+)
+_INPUT = {
+    "pfenet": "input size: the model sees its own training size; PFENet's network sees 473x473 (COCO-20i: 641x641)",
+    "hsnet": "input size: the model sees its own training size; HSNet's network sees 400x400",
+}
+
+
+def protocol_caveats(name: str, dataset: str) -> tuple[str, ...]:
+    """What a number under protocol ``name`` on ``dataset`` cannot be compared with as it stands: checkpoint
+    selection, training list, mask source, resolution (the card's ``caveats``). Never raises: a card of an
+    unknown protocol or data set gets the general lines."""
+    peer_tables = (name in ("pfenet", "hsnet") and dataset in ("pascal", "coco")) or (name, dataset) == (
+        "hsnet",
+        "fss",
+    )
+    selection = _SELECTION
+    if (name, dataset) == ("hsnet", "fss"):
+        selection += "; HSNet's train.py picks on FSS-1000's 240 validation classes (not the test classes)"
+    elif peer_tables or (name == "sst" and dataset in _SST_TABLES):
+        selection += _SELECTION_PEERS
+        if name == "sst":
+            selection += "; the SST paper does not say how it picked its checkpoint"
+    training = _TRAINING.get(dataset, f"training list: sst_fast trains on {dataset}'s training images minus the "
+                             "5% hold-out; no peer list exists for it")  # fmt: skip
+    lines = [selection, training]
+    if dataset == "coco":
+        lines.append(_MASKS)
+    if name == "sst":
+        if dataset in _SST_TABLES:
+            lines.append(
+                "resolution: scored at the model's input size; the SST paper does not state its scoring "
+                "resolution, so agreement with its tables cannot be shown"
+            )
+    elif name in _INPUT:
+        lines.append(_INPUT[name])
+    return tuple(lines)
 
 
 def small_object_rule(sampling: str, min_pixels: int) -> str:
@@ -218,6 +307,13 @@ class ProtocolCard:
     trained_on: dict | None = None
     manifests: tuple[str, ...] = ()  # SHA-256 of each seed's episode manifest
     code_version: str = ""
+    # What the numbers cannot be compared with as they stand (protocol_caveats); None: the protocol's and data
+    # set's own, filled in (a metrics.json written before this field existed reads back with them).
+    caveats: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.caveats is None:
+            object.__setattr__(self, "caveats", protocol_caveats(self.protocol, self.dataset))
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(asdict(self)))
@@ -229,7 +325,7 @@ class ProtocolCard:
         if unknown:
             raise ValueError(f"unknown protocol card fields {unknown}")
         values = dict(data)
-        for name in ("seeds", "test_classes", "input_size", "manifests", "score_size"):
+        for name in ("seeds", "test_classes", "input_size", "manifests", "score_size", "caveats"):
             if name in values and values[name] is not None:
                 values[name] = tuple(values[name])
         return cls(**values)
@@ -264,6 +360,7 @@ class ProtocolCard:
             ("manifests", ", ".join(h[:16] for h in self.manifests) or "-"),
             ("code", self.code_version or "-"),
         ]
+        rows[2:2] = [("caveats" if i == 0 else "", caveat) for i, caveat in enumerate(self.caveats)]
         width = max(len(name) for name, _ in rows)
         return "\n".join(["Protocol", *(f"  {name:<{width}}  {value}" for name, value in rows)])
 

@@ -384,6 +384,94 @@ def figure_shots(explanation: Explanation, path, title: str | None = None) -> pa
     return _save_figure(fig, path)
 
 
+def figure_episode(
+    path,
+    query: np.ndarray,
+    supports: Sequence[np.ndarray],
+    support_masks: Sequence[np.ndarray],
+    prediction: np.ndarray,
+    query_mask: np.ndarray | None = None,
+    iou: float | None = None,
+    before: np.ndarray | None = None,
+    before_iou: float | None = None,
+    shot_weights: Sequence[float] | None = None,
+    title: str | None = None,
+) -> pathlib.Path:
+    """One episode of any model in a row of panels: each support with its mask, the query, its ground truth, the
+    prediction before the tuning step (``before``: SST's untuned prototypes, when given) and the prediction.
+
+    Images are uint8 [H, W, 3], each at its own size; a mask (labels 0/1/255, or bool) has its image's [H, W].
+    ``iou`` / ``before_iou``: the foreground IoUs to print on the prediction panels (in percent; NaN: the
+    episode has no IoU, its foreground union being empty), as the caller scored them: the figure computes none.
+    ``shot_weights``: the K-shot fusion weights, written under the supports. Masks are drawn as by
+    :func:`overlay`, one colour per kind, named in a legend below the panels.
+    """
+    _check_rgb(query, "query")
+    supports, support_masks = list(supports), list(support_masks)
+    if not supports or len(supports) != len(support_masks):
+        raise ValueError(
+            f"supports: one mask per support image, got {len(supports)} images and {len(support_masks)} masks"
+        )
+    if shot_weights is not None and len(shot_weights) != len(supports):
+        raise ValueError(f"shot_weights: one per support ({len(supports)}), got {len(shot_weights)}")
+    for k, (image, mask) in enumerate(zip(supports, support_masks, strict=True)):
+        _check_rgb(image, f"supports[{k}]")
+        _check_shape(mask, image, f"support_masks[{k}]")
+    for name, mask in (("prediction", prediction), ("query_mask", query_mask), ("before", before)):
+        if mask is not None:
+            _check_shape(mask, query, name)
+
+    shots = len(supports)
+    columns = shots + 2 + (query_mask is not None) + (before is not None)
+    fig, axes = _new_figure(1, columns, title)
+    panels = list(axes[0])
+    for k, (image, mask) in enumerate(zip(supports, support_masks, strict=True)):
+        ax = panels.pop(0)
+        _show(ax, image, mask, SUPPORT_COLOR)
+        caption = "support + mask" if shots == 1 else f"support {k + 1}"
+        if shot_weights is not None and shots > 1:
+            caption += f", w {float(shot_weights[k]):.2f}"
+        ax.set_title(caption, fontsize=9)
+    ax = panels.pop(0)
+    _show(ax, query)
+    ax.set_title("query", fontsize=9)
+    if query_mask is not None:
+        ax = panels.pop(0)
+        _show(ax, query, query_mask, GROUND_TRUTH_COLOR)
+        ax.set_title("ground truth", fontsize=9)
+    drawn = [(before, before_iou, "before tuning")] if before is not None else []
+    drawn.append((prediction, iou, "after tuning" if before is not None else "prediction"))
+    for mask, score, caption in drawn:
+        ax = panels.pop(0)
+        _show(ax, query, mask, PREDICTION_COLOR)
+        if score is not None:
+            caption += f", IoU {'n/a' if math.isnan(score) else _percent(score)}"
+        ax.set_title(caption, fontsize=9)
+    _mask_legend(fig, truth=query_mask is not None)
+    return _save_figure(fig, path)
+
+
+def overlay_thumbnail(image: np.ndarray, mask: np.ndarray, color=PREDICTION_COLOR, longest: int = 128) -> np.ndarray:
+    """``image`` with ``mask`` drawn by :func:`overlay` (1-px outline), resized first so that its longer side is
+    ``longest`` pixels (the image bilinearly, the mask by nearest neighbour): a thumbnail for an index page."""
+    _check_rgb(image, "image")
+    _check_shape(mask, image, "mask")
+    if isinstance(longest, bool) or not isinstance(longest, (int, np.integer)) or longest < 1:
+        raise ValueError(f"longest must be a positive number of pixels, got {longest!r}")
+    height, width = image.shape[:2]
+    scale = longest / max(height, width)
+    size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    mask = np.asarray(mask)
+    small_mask = _resize(mask.astype(np.uint8) if mask.dtype == bool else mask, size, nearest=True)
+    return overlay(_resize(image, size, nearest=False), small_mask, color, edge=1)
+
+
+def _check_shape(mask, image: np.ndarray, name: str) -> None:
+    shape = tuple(np.shape(mask))
+    if shape != tuple(image.shape[:2]):
+        raise ValueError(f"{name} must be [H, W] = {list(image.shape[:2])} like its image, got shape {list(shape)}")
+
+
 def figure_curves(
     history: Sequence[dict] | Mapping[str, Sequence[dict]], path, title: str | None = None
 ) -> pathlib.Path:

@@ -41,7 +41,7 @@ def test_learnable_step_needs_a_positive_start():
 def test_defaults_follow_the_paper_and_freeze_pretrained_backbones():
     config = SSTConfig()
     assert (config.backbone, config.channels, config.image_size) == ("resnet50", 256, (321, 321))
-    assert (config.tune_form, config.tune_step) == ("relative", 0.1), "the step study's choice"
+    assert (config.tune_form, config.tune_step) == ("paper", 1.0), "Eq. 11 as written (docs/design.md §2)"
     assert config.fusion == "weighted" and config.ssm and config.aux_loss and not config.first_order
     assert config.freeze_backbone is True
     assert SSTConfig(backbone="tiny").freeze_backbone is False

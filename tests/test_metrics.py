@@ -1,10 +1,11 @@
+import json
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from sst_fast.metrics import FewShotMeter, mean_ci, student_t_cdf, student_t_quantile
+from sst_fast.metrics import FewShotMeter, mean_ci, metrics_from_records, student_t_cdf, student_t_quantile
 
 
 def t(rows):
@@ -155,3 +156,59 @@ def test_mean_ci():
     assert single_mean == 0.4 and math.isnan(single_half)
     with pytest.raises(ValueError, match="at least one"):
         mean_ci([])
+
+
+def _same_metrics(left: dict, right: dict) -> bool:
+    """Equal to the bit, NaN equal to NaN."""
+
+    def same(x, y):
+        if isinstance(x, dict):
+            return x.keys() == y.keys() and all(same(x[k], y[k]) for k in x)
+        return (isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y)) or x == y
+
+    return same(left, right)
+
+
+@pytest.mark.filterwarnings("ignore:classes .* have no IoU")
+@pytest.mark.parametrize("empty_class", ["skip", "zero"])
+@pytest.mark.parametrize("empty_fb_term", ["skip", "zero", "nan"])
+def test_records_recompute_every_metric_to_the_bit(empty_class, empty_fb_term):
+    rng = np.random.default_rng(7)
+    classes = [2, 5, 9, 11]  # class 11 gets no episode
+    meter = FewShotMeter(classes, empty_class=empty_class, empty_fb_term=empty_fb_term)
+    for _ in range(6):
+        pred = torch.from_numpy(rng.integers(0, 2, (3, 5, 7)))
+        target = torch.from_numpy(rng.choice([0, 1, 255], (3, 5, 7), p=[0.5, 0.3, 0.2]))
+        target[0] = 255  # an episode with nothing scored: empty unions
+        meter.update(pred, target, torch.from_numpy(rng.choice(classes[:3], 3)))
+    records = meter.records()
+    assert len(records) == 18 and meter.counts().shape == (18, 5)
+    assert records[0]["union"] == [0, 0] and records[0]["iou"] is None
+    rebuilt = metrics_from_records(records, classes, empty_class, empty_fb_term)
+    assert _same_metrics(rebuilt, meter.compute())
+    # Through JSON, as episodes.jsonl stores them.
+    assert _same_metrics(metrics_from_records(json.loads(json.dumps(records)), classes, empty_class, empty_fb_term),
+                         meter.compute())  # fmt: skip
+
+
+def test_merged_meters_keep_the_episodes_in_merge_order():
+    first, second, whole = FewShotMeter([1, 2]), FewShotMeter([1, 2]), FewShotMeter([1, 2])
+    episodes = [(t([[1, 0, 1]]), t([[1, 1, 0]]), [1]), (t([[0, 0, 1]]), t([[0, 1, 1]]), [2])]
+    episodes += [(t([[1, 1, 1]]), t([[0, 0, 1]]), [2])]
+    for number, episode in enumerate(episodes):
+        (first if number < 2 else second).update(*episode)
+        whole.update(*episode)
+    merged = first.merge(second)
+    assert torch.equal(merged.counts(), whole.counts())
+    assert merged.counts()[:, 0].tolist() == [1, 2, 2]
+    # pred 1 0 1, target 1 1 0: foreground ∩ 1, ∪ 3; background ∩ 0, ∪ 2.
+    assert merged.records()[0] == {"class_id": 1, "intersection": [0, 1], "union": [2, 3], "iou": 1 / 3}
+    assert FewShotMeter([1]).counts().shape == (0, 5)
+
+
+def test_records_of_an_unknown_class_are_refused():
+    record = {"class_id": 4, "intersection": [1, 1], "union": [2, 2]}
+    with pytest.raises(ValueError, match="class 4 is not one of"):
+        metrics_from_records([record], [1, 2])
+    with pytest.raises(ValueError, match="empty_fb_term"):
+        metrics_from_records([], [1], empty_fb_term="none")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -224,6 +225,20 @@ class PairListSampler(EpisodeSampler):
         return self._with_supports(class_id, query, rng)
 
 
+class ListedClassSampler(PairListSampler):
+    """HSNet's COCO-20i sampling (docs/design.md §4.3): class first, as :class:`EpisodeSampler` draws, over the
+    peer's per-class image lists: a class uniformly among the test classes, the query uniformly among the
+    list's images of the class, the supports among its other listed images. ``pairs`` (required): the lists
+    as (image, class) pairs, checked as :class:`PairListSampler` checks them."""
+
+    def __init__(self, dataset, classes, split, shots, supports: str = "independent", pairs=None, source="pairs"):
+        if pairs is None:
+            raise ValueError("ListedClassSampler needs the lists' (image, class) pairs")
+        super().__init__(dataset, classes, split, shots, supports=supports, pairs=pairs, source=source)
+
+    _episode = EpisodeSampler._episode
+
+
 class EveryImageSampler(EpisodeSampler):
     """HSNet's FSS-1000 sampling (docs/design.md §4.3): every image of every test class once as the query
     (classes ascending, each class's images in order), the supports among the class's other images.
@@ -260,6 +275,8 @@ def protocol_sampler(dataset: FewShotDataset, fold, shots: int, protocol: Protoc
     split = dataset.fold_split(fold)
     check_protocol_data(protocol, dataset.describe())
     sampler = SAMPLERS[protocol.sampling]
+    if protocol.pair_lists and protocol.dataset == "coco":
+        return _hsnet_coco_sampler(dataset, fold, shots, protocol)
     if protocol.pair_lists:
         path = hsnet_pascal_pairs_path(fold)
         pairs = read_pairs(path)
@@ -287,6 +304,46 @@ def hsnet_pascal_pairs_path(fold) -> Path:
     if fold not in (0, 1, 2, 3):
         raise ValueError(f"fold must be 0, 1, 2 or 3 for HSNet's PASCAL-5i pairs, got {fold!r}")
     return Path(str(resources.files("sst_fast.data") / "hsnet_pairs" / f"pascal_val_fold{fold}.txt"))
+
+
+def _hsnet_coco_sampler(dataset: FewShotDataset, fold, shots: int, protocol: Protocol) -> EpisodeSampler:
+    """HSNet's COCO-20i test sampler: class first over HSNet's per-class lists of ``fold``
+    (:func:`hsnet_coco_pairs_path`). Listed images the val split lacks are refused, counted and named; a pair
+    whose class has no pixel in this data set's label (rendered here from the annotations, not HSNet's
+    PNGs) is dropped with a warning."""
+    split = dataset.fold_split(fold)
+    path = hsnet_coco_pairs_path(fold)
+    pairs = read_pairs(path)
+    absent, unlabelled = pair_mismatches(dataset, split.test_split, pairs)
+    listed = len({image for image, _ in pairs})
+    if absent:
+        found = mismatch_text(absent, [], listed, "in this folder's val2014 annotations")
+        raise DataError(
+            "protocol hsnet: HSNet's COCO-20i lists name val2014 images of the COCO 2014 release "
+            f"(annotations/instances_val2014.json, 40504 images); of its fold-{fold} lists, {found}\n"
+            f"The lists are {path} (HSNet's data/splits/coco/val/fold{fold}.pkl): --protocol hsnet needs the "
+            "whole val2014 annotation file; sst and pfenet draw from any."
+        )
+    if unlabelled:
+        warnings.warn(
+            f"protocol hsnet: {mismatch_text([], unlabelled, listed, '')}: the labels rendered from "
+            f"{split.test_split}2014's annotations show no pixel of the class there; left out of the pools",
+            stacklevel=3,
+        )
+        dropped = set(unlabelled)
+        pairs = [pair for pair in pairs if pair not in dropped]
+    return ListedClassSampler(dataset, split.test_classes, split.test_split, shots, protocol.supports, pairs, str(path))
+
+
+def hsnet_coco_pairs_path(fold) -> Path:
+    """HSNet's COCO-20i test images of ``fold`` by class as shipped in sst_fast (github.com/juhongm999/hsnet,
+    ``data/splits/coco/val/fold<f>.pkl``, commit e288916, converted): ``<image id>__<class id>`` per line,
+    in sst_fast's ids (``val/<12 digits>``, classes 1..80), after a ``#`` header naming the source."""
+    from importlib import resources
+
+    if fold not in (0, 1, 2, 3):
+        raise ValueError(f"fold must be 0, 1, 2 or 3 for HSNet's COCO-20i lists, got {fold!r}")
+    return Path(str(resources.files("sst_fast.data") / "hsnet_pairs" / f"coco_val_fold{fold}.txt"))
 
 
 def pair_mismatches(dataset: FewShotDataset, split: str, pairs) -> tuple[list[str], list[tuple[str, int]]]:
@@ -319,10 +376,11 @@ def mismatch_text(absent: list[str], unlabelled: list[tuple[str, int]], listed: 
 
 
 def read_pairs(path) -> list[tuple[str, int]]:
-    """A pair list: ``<image id>__<class id>`` per line -> [(image id, class id)], in the file's order."""
+    """A pair list: ``<image id>__<class id>`` per line -> [(image id, class id)], in the file's order.
+    Blank lines and ``#`` comment lines are skipped."""
     pairs = []
     for number, line in enumerate(Path(path).read_text().splitlines(), 1):
-        if not line.strip():
+        if not line.strip() or line.lstrip().startswith("#"):
             continue
         image, separator, class_id = line.strip().rpartition("__")
         if not separator or not class_id.isdigit():

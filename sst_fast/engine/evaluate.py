@@ -14,9 +14,9 @@ from torch import nn
 
 from ..config import as_size, positive_int
 from ..data.base import FewShotDataset
-from ..files import write_json_atomic, write_text_atomic
+from ..files import strict_json, write_atomic, write_json_atomic, write_text_atomic
 from ..data.episodes import Episode, EpisodeDataset, EpisodeManifest, collate_episodes, protocol_sampler
-from ..metrics import FewShotMeter, mean_ci
+from ..metrics import FewShotMeter, episode_record, mean_ci
 from ..protocol import (
     EMPTY_CLASS,
     EMPTY_FB_TERM,
@@ -32,14 +32,42 @@ from . import distributed
 from .runlog import is_terminal
 from .speed import AMP_DTYPES, autocast
 
+EPISODES_FILE = "episodes.jsonl"  # each episode's record, one JSON object a line (EvaluationResult.save)
+
 
 @dataclass
 class EvaluationResult:
-    """Metrics of each seed, their mean ± 95% CI, the manifests and the protocol card."""
+    """Metrics of each seed, their mean ± 95% CI, the manifests, the protocol card and each episode's counts."""
 
     card: ProtocolCard
     runs: list[dict]  # FewShotMeter.compute() of each seed
     manifests: list[EpisodeManifest] = field(repr=False)
+    # FewShotMeter.counts() of each seed: a row per episode of its manifest, in order (None: not kept).
+    counts: list[torch.Tensor] | None = field(default=None, repr=False)
+
+    def episode_records(self):
+        """Each episode's record, seed by seed in manifest order: ``{"seed", "episode" (its index in the seed's
+        manifest), "class_id", "query", "supports", "intersection", "union", "iou"}`` (see
+        :func:`~sst_fast.metrics.episode_record`); what ``episodes.jsonl`` holds, one a line."""
+        if self.counts is None:
+            raise ValueError("this evaluation kept no per-episode counts")
+        for manifest, counts in zip(self.manifests, self.counts, strict=True):
+            if len(counts) != len(manifest.episodes):
+                raise ValueError(f"seed {manifest.seed}: {len(counts)} episode counts for {len(manifest.episodes)}")
+            for number, (episode, row) in enumerate(zip(manifest.episodes, counts.tolist(), strict=True)):
+                if row[0] != episode.class_id:
+                    raise ValueError(f"seed {manifest.seed}, episode {number}: counts of class {row[0]}, not its class")
+                scores = episode_record(*row)
+                yield {
+                    "seed": manifest.seed,
+                    "episode": number,
+                    "class_id": episode.class_id,
+                    "query": episode.query,
+                    "supports": list(episode.supports),
+                    "intersection": scores["intersection"],
+                    "union": scores["union"],
+                    "iou": scores["iou"],
+                }
 
     def summary(self) -> dict:
         """``{metric: (mean, ci95 half-width)}`` for miou, fb_iou and episode_miou over the seeds."""
@@ -62,14 +90,20 @@ class EvaluationResult:
         }
 
     def save(self, directory) -> Path:
-        """Write ``metrics.json`` (card, summary, per-class and per-seed numbers), ``protocol.txt`` and each
-        seed's manifest (``manifests/seed-<seed>.json``) into ``directory``; returns the metrics file."""
+        """Write ``metrics.json`` (card, summary, per-class and per-seed numbers), ``protocol.txt``, each
+        seed's manifest (``manifests/seed-<seed>.json``) and each episode's record (``episodes.jsonl``, one JSON
+        object a line: :meth:`episode_records`) into ``directory``; returns the metrics file."""
         directory = Path(directory)
         for stale in (directory / "manifests").glob("seed-*.json"):  # an earlier run's seeds must not linger
             stale.unlink()
         for manifest in self.manifests:
             manifest.save(directory / "manifests" / f"seed-{manifest.seed}.json")
         write_text_atomic(directory / "protocol.txt", str(self.card) + "\n")
+        if self.counts is None:
+            (directory / EPISODES_FILE).unlink(missing_ok=True)  # an earlier evaluation's episodes must not linger
+        else:
+            lines = [strict_json(record, indent=None) + "\n" for record in self.episode_records()]
+            write_atomic(directory / EPISODES_FILE, lambda file: file.writelines(line.encode() for line in lines))
         metrics = directory / "metrics.json"
         write_json_atomic(metrics, self.to_dict())
         return metrics
@@ -120,7 +154,8 @@ def evaluate(
     logits ``[B, 2, h, w]`` (background, foreground), as a tensor or as an object with ``.logits``; logits at
     another size than the scored labels are resized bilinearly. ``protocol``: ``"sst"`` (the default),
     ``"pfenet"``, ``"hsnet"`` or a :class:`~sst_fast.protocol.Protocol`: how episodes are drawn and scored
-    (docs/design.md §4.3). ``episodes`` and ``seeds`` default to the protocol's (sst: 1000, seed 0).
+    (docs/design.md §4.3). ``episodes`` and ``seeds`` default to the protocol's (sst: 1000 per seed; seeds 0-4
+    on PASCAL-5i, 0-9 on COCO-20i, 0 elsewhere).
 
     ``dataset``: a :class:`~sst_fast.data.FewShotDataset`, or a data set name that needs no folder
     (``"synthetic"``; the others need :func:`~sst_fast.data.open_dataset` with their root). ``shots``: support
@@ -193,7 +228,7 @@ def evaluate(
             )
         resolution = "original"
     if manifests is None:
-        seeds = check_seeds((protocol.seed,) if seeds is None else seeds)
+        seeds = check_seeds(protocol.seeds if seeds is None else seeds)
         shots = 1 if shots is None else positive_int(shots, "shots")
         sampler = protocol_sampler(dataset, fold, shots, protocol)
         episodes = protocol.episodes if episodes is None else episodes
@@ -211,13 +246,14 @@ def evaluate(
     scoring = Scoring(
         resolution, protocol.score_size, protocol.empty_class, protocol.empty_fb_term, protocol.align_corners
     )
+    meters = [scoring.meter(split.test_classes) for _ in manifests]  # each seed's, to keep its episodes' counts
     runs = [
         score_episodes(
             model, dataset, split.test_classes, manifest.episodes, size, batch_size=batch_size,
             num_workers=num_workers, progress=f"seed {manifest.seed}" if progress else None, amp=amp,
-            scoring=scoring, device=device,
+            scoring=scoring, device=device, into=meter,
         )
-        for manifest in manifests
+        for manifest, meter in zip(manifests, meters, strict=True)
     ]  # fmt: skip
     card = ProtocolCard(
         dataset=dataset.name,
@@ -246,7 +282,7 @@ def evaluate(
         manifests=tuple(m.sha256 for m in manifests),
         code_version=code_version(),
     )
-    return EvaluationResult(card, runs, manifests)
+    return EvaluationResult(card, runs, manifests, [meter.counts() for meter in meters])
 
 
 @dataclass(frozen=True)
@@ -345,13 +381,15 @@ def score_episodes(
     amp: str = "off",
     scoring: Scoring | None = None,
     device=None,
+    into: FewShotMeter | None = None,
 ) -> dict:
     """Segment the queries of ``episodes`` with ``model`` (an ``nn.Module`` in eval mode; a plain callable
     as it is, so one that wraps a module sets its mode itself; no gradients) and score them:
     :meth:`FewShotMeter.compute` over ``classes``. ``scoring``: the resolution and the metric's conventions
     (default: the network's input size, or each label's size with ``original_size``; the meter's defaults).
     ``progress``: the label of a progress bar, or None; ``amp``: ``off``, ``bf16`` or ``fp16`` autocast;
-    ``model`` and ``device`` as for :func:`evaluate`.
+    ``model`` and ``device`` as for :func:`evaluate`. ``into``: the meter (of ``classes``, with the scoring's
+    conventions) the episodes are added to, in their order, e.g. to keep their counts (default: a new one).
 
     In a process group (:mod:`sst_fast.engine.distributed`) every rank must call it: the batches are dealt
     to the ranks and the result, the same on every rank, equals a single process's exactly."""
@@ -409,7 +447,7 @@ def score_episodes(
     finally:
         if module is not None:
             module.train(was_training)
-    total = scoring.meter(classes)
+    total = scoring.meter(classes) if into is None else into
     problems = []
     for gathered, bad in distributed.all_gather((meters, broken), world):
         meters.update(gathered)

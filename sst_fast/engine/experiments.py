@@ -1,27 +1,39 @@
-"""Multi-run experiments: the paper's ablations (Table 1, Table 2) and the embedded demo, with a report.
+"""Multi-run experiments: the paper's ablations (Table 1, Table 2), the benchmark over folds and the
+embedded demo, with a report.
 
-Each variant is an ordinary training run in its own folder, so an experiment that is stopped picks
-up where it was: finished runs are reused, unfinished ones resumed. All variants are evaluated on
-the same episodes (one manifest per seed), so their differences are paired.
+Each variant is an ordinary training run in its own folder (``runs/<variant>/seed-<s>``, or
+``runs/<variant>/fold-<f>/seed-<s>`` when the experiment spans folds), so an experiment that is stopped
+picks up where it was: finished runs are reused, unfinished ones resumed, and a folder trained with
+another configuration is refused with the settings that differ. Each evaluation is saved in its run
+folder's ``eval/`` as ``sst-fast eval`` saves it (same folder name, same ``setting.json``) and reused
+when it is there. Within a fold, all variants and training seeds are evaluated on the same episodes (one
+manifest per seed), so their differences are paired.
+
+Under torchrun (:mod:`sst_fast.engine.distributed`) every rank takes part in each training and
+evaluation, rank 0 decides what is reused and alone writes files and logs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
 
 from ..config import positive_int
-from ..data import FewShotDataset, open_dataset
+from ..data import EpisodeManifest, FewShotDataset, open_dataset
+from ..data.episodes import protocol_sampler
+from ..data.splits import FOLDS, FSS_FOLDS
 from ..files import write_json_atomic, write_text_atomic
 from ..metrics import mean_ci
+from ..protocol import ProtocolCard, check_protocol_data, protocol_for
+from . import distributed
 from .checkpoint import load_checkpoint, model_from_checkpoint, saved_config
-from ..protocol import check_protocol_data, protocol_for
 from .evaluate import EvaluationResult, check_seeds, evaluate
-from .runconfig import RunConfig
-from .train import TrainingError, TrainResult, Trainer
+from .runconfig import RunConfig, load_run_config
+from .train import RESUMABLE_OVERRIDES, TrainingError, TrainResult, Trainer
 
 # Table 1 of the paper: the self-supervised tuning module (SSM) and the auxiliary loss, on and off.
 TABLE1_VARIANTS = {
@@ -46,17 +58,21 @@ class Evaluation:
     fusion: str
     result: EvaluationResult
     train_seed: int = 0
+    folder: Path | None = None  # where it is saved: <run folder>/eval/<the name sst-fast eval gives it>
+    reused: bool = False  # read back from ``folder`` (an earlier invocation computed it)
 
 
 @dataclasses.dataclass
 class ExperimentResult:
-    """Every variant trained once per training seed (``runs[variant, seed]``) and evaluated on shared manifests."""
+    """Every variant trained once per training seed (``runs[variant, seed]``) on the base classes of ``fold``
+    and evaluated on its novel classes, on shared manifests."""
 
     out_dir: Path
     dataset: FewShotDataset
     runs: dict[tuple[str, int], GridRun]
     evaluations: list[Evaluation]
     train_seeds: tuple[int, ...] = (0,)
+    fold: int | str | None = None
 
     @property
     def variants(self) -> list[str]:
@@ -98,27 +114,107 @@ class ExperimentResult:
         return "over evaluation seeds, one training run per variant"
 
 
+# Settings that change where and how a run is computed and logged, not what it learns: a run folder trained
+# with other values of them is the same run (a resume takes this invocation's). optim.epochs is not among
+# them: a run trained for fewer epochs is another run.
+MACHINE_KEYS = tuple(key for key in RESUMABLE_OVERRIDES if key != "optim.epochs")
+
+
 def train_variant(
     config: RunConfig, run_dir: Path, progress: bool = True, log=print, label: str | None = None
 ) -> TrainResult:
     """Train ``config`` in ``run_dir``, resuming an unfinished run there and reusing a finished one;
-    ``label`` names the run in the log (default: the folder's name)."""
+    ``label`` names the run in the log (default: the folder's name). A folder whose run (its last checkpoint,
+    else its ``config.yaml``) has another configuration is refused: a ValueError naming the settings that
+    differ (:data:`MACHINE_KEYS` may differ). Under torchrun, rank 0 decides and every rank follows."""
+    run_dir = Path(run_dir)
     label = label or run_dir.name
+    plan = decided_by_rank0(lambda: _plan_run(config, run_dir))
+    if plan[0] == "refuse":
+        raise ValueError(plan[1])
+    if plan[0] == "reuse":
+        log(f"{label}: already trained ({plan[1].step} steps), reusing it")
+        return plan[1]
+    if plan[0] == "resume":
+        log(f"{label}: resuming at step {plan[1]}")
+        return Trainer.resume(run_dir, plan[2], progress=progress).fit()
+    return Trainer(config, run_dir, progress=progress).fit()
+
+
+def decided_by_rank0(decide):
+    """``decide()`` (what to do with files: reuse, resume, refuse) computed by rank 0 and given to every rank, so
+    that the ranks act alike; a single process just calls it. A failure on rank 0 is a ValueError on every rank."""
+    world = distributed.current()
+    if not world.distributed:
+        return decide()
+    answer = None
+    if world.main:
+        try:
+            answer = ("ok", decide())
+        except Exception as error:  # the other ranks must not wait for an answer that never comes
+            answer = ("failed", f"{error}")
+    answer = distributed.broadcast(answer, world)
+    if answer[0] == "failed":
+        raise ValueError(answer[1])
+    return answer[1]
+
+
+def _plan_run(config: RunConfig, run_dir: Path) -> tuple:
+    """What :func:`train_variant` does with ``run_dir``: ``("new",)``, ``("reuse", TrainResult)``,
+    ``("resume", step, overrides)`` or ``("refuse", message)``."""
     last = run_dir / "checkpoints" / "last.pt"
+    state = None
     if last.exists():
         state = load_checkpoint(last)
-        saved = RunConfig.from_dict(saved_config(state))
-        if saved.to_dict() != config.to_dict():
-            raise ValueError(
-                f"{run_dir} holds a run with another configuration; remove it or choose another output folder"
-            )
-        if state["epoch"] >= saved.optim.epochs:
-            log(f"{label}: already trained ({state['step']} steps), reusing it")
-            best = state["best"]
-            return TrainResult(run_dir, "finished", state["step"], state["epoch"], best["miou"], best["step"])
-        log(f"{label}: resuming at step {state['step']}")
-        return Trainer.resume(run_dir, progress=progress).fit()
-    return Trainer(config, run_dir, progress=progress).fit()
+        trained, source = RunConfig.from_dict(saved_config(state)), last
+    elif (run_dir / "config.yaml").exists():  # a run stopped before its first checkpoint
+        trained, source = load_run_config(run_dir / "config.yaml"), run_dir / "config.yaml"
+    else:
+        return ("new",)
+    differ = config_differences(trained, config)
+    if differ:
+        shown = "; ".join(f"{key}: {there!r} there, {here!r} here" for key, there, here in differ[:8])
+        more = f"; and {len(differ) - 8} more" if len(differ) > 8 else ""
+        return (
+            "refuse",
+            f"{run_dir} holds a run with another configuration ({source} differs in "
+            f"{', '.join(key for key, _, _ in differ)}: {shown}{more}); remove that folder or choose another "
+            "output folder",
+        )
+    if state is None:
+        return ("new",)
+    if state["epoch"] >= trained.optim.epochs:
+        best = state["best"]
+        return ("reuse", TrainResult(run_dir, "finished", state["step"], state["epoch"], best["miou"], best["step"]))
+    wanted = _flatten(config.to_dict())
+    overrides = [
+        f"{key}={json.dumps(wanted[key])}"
+        for key in MACHINE_KEYS
+        if key in wanted and wanted[key] != _flatten(trained.to_dict()).get(key)
+    ]
+    return ("resume", state["step"], overrides)
+
+
+def config_differences(trained: RunConfig, wanted: RunConfig, ignored=MACHINE_KEYS) -> list[tuple[str, object, object]]:
+    """``(key, trained value, wanted value)`` for each setting (``section.key``, ``data.options.name`` inside a
+    mapping) in which two configurations differ, ``ignored`` keys left out."""
+    left, right = _flatten(trained.to_dict()), _flatten(wanted.to_dict())
+    missing = object()
+    return [
+        (key, left.get(key), right.get(key))
+        for key in sorted(set(left) | set(right))
+        if key not in ignored and left.get(key, missing) != right.get(key, missing)
+    ]
+
+
+def _flatten(values: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+    return flat
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,11 +230,15 @@ class Variant:
     family: str = ""
     seeds: int | None = None  # train only the first ``seeds`` training seeds of the grid (None: all)
 
-    def config(self, base: RunConfig, train_seed: int) -> RunConfig:
+    def config(self, base: RunConfig, train_seed: int, fold=None) -> RunConfig:
+        """``base`` with this variant's settings, ``run.seed`` = ``train_seed`` and ``data.fold`` = ``fold``
+        (None: the base's fold)."""
         values = base.to_dict()
         values["model"] = {**values["model"], **self.model}
         values["optim"] = {**values["optim"], **self.optim}
         values["run"] = {**values["run"], "seed": train_seed}
+        if fold is not None:
+            values["data"] = {**values["data"], "fold": fold}
         return RunConfig.from_dict(values)
 
     @property
@@ -146,8 +246,19 @@ class Variant:
         return self.model.get("ssm", True)
 
 
-def run_folder(out_dir, variant: str, train_seed: int) -> Path:
-    return Path(out_dir) / "runs" / _folder(variant) / f"seed-{train_seed}"
+def run_folder(out_dir, variant: str, train_seed: int, fold=None) -> Path:
+    """``<out>/runs/<variant>/seed-<s>``; with a ``fold``, ``<out>/runs/<variant>/fold-<f>/seed-<s>`` (the
+    variant ``""``, the configuration as it is: ``<out>/runs/fold-<f>/seed-<s>``)."""
+    folder = Path(out_dir) / "runs" / _folder(variant)
+    if fold is not None:
+        folder = folder / f"fold-{fold}"
+    return folder / f"seed-{train_seed}"
+
+
+def run_label(variant: str, train_seed: int, fold=None) -> str:
+    """How the log names a run: ``sst/seed-0``, ``sst/fold-1/seed-0``, ``fold-1/seed-0``."""
+    parts = [variant, *([f"fold-{fold}"] if fold is not None else []), f"seed-{train_seed}"]
+    return "/".join(part for part in parts if part)
 
 
 @dataclasses.dataclass
@@ -171,23 +282,29 @@ def train_grid(
     train_seeds: Sequence[int],
     progress: bool = True,
     log=print,
+    fold=None,
 ) -> dict[tuple[str, int], GridRun]:
     """Train each variant for each training seed (reusing finished runs, resuming stopped ones);
-    ``{(variant, seed): GridRun}``. A run whose loss stops being finite is recorded as diverged; a
-    stopped run (Ctrl-C) ends the grid early, the runs so far returned."""
+    ``{(variant, seed): GridRun}``. ``fold``: train on that fold's base classes, in the fold's run folders
+    (:func:`run_folder`); None: the base configuration's fold. A run whose loss stops being finite is recorded
+    as diverged; a stopped run (Ctrl-C) ends the grid early, the runs so far returned."""
+    world = distributed.current()
     runs = {}
     for variant in variants:
         for seed in train_seeds[: variant.seeds]:
-            folder = run_folder(out_dir, variant.name, seed)
+            folder = run_folder(out_dir, variant.name, seed, fold)
+            label = run_label(variant.name, seed, fold)
             diverged = folder / "diverged.txt"
-            if diverged.exists():
-                runs[variant.name, seed] = GridRun(variant, seed, None, diverged.read_text().strip())
+            message = decided_by_rank0(lambda path=diverged: path.read_text().strip() if path.exists() else None)
+            if message is not None:
+                runs[variant.name, seed] = GridRun(variant, seed, None, message)
                 continue
-            log(f"== training {variant.name}, training seed {seed}")
+            log(f"== training {label}" if fold is not None else f"== training {variant.name}, training seed {seed}")
             try:
-                result = train_variant(variant.config(base, seed), folder, progress, log, f"{variant.name}/seed-{seed}")
+                result = train_variant(variant.config(base, seed, fold), folder, progress, log, label)
             except TrainingError as error:
-                write_text_atomic(diverged, f"{error}\n")
+                if world.main:
+                    write_text_atomic(diverged, f"{error}\n")
                 runs[variant.name, seed] = GridRun(variant, seed, None, str(error))
                 continue
             runs[variant.name, seed] = GridRun(variant, seed, result)
@@ -209,6 +326,7 @@ def run_experiment(
     progress: bool = True,
     log=print,
     protocol: str = "sst",
+    fold=None,
 ) -> ExperimentResult:
     """Train each variant (``config`` with the variant's model settings) once per training seed
     (``run.seed``) in ``out_dir/runs/<variant>/seed-<s>``, then evaluate each run's best checkpoint on the
@@ -216,55 +334,184 @@ def run_experiment(
     evaluates the same checkpoint with each fusion; by default each model's own fusion. ``episodes``: per
     evaluation seed, one number for every K or ``{K: episodes}``. ``shots_for``: other K for some variants
     (``{name: Ks}``). ``protocol``: how the test episodes are drawn and scored (:mod:`sst_fast.protocol`;
-    ``episodes`` or ``seeds`` None: the protocol's). A stopped training (Ctrl-C) returns early: see
-    :attr:`GridRun.finished`."""
+    ``episodes`` or ``seeds`` None: the protocol's). ``fold``: train and test on that fold (``data.fold``),
+    the runs in ``out_dir/runs/<variant>/fold-<f>/seed-<s>``; None: ``config``'s fold. Each evaluation is saved
+    in its run folder as ``sst-fast eval`` saves it (:func:`eval_setting`) and reused from there when it is
+    already saved. A stopped training (Ctrl-C) returns early: see :attr:`GridRun.finished`."""
     out_dir = Path(out_dir)
+    world = distributed.current()
+    log = log if world.main else _quiet
+    if fold is not None:
+        config = with_fold(config, fold)
     # What the evaluations will refuse, refused before hours of training.
     dataset = open_dataset(config.data.dataset, config.data.root, **config.data.options)
     rules = protocol_for(protocol, dataset.name)
     check_protocol_data(rules, dataset.describe())
-    seeds = check_seeds((rules.seed,) if seeds is None else seeds)
+    seeds = check_seeds(rules.seeds if seeds is None else seeds)
     train_seeds = tuple(check_seeds(train_seeds))
     for count in episodes.values() if isinstance(episodes, dict) else (episodes,):
         if count is not None and rules.episodes is None:
             raise ValueError(f"episodes: protocol {protocol} queries every test image once; pass episodes=None")
         if count is not None:
             positive_int(count, "episodes")
+    every_k = set(shots).union(*(shots_for or {}).values())
+    check_test_episodes(dataset, config.data.fold, every_k, rules)
     grid = [Variant(name, changes) for name, changes in variants.items()]
-    runs = train_grid(config, out_dir, grid, train_seeds, progress, log)
-    experiment = ExperimentResult(out_dir, dataset, runs, [], train_seeds)
+    runs = train_grid(config, out_dir, grid, train_seeds, progress, log, fold)
+    experiment = ExperimentResult(out_dir, dataset, runs, [], train_seeds, config.data.fold)
     if len(runs) < len(grid) * len(train_seeds) or not all(run.finished for run in runs.values()):
         return experiment  # interrupted (or diverged): resumable, nothing to score
     manifests = {}  # (shots) -> manifests shared by every variant and training seed: paired comparisons
+    where = "" if fold is None else f"fold {fold}, "
     for (name, train_seed), run in runs.items():
         checkpoint = best_or_last(run.result)
         for k in (shots_for or {}).get(name, shots):
             for fusion in fusions if (fusions and k > 1) else (None,):
                 overrides = {"fusion": fusion} if fusion else {}
                 model = model_from_checkpoint(checkpoint, device=run_device(config), **overrides)
-                label = f"{name}, training seed {train_seed}, {k}-shot" + (f", {fusion}" if fusion else "")
-                log(f"== evaluating {label}")
-                result = evaluate(
-                    model,
-                    dataset,
-                    config.data.fold,
-                    shots=k,
-                    episodes=episodes[k] if isinstance(episodes, dict) else episodes,
-                    seeds=seeds,
-                    size=config.model.image_size,
-                    batch_size=config.optim.batch_size,
-                    num_workers=config.data.workers,
-                    manifests=manifests.get(k),
-                    checkpoint=str(checkpoint),
-                    progress=progress,
-                    protocol=protocol,
+                count = episodes[k] if isinstance(episodes, dict) else episodes
+                setting = eval_setting(checkpoint, config, rules, k, count, seeds, model.config.fusion)
+                folder = run.result.run_dir / "eval" / eval_folder_name(setting)
+                label = f"{name or 'model'}, {where}training seed {train_seed}, {k}-shot" + (
+                    f", {fusion}" if fusion else ""
                 )
+                result = decided_by_rank0(lambda folder=folder, setting=setting: saved_evaluation(folder, setting))
+                reused = result is not None
+                if reused:
+                    log(f"== {label}: already evaluated, reusing {folder}")
+                else:
+                    log(f"== evaluating {label}")
+                    result = evaluate(
+                        model,
+                        dataset,
+                        config.data.fold,
+                        shots=k,
+                        episodes=count,
+                        seeds=seeds,
+                        size=config.model.image_size,
+                        batch_size=config.optim.batch_size,
+                        num_workers=config.data.workers,
+                        manifests=manifests.get(k),
+                        checkpoint=str(checkpoint),
+                        progress=progress,
+                        protocol=protocol,
+                    )
+                    if world.main:  # as sst-fast eval leaves it: the results, then the setting they belong to
+                        result.save(folder)
+                        write_json_atomic(folder / SETTING_FILE, setting)
                 manifests[k] = result.manifests
-                folder = f"{_folder(name)}-seed{train_seed}-{k}shot" + (f"-{fusion}" if fusion else "")
-                folder += f"-{protocol}" if protocol != "sst" else ""
-                result.save(out_dir / "eval" / folder)
-                experiment.evaluations.append(Evaluation(name, k, model.config.fusion, result, train_seed))
+                experiment.evaluations.append(
+                    Evaluation(name, k, model.config.fusion, result, train_seed, folder, reused)
+                )
     return experiment
+
+
+def check_test_episodes(dataset: FewShotDataset, fold, shots, rules) -> None:
+    """Refuse now, before any training, what the evaluations would refuse after it: a test class of ``fold``
+    with too few images for a K-shot episode (for each K in ``shots``) under the protocol ``rules``."""
+    for k in sorted(shots):
+        protocol_sampler(dataset, fold, k, rules)
+
+
+def with_fold(config: RunConfig, fold) -> RunConfig:
+    """``config`` with ``data.fold`` = ``fold`` (checked as the configuration checks it)."""
+    values = config.to_dict()
+    values["data"] = {**values["data"], "fold": fold}
+    return RunConfig.from_dict(values)
+
+
+# --- evaluations saved as sst-fast eval saves them ------------------------------------------------------------
+
+SETTING_FILE = "setting.json"  # what decides an evaluation's numbers, next to its metrics.json (as sst-fast eval)
+
+
+def eval_setting(checkpoint, config: RunConfig, rules, shots: int, episodes: int | None, seeds, fusion) -> dict:
+    """The ``setting.json`` that ``sst-fast eval <checkpoint> --shots K --episodes N --seeds S...`` (with
+    ``--protocol``) writes for the same evaluation, key for key: so the benchmark's results and eval's share a
+    folder and each recognises the other's as its own."""
+    return {
+        "checkpoint": str(checkpoint),
+        "model": None,
+        "protocol": rules.name,
+        "dataset": config.data.dataset,
+        "fold": config.data.fold,
+        "shots": shots,
+        "episodes": episodes if episodes is not None else rules.episodes,
+        "seeds": list(seeds),
+        "manifests": None,
+        "input_size": list(config.model.image_size),
+        "original_size": False,
+        "fusion": fusion,
+        "amp": "off",
+        "reference": False,
+    }
+
+
+def eval_folder_name(setting: dict) -> str:
+    """The folder ``sst-fast eval`` gives an evaluation of a run folder's checkpoint by default (under the run
+    folder's ``eval/``): ``<dataset>-fold<f>-<K>shot[-fusion][-protocol]-e<episodes>-s<seeds>``."""
+    name = f"{setting['dataset']}-fold{setting['fold']}-{setting['shots']}shot"
+    if setting["shots"] > 1 and setting["fusion"]:
+        name += f"-{setting['fusion']}"
+    if setting["protocol"] != "sst":
+        name += f"-{setting['protocol']}"
+    if setting["episodes"] is not None:  # None: every test image once
+        name += f"-e{setting['episodes']}"
+    return name + "-s" + "-".join(str(s) for s in setting["seeds"])
+
+
+def saved_evaluation(folder: Path, setting: dict) -> EvaluationResult | None:
+    """The evaluation saved in ``folder`` when it is the one ``setting`` describes and is still current, else
+    None (then it is computed again and replaces what is there). Current: same setting (the checkpoint the same
+    file of the run folder, however its path was spelled), its ``metrics.json`` written after that checkpoint
+    (a retrained run's results are stale) and every manifest file matching the SHA-256 its card records."""
+    folder = Path(folder)
+    metrics_file, setting_file = folder / "metrics.json", folder / SETTING_FILE
+    checkpoint = Path(setting["checkpoint"])
+    try:
+        previous = json.loads(setting_file.read_text())
+        saved = json.loads(metrics_file.read_text())
+        if metrics_file.stat().st_mtime_ns < checkpoint.stat().st_mtime_ns:
+            return None
+    except (OSError, ValueError):
+        return None
+    ours = json.loads(json.dumps(setting))
+    if not isinstance(previous, dict) or Path(str(previous.get("checkpoint"))).name != checkpoint.name:
+        return None
+    if {**previous, "checkpoint": None} != {**ours, "checkpoint": None}:
+        return None
+    try:
+        return load_evaluation(folder, saved)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def load_evaluation(folder, saved: dict | None = None) -> EvaluationResult:
+    """The :class:`EvaluationResult` that :meth:`EvaluationResult.save` wrote to ``folder`` (its card, each seed's
+    metrics, its manifests); a ValueError when a manifest is missing or not the one the card records."""
+    folder = Path(folder)
+    saved = json.loads((folder / "metrics.json").read_text()) if saved is None else saved
+    card = ProtocolCard.from_dict(saved["protocol"])
+    manifests = [EpisodeManifest.load(folder / "manifests" / f"seed-{seed}.json") for seed in card.seeds]
+    if tuple(m.sha256 for m in manifests) != tuple(card.manifests):
+        raise ValueError(f"{folder}: its manifests are not the ones its protocol card records")
+    runs = [_from_json(run) for run in saved["runs"]]
+    if len(runs) != len(manifests):
+        raise ValueError(f"{folder}: {len(runs)} runs for {len(manifests)} seeds")
+    return EvaluationResult(card=card, runs=runs, manifests=manifests)
+
+
+def _from_json(run: dict) -> dict:
+    """A seed's metrics as JSON holds them back as :meth:`FewShotMeter.compute` gives them: class ids as ints,
+    null (a NaN written as strict JSON) as NaN."""
+
+    def number(value):
+        return math.nan if value is None else value
+
+    return {
+        key: {int(c): number(v) for c, v in value.items()} if isinstance(value, dict) else number(value)
+        for key, value in run.items()
+    }
 
 
 def results_table(experiment: ExperimentResult, shots: Sequence[int], metrics=("miou", "fb_iou")) -> str:
@@ -299,61 +546,208 @@ def paired_difference(better, worse, metric="miou"):
     return mean_ci([paired_difference(x, y, metric)[0] for x, y in zip(better, worse, strict=True)])
 
 
-def save_experiment(experiment: ExperimentResult, name: str, extra: dict | None = None) -> Path:
+def save_experiment(experiment, name: str, extra: dict | None = None) -> Path:
     """``<out>/<name>.json`` (strict JSON): the runs' training state, every evaluation's summary and per-class
-    IoU with its training seed, and the tables' mean ± CI and paired differences."""
+    IoU with its training seed (and fold), and ``extra`` (the tables' mean ± CI and paired differences).
+    ``experiment``: an :class:`ExperimentResult` or a :class:`FoldsResult`. Under torchrun, rank 0 writes."""
+    experiments = experiment.experiments.values() if isinstance(experiment, FoldsResult) else [experiment]
     content = {
         "train_seeds": list(experiment.train_seeds),
         "spread": experiment.spread,
-        "runs": [
-            {
-                "variant": name,
-                "train_seed": seed,
-                "status": "diverged" if run.diverged else run.result.status,
-                "steps": run.result.step if run.result else None,
-                "best_val_miou": run.result.best_miou if run.result else None,
-                "best_step": run.result.best_step if run.result else None,
-            }
-            for (name, seed), run in experiment.runs.items()
-        ],
-        "evaluations": [
-            {
-                "variant": e.variant,
-                "train_seed": e.train_seed,
-                "shots": e.shots,
-                "fusion": e.fusion,
-                **e.result.to_dict(),
-            }
-            for e in experiment.evaluations
-        ],
+        "runs": [run_record(e, name, seed) for e in experiments for name, seed in e.runs],
+        "evaluations": [evaluation_record(e, evaluation) for e in experiments for evaluation in e.evaluations],
         **(extra or {}),
     }
+    if not distributed.current().main:
+        return experiment.out_dir / f"{name}.json"
     return write_json_atomic(experiment.out_dir / f"{name}.json", content)
 
 
-def interrupted(experiment: ExperimentResult, what: str) -> ExperimentInterrupted | None:
-    """The error to raise when a training run of ``experiment`` stopped or diverged, else None."""
-    for (name, seed), run in experiment.runs.items():
-        if run.diverged is not None:
-            return ExperimentInterrupted(f"training of {name} (training seed {seed}) diverged: {run.diverged}")
-        if not run.finished:
-            return ExperimentInterrupted(
-                f"training of {name} (training seed {seed}) stopped; run {what} again to continue"
-            )
+def run_record(experiment: ExperimentResult, variant: str, seed: int) -> dict:
+    """One training run as the JSON reports list it."""
+    run = experiment.runs[variant, seed]
+    return {
+        "variant": variant,
+        "fold": experiment.fold,
+        "train_seed": seed,
+        "run_dir": str(run.result.run_dir) if run.result else None,
+        "status": "diverged" if run.diverged else run.result.status,
+        "steps": run.result.step if run.result else None,
+        "best_val_miou": run.result.best_miou if run.result else None,
+        "best_step": run.result.best_step if run.result else None,
+    }
+
+
+def evaluation_record(experiment: ExperimentResult, evaluation: Evaluation) -> dict:
+    """One evaluation as the JSON reports list it: what was evaluated, where it is saved, its results."""
+    return {
+        "variant": evaluation.variant,
+        "fold": experiment.fold,
+        "train_seed": evaluation.train_seed,
+        "shots": evaluation.shots,
+        "fusion": evaluation.fusion,
+        "folder": str(evaluation.folder) if evaluation.folder is not None else None,
+        "reused": evaluation.reused,
+        **evaluation.result.to_dict(),
+    }
+
+
+def interrupted(experiment, what: str) -> ExperimentInterrupted | None:
+    """The error to raise when a training run of ``experiment`` (an :class:`ExperimentResult` or a
+    :class:`FoldsResult`) stopped or diverged, else None."""
+    experiments = experiment.experiments.values() if isinstance(experiment, FoldsResult) else [experiment]
+    for each in experiments:
+        where = "" if each.fold is None or not isinstance(experiment, FoldsResult) else f"fold {each.fold}, "
+        for (name, seed), run in each.runs.items():
+            which = f"{name or 'the model'} ({where}training seed {seed})"
+            if run.diverged is not None:
+                return ExperimentInterrupted(f"training of {which} diverged: {run.diverged}")
+            if not run.finished:
+                return ExperimentInterrupted(f"training of {which} stopped; run {what} again to continue")
     return None
 
 
+# --- experiments over folds ---------------------------------------------------------------------------------
+
+
+def check_folds(dataset: str, folds=None) -> tuple:
+    """``folds`` of ``dataset`` as the configuration names them: 0..3 (the texts "0".."3" read as numbers),
+    FSS-1000's ``test`` and ``val``; None: every fold (FSS-1000: ``test``, the one its benchmark reports). A
+    ValueError naming the data set's folds for anything else, for a fold named twice, or for none."""
+    available = FSS_FOLDS if dataset == "fss" else tuple(range(FOLDS))
+    if folds is None:
+        return ("test",) if dataset == "fss" else available
+    names = ", ".join(map(str, available))
+    chosen = []
+    for fold in folds:
+        value = fold
+        if isinstance(fold, str) and dataset != "fss" and fold.strip().isdigit():
+            value = int(fold)
+        if isinstance(value, bool) or value not in available:
+            hint = " (FSS-1000 has no numbered folds: its test classes are 'test', its validation classes 'val')"
+            raise ValueError(
+                f"folds (--folds): {dataset} has the folds {names}, got {fold!r}" + (hint if dataset == "fss" else "")
+            )
+        if value in chosen:
+            raise ValueError(f"folds (--folds): fold {value} is named twice")
+        chosen.append(value)
+    if not chosen:
+        raise ValueError(f"folds (--folds): name at least one fold of {dataset} ({names})")
+    return tuple(chosen)
+
+
+@dataclasses.dataclass
+class FoldsResult:
+    """An experiment on each of several folds (``experiments[fold]``): each fold's runs trained on its base
+    classes and evaluated on its novel classes. A score over folds is the mean of the folds' scores, as the
+    field reports it, with a 95% CI over training seeds (each seed's mean over folds) and over evaluation seeds
+    (each seed's mean over folds and training seeds): see :func:`fold_score`."""
+
+    out_dir: Path
+    experiments: dict
+
+    @property
+    def folds(self) -> tuple:
+        return tuple(self.experiments)
+
+    @property
+    def train_seeds(self) -> tuple[int, ...]:
+        return next(iter(self.experiments.values())).train_seeds
+
+    @property
+    def variants(self) -> list[str]:
+        return next(iter(self.experiments.values())).variants
+
+    @property
+    def spread(self) -> str:
+        return next(iter(self.experiments.values())).spread
+
+    def cells(self, variant: str, shots: int, fusion: str | None = None, fold=None) -> list[list[EvaluationResult]]:
+        """``[fold][training seed]`` evaluations of ``variant`` (one fold, or every fold when ``fold`` is None)."""
+        folds = self.folds if fold is None else (fold,)
+        return [self.experiments[f].per_seed(variant, shots, fusion) for f in folds]
+
+    def score(self, variant: str, shots: int, metric: str = "miou", fusion=None, fold=None) -> dict:
+        """:func:`fold_score` of ``variant`` on ``fold`` (None: the mean over folds)."""
+        return fold_score(self.cells(variant, shots, fusion, fold), metric)
+
+    def difference(self, better: str, worse: str, shots: int, metric: str = "miou", fold=None) -> dict:
+        """:func:`fold_score` of ``better - worse`` on the same episodes (paired per fold, training seed and
+        evaluation seed)."""
+        return fold_score(self.cells(better, shots, None, fold), metric, self.cells(worse, shots, None, fold))
+
+
+def fold_score(cells: list[list[EvaluationResult]], metric: str = "miou", minus=None) -> dict:
+    """Mean of ``metric`` over ``cells[fold][training seed]`` (each an evaluation over the same evaluation
+    seeds; ``minus``: the same shape, subtracted pairwise) with its 95% CI half-widths: ``ci95_train_seeds``
+    over training seeds (each one's mean over folds and evaluation seeds; NaN with one), ``ci95_eval_seeds``
+    over evaluation seeds (each one's mean over folds and training seeds; NaN with one), and ``ci95`` the
+    first when there are several training seeds, else the second (one fold: :meth:`ExperimentResult.score`)."""
+
+    def value(f: int, t: int, s: int) -> float:
+        own = cells[f][t].runs[s][metric]
+        return own - minus[f][t].runs[s][metric] if minus is not None else own
+
+    folds, train, evals = len(cells), len(cells[0]), len(cells[0][0].runs)
+    by_train = [sum(value(f, t, s) for f in range(folds) for s in range(evals)) / (folds * evals) for t in range(train)]
+    by_eval = [sum(value(f, t, s) for f in range(folds) for t in range(train)) / (folds * train) for s in range(evals)]
+    mean, over_train = mean_ci(by_train)
+    over_eval = mean_ci(by_eval)[1]
+    return {
+        "mean": mean,
+        "ci95": over_train if train > 1 else over_eval,
+        "ci95_train_seeds": over_train,
+        "ci95_eval_seeds": over_eval,
+    }
+
+
+def run_folds(config: RunConfig, out_dir, variants: dict[str, dict], folds, **options) -> FoldsResult:
+    """:func:`run_experiment` on each fold of ``folds`` (checked by :func:`check_folds`) in turn, into the same
+    ``out_dir`` (runs in ``runs/<variant>/fold-<f>/seed-<s>``); ``options`` as :func:`run_experiment` takes
+    them. A fold whose training stopped ends it early, the folds so far returned (see :func:`interrupted`)."""
+    folds = check_folds(config.data.dataset, folds)
+    train_seeds = tuple(check_seeds(options.get("train_seeds", (0,))))
+    # Every fold's test episodes and run folders are checked before the first run trains: a refusal comes now,
+    # not hours later.
+    dataset = open_dataset(config.data.dataset, config.data.root, **config.data.options)
+    rules = protocol_for(options.get("protocol", "sst"), dataset.name)
+    every_k = set(options.get("shots", (1,))).union(*(options.get("shots_for") or {}).values())
+    for fold in folds:
+        check_test_episodes(dataset, fold, every_k, rules)
+    for fold in folds:
+        for name, changes in variants.items():
+            for seed in train_seeds:
+                wanted = Variant(name, changes).config(config, seed, fold)
+                folder = run_folder(out_dir, name, seed, fold)
+                plan = decided_by_rank0(lambda wanted=wanted, folder=folder: _plan_run(wanted, folder))
+                if plan[0] == "refuse":
+                    raise ValueError(plan[1])
+    result = FoldsResult(Path(out_dir), {})
+    for fold in folds:
+        experiment = run_experiment(config, out_dir, variants, fold=fold, **options)
+        result.experiments[fold] = experiment
+        if interrupted(experiment, "") is not None:
+            break
+    return result
+
+
 def ablation(
-    config: RunConfig, out_dir, episodes=None, seeds=None, train_seeds=(0,), progress=True, log=print, protocol="sst"
+    config: RunConfig,
+    out_dir,
+    episodes=None,
+    seeds=None,
+    train_seeds=(0,),
+    progress=True,
+    log=print,
+    protocol="sst",
+    folds=None,
 ) -> Path:
     """The paper's Table 1 (baseline, +SSM, +aux loss, SST; 1-shot) and Table 2 (SST, 5-shot, three fusions)
     on ``config``'s data set and fold, each variant trained once per training seed, evaluated under
-    ``protocol`` (``episodes``/``seeds`` None: the protocol's; sst: 1000, seed 0). Writes ``ablation.md`` and
+    ``protocol`` (``episodes``/``seeds`` None: the protocol's; sst: 1000, seed 0). ``folds``: on each of these
+    folds instead (:func:`check_folds`), every fold's column and their mean. Writes ``ablation.md`` and
     ``ablation.json``; returns the Markdown path."""
-    experiment = run_experiment(
-        config,
-        out_dir,
-        TABLE1_VARIANTS,
+    options = dict(
         shots=(1,),
         shots_for={"sst": (1, 5)},
         fusions=TABLE2_FUSIONS,
@@ -364,6 +758,9 @@ def ablation(
         log=log,
         protocol=protocol,
     )
+    if folds is not None:
+        return _ablation_over_folds(config, out_dir, folds, options)
+    experiment = run_experiment(config, out_dir, TABLE1_VARIANTS, **options)
     error = interrupted(experiment, "the same command")
     if error is not None:
         raise error
@@ -398,6 +795,77 @@ def ablation(
     )
     save_experiment(experiment, "ablation")
     return write_text_atomic(Path(out_dir) / "ablation.md", text)
+
+
+def _ablation_over_folds(config: RunConfig, out_dir, folds, options: dict) -> Path:
+    """:func:`ablation` on several folds: Table 1 and Table 2 with a column per fold, then the mean over folds."""
+    result = run_folds(config, out_dir, TABLE1_VARIANTS, folds, **options)
+    error = interrupted(result, "the same command")
+    if error is not None:
+        raise error
+    folds = result.folds
+    per_fold = [f"fold {f} mIoU" for f in folds]
+    rows = [
+        "| model | SSM | aux loss | " + " | ".join(per_fold) + " | mean mIoU | mean FB-IoU | vs baseline (mean mIoU) |",
+        "|" + "---|" * (len(folds) + 6),
+    ]
+    table1 = {}
+    for v in TABLE1_VARIANTS:
+        scores = {f: result.score(v, 1, fold=f) for f in folds}
+        mean, fb_iou = result.score(v, 1), result.score(v, 1, "fb_iou")
+        gain = None if v == "baseline" else result.difference(v, "baseline", 1)
+        table1[v] = {"folds": {str(f): scores[f] for f in folds}, "mean": mean, "fb_iou": fb_iou, "vs_baseline": gain}
+        rows.append(
+            f"| {v} | {_tick(TABLE1_VARIANTS[v]['ssm'])} | {_tick(TABLE1_VARIANTS[v]['aux_loss'])} | "
+            + " | ".join(format_score(scores[f]) for f in folds)
+            + f" | {format_score(mean)} | {format_score(fb_iou)} | "
+            + ("" if gain is None else format_score(gain, signed=True))
+            + " |"
+        )
+    first = result.experiments[folds[0]]
+    fusions = list(dict.fromkeys(e.fusion for e in first.evaluations if (e.variant, e.shots) == ("sst", 5)))
+    rows2 = ["| fusion | " + " | ".join(per_fold) + " | mean mIoU | mean FB-IoU |", "|" + "---|" * (len(folds) + 3)]
+    table2 = {}
+    for fusion in fusions:
+        scores = {f: fold_score(result.cells("sst", 5, fusion, f)) for f in folds}
+        mean, fb_iou = fold_score(result.cells("sst", 5, fusion)), fold_score(result.cells("sst", 5, fusion), "fb_iou")
+        table2[fusion] = {"folds": {str(f): scores[f] for f in folds}, "mean": mean, "fb_iou": fb_iou}
+        rows2.append(
+            f"| {fusion} | " + " | ".join(format_score(scores[f]) for f in folds)
+            + f" | {format_score(mean)} | {format_score(fb_iou)} |"
+        )  # fmt: skip
+    card = first.find("sst", 1).result.card
+    text = "\n\n".join(
+        [
+            f"# Ablation: {config.data.dataset}, folds {', '.join(map(str, folds))}",
+            f"Each fold's variants trained on its base classes and tested on its novel classes, {card.episodes} "
+            f"episodes × evaluation seeds {list(card.seeds)}; each variant trained once per fold and training seed "
+            f"{list(result.train_seeds)}. Mean ± 95% CI {result.spread} (%); *mean*: over the folds. *vs baseline* "
+            "is the paired difference on the same episodes, per fold and training seed.",
+            "## Table 1: the self-supervised tuning module and the auxiliary loss (1-shot)",
+            "\n".join(rows),
+            "## Table 2: 5-shot fusion of the SST model",
+            "\n".join(rows2),
+            f"## Protocol (fold {folds[0]}; the other folds differ in fold, test classes, checkpoints and manifests)",
+            "```\n" + str(card) + "\n```",
+        ]
+    )
+    save_experiment(result, "ablation", {"folds": list(folds), "table1": table1, "table2": table2})
+    path = Path(out_dir) / "ablation.md"
+    return write_text_atomic(path, text + "\n") if distributed.current().main else path
+
+
+def format_score(score: dict, signed: bool = False, both: bool = False) -> str:
+    """A :func:`fold_score` in percentage points: ``mean ± ci95``; ``both``: with several training and
+    evaluation seeds, the evaluation seeds' CI after it in parentheses (``40.7 ± 3.2 (1.4)``)."""
+    text = format_points(score["mean"], score["ci95"], signed=signed)
+    if both and not math.isnan(score["ci95_train_seeds"]) and not math.isnan(score["ci95_eval_seeds"]):
+        text += f" ({100 * score['ci95_eval_seeds']:.1f})"
+    return text
+
+
+def _quiet(*_args, **_kwargs) -> None:
+    """The log of ranks other than 0: rank 0 speaks for all."""
 
 
 def train_seconds(run_dir: Path) -> float:

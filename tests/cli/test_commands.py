@@ -204,12 +204,12 @@ def test_module_help_lists_the_subcommands(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: sst-fast")
-    for command in ("train", "eval", "predict", "demo", "ablation", "info"):
+    for command in ("train", "eval", "predict", "demo", "ablation", "benchmark", "compare", "data", "info"):
         assert command in result.stdout
     assert result.stderr == ""
 
 
-@pytest.mark.parametrize("command", ["train", "eval", "predict", "demo", "ablation", "info"])
+@pytest.mark.parametrize("command", ["train", "eval", "predict", "demo", "ablation", "benchmark", "compare", "info"])
 def test_subcommand_help(command, capsys):
     with pytest.raises(SystemExit) as exit:
         main([command, "--help"])
@@ -341,7 +341,7 @@ def test_version(capsys):
     assert pyproject["project"]["version"] == __version__
 
 
-@pytest.mark.parametrize("command", ["train", "eval", "predict", "demo", "ablation"])
+@pytest.mark.parametrize("command", ["train", "eval", "predict", "demo", "ablation", "benchmark", "compare"])
 def test_help_shows_every_default(command, capsys):
     import argparse
 

@@ -120,7 +120,9 @@ CASES = [
     ),
     pytest.param([*EVAL, "{checkpoint}", "--workers", "100000"], ["--workers", "from 0 to 1024"], id="eval-workers"),
     pytest.param(
-        ["data", "check", "--config", "synthetic", "--workers", "0"], ["--workers", "from 1 to 1024"], id="check-workers"
+        ["data", "check", "--config", "synthetic", "--workers", "0"],
+        ["--workers", "from 1 to 1024"],
+        id="check-workers",
     ),
     pytest.param(
         ["ablation", "--out", "{tmp}/a", "--episodes", "10000001"], ["--episodes", "at most"], id="ablation-episodes"

@@ -211,3 +211,23 @@ def test_a_pair_list_names_every_pair_the_data_set_lacks(arrays):
     message = str(error.value)
     assert message.startswith("mine.txt: 2 of the 8 images are not in split 'val' (train/01-0, val/99-0)")
     assert "2 pairs name a class their image's label lacks (val/01-2 class 2, val/02-2 class 1)" in message
+
+
+def test_a_listed_class_sampler_draws_class_first_within_its_lists(arrays, tmp_path):
+    from sst_fast.data.episodes import ListedClassSampler, read_pairs
+
+    path = tmp_path / "lists.txt"
+    path.write_text("# a header\n  # indented\nval/01-4__1\nval/01-0__1\n\nval/01-2__1\nval/02-5__2\nval/02-1__2\n")
+    pairs = read_pairs(path)
+    assert pairs == [("val/01-4", 1), ("val/01-0", 1), ("val/01-2", 1), ("val/02-5", 2), ("val/02-1", 2)]
+    sampler = ListedClassSampler(arrays, [1, 2], "val", 3, pairs=pairs, source=str(path))
+    assert sampler.pools == {1: ["val/01-0", "val/01-2", "val/01-4"], 2: ["val/02-1", "val/02-5"]}
+    plain = EpisodeSampler(arrays, [1, 2], "val", 3, supports="independent")
+    plain.pools, plain._positions = sampler.pools, sampler._positions
+    episodes = sampler.sample(200, seed=3)
+    assert episodes == plain.sample(200, seed=3)  # the class-first rule, over the lists
+    assert Counter(e.class_id for e in episodes).keys() == {1, 2}
+    assert all(e.query not in e.supports and set(e.supports) <= set(sampler.pools[e.class_id]) for e in episodes)
+    assert not sampler.strangers(episodes[0]) and sampler.strangers(Episode(1, "val/01-1", ("val/01-0",) * 3))
+    with pytest.raises(ValueError, match="needs the lists"):
+        ListedClassSampler(arrays, [1, 2], "val", 1)

@@ -184,3 +184,54 @@ def test_the_default_input_size_is_the_models_trained_size(dataset, model):
     assert default.runs == evaluate(model, dataset, fold=0, episodes=6, size=(24, 32)).runs
     with pytest.raises(ValueError, match=r"size: Sequential has no config.image_size"):
         evaluate(torch.nn.Sequential(torch.nn.Identity()), dataset, fold=0, episodes=6)
+
+
+def _same(computed, saved) -> bool:
+    """A recomputed number equals metrics.json's to the bit (strict JSON writes NaN as null)."""
+    return math.isnan(computed) if saved is None else computed == saved
+
+
+@pytest.mark.parametrize("protocol", ["sst", "pfenet", "hsnet"])
+def test_episodes_jsonl_recomputes_metrics_json_under_each_protocols_conventions(protocol, tmp_path):
+    from sst_fast.metrics import metrics_from_records
+    from sst_fast.protocol import protocol_for
+    from tests.engine.test_protocols import SIZE, layout_dataset, left_quarter
+
+    dataset = layout_dataset()
+    result = evaluate(left_quarter, dataset, 0, size=SIZE, protocol=protocol, episodes=7, seeds=[5, 6], batch_size=3)
+    result.save(tmp_path)
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    lines = (tmp_path / "episodes.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert len(records) == 14 and set(records[0]) == {
+        "seed", "episode", "class_id", "query", "supports", "intersection", "union", "iou"
+    }  # fmt: skip
+    rules = protocol_for(protocol, dataset.name)
+    per_seed = []
+    for manifest, run in zip(result.manifests, saved["runs"], strict=True):
+        mine = [r for r in records if r["seed"] == manifest.seed]
+        assert [r["episode"] for r in mine] == list(range(7))
+        assert [(r["class_id"], r["query"], tuple(r["supports"])) for r in mine] == [
+            (e.class_id, e.query, e.supports) for e in manifest.episodes
+        ]
+        for r in mine:
+            fg_union = r["union"][1]
+            assert r["iou"] == (r["intersection"][1] / fg_union if fg_union else None)
+        again = metrics_from_records(mine, result.card.test_classes, rules.empty_class, rules.empty_fb_term)
+        for key in ("miou", "fb_iou", "episode_miou"):
+            assert _same(again[key], run[key]), (key, again[key], run[key])
+        assert all(_same(again["class_iou"][c], run["class_iou"][str(c)]) for c in result.card.test_classes)
+        assert again["class_episodes"] == {c: run["class_episodes"][str(c)] for c in result.card.test_classes}
+        per_seed.append(again["miou"])
+    assert _same(sum(per_seed) / len(per_seed), saved["summary"]["miou"]["mean"])  # the summary's mean, as computed
+
+
+def test_the_records_keep_episode_order_across_batches_and_a_stale_file_goes(dataset, model, tmp_path):
+    whole = evaluate(model, dataset, fold=0, episodes=5, seeds=[0], size=(24, 32), batch_size=5)
+    batched = evaluate(model, dataset, fold=0, episodes=5, seeds=[0], size=(24, 32), batch_size=2)
+    assert torch.equal(whole.counts[0], batched.counts[0])
+    assert list(batched.episode_records()) == list(whole.episode_records())
+    batched.save(tmp_path)
+    assert (tmp_path / "episodes.jsonl").exists()
+    replace(batched, counts=None).save(tmp_path)  # a result without counts leaves no other one's behind
+    assert not (tmp_path / "episodes.jsonl").exists()

@@ -155,9 +155,53 @@ def test_cli_ablation_prints_both_tables(tmp_path, capsys):
     assert main([*argv, "--protocol", "pfenet"]) == 0
     printed = capsys.readouterr().out
     assert "Table 1" in printed and "Table 2" in printed and "| +ssm |" in printed
-    folders = sorted(path.name for path in (tmp_path / "eval").iterdir())
-    assert folders and all(name.endswith("-pfenet") for name in folders)
-    card = json.loads((tmp_path / "eval" / folders[0] / "metrics.json").read_text())["protocol"]
+    # Each evaluation in its run folder, named as sst-fast eval names it: 4 variants 1-shot, sst 5-shot × 3 fusions.
+    folders = sorted(tmp_path.glob("runs/*/seed-0/eval/*"))
+    assert len(folders) == 4 + 3 and all("-pfenet-e4-s321" in folder.name for folder in folders)
+    card = json.loads((folders[0] / "metrics.json").read_text())["protocol"]
     assert card["protocol"] == "pfenet" and card["seeds"] == [321] and card["resolution"] == "original"
     assert main(["ablation", "--study", "step", "--protocol", "hsnet", "--out", str(tmp_path / "step")]) == 2
     assert "step study draws its episodes under sst" in capsys.readouterr().err
+
+
+def test_cli_ablation_over_folds_has_a_column_per_fold_and_their_mean(tmp_path, capsys, monkeypatch):
+    """``ablation --folds``: each variant trained on each fold (its own run folder), Table 1 and Table 2 with a
+    column per fold and the mean over folds (two of the four variants here, to keep it short)."""
+    from sst_fast.engine import experiments
+    from sst_fast.engine.train import Trainer
+
+    monkeypatch.setattr(experiments, "TABLE1_VARIANTS", {v: TABLE1_VARIANTS[v] for v in ("baseline", "sst")})
+    monkeypatch.setattr(Trainer, "_plot_curves", lambda self: None)
+    torch.set_num_threads(1)  # restored after the test (conftest); run.threads=1 for the training
+    quick = ["optim.epochs=1", "optim.episodes_per_epoch=4", "data.val_episodes=4", "run.threads=1"]
+    argv = ["ablation", *TINY, *quick, "--episodes", "3", "--seeds", "0", "1", "--no-progress"]
+    assert main([*argv, "--out", str(tmp_path), "--folds", "0", "3"]) == 0
+    text = capsys.readouterr().out
+    assert "# Ablation: synthetic, folds 0, 3" in text
+    assert "| model | SSM | aux loss | fold 0 mIoU | fold 3 mIoU | mean mIoU | mean FB-IoU | vs baseline" in text
+    assert "| fusion | fold 0 mIoU | fold 3 mIoU | mean mIoU | mean FB-IoU |" in text
+    assert all(f"| {fusion} |" in text for fusion in ("max", "average", "weighted"))
+    content = json.loads((tmp_path / "ablation.json").read_text())
+    assert content["folds"] == [0, 3]
+    assert [(r["variant"], r["fold"]) for r in content["runs"]] == [
+        ("baseline", 0), ("sst", 0), ("baseline", 3), ("sst", 3)
+    ]  # fmt: skip
+    for variant in ("baseline", "sst"):
+        for fold in (0, 3):
+            folder = tmp_path / "runs" / variant / f"fold-{fold}" / "seed-0"
+            assert load_checkpoint(folder / "checkpoints" / "last.pt")["config"]["data"]["fold"] == fold
+    # The mean column is the folds' mean; vs baseline is the paired difference averaged over the folds.
+    sst, gain = content["table1"]["sst"], content["table1"]["sst"]["vs_baseline"]
+    assert sst["mean"]["mean"] == pytest.approx((sst["folds"]["0"]["mean"] + sst["folds"]["3"]["mean"]) / 2)
+    baseline = content["table1"]["baseline"]
+    assert gain["mean"] == pytest.approx(sst["mean"]["mean"] - baseline["mean"]["mean"])
+    # What an evaluation would refuse is refused before anything trains: fold 1's class 7 has too few
+    # test images for a 5-shot episode (Table 2) in this small data set; and nonsense folds.
+    assert main([*argv, "--out", str(tmp_path / "thin"), "--folds", "0", "1"]) == 2
+    assert "a 5-shot episode needs 6" in capsys.readouterr().err
+    assert not (tmp_path / "thin").exists()
+    assert main(["ablation", "--out", str(tmp_path / "other"), "--folds", "4"]) == 2
+    assert "synthetic has the folds 0, 1, 2, 3, got '4'" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()
+    assert main(["ablation", "--study", "step", "--out", str(tmp_path / "step"), "--folds", "0"]) == 2
+    assert "--folds is for --study tables" in capsys.readouterr().err

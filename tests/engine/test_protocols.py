@@ -420,3 +420,215 @@ def test_eval_hsnet_on_a_folder_with_another_val_list_says_what_it_lacks(tmp_pat
     first = capsys.readouterr().err.splitlines()[0]
     assert "HSNet's PASCAL-5i pair lists" in first and "standard VOC2012 val list" in first, first
     assert f"3 of the {len(images)} images" in first and images[0] in first, first
+
+
+# HSNet's COCO-20i lists (sst_fast/data/hsnet_pairs/coco_val_fold*.txt, from its data/splits/coco/val/*.pkl).
+HSNET_COCO = {0: (35783, 26052), 1: (17912, 15305), 2: (14563, 13138), 3: (14315, 12640)}  # pairs, images
+
+
+def test_hsnet_coco_lists_ship_with_their_source_and_the_folds_classes():
+    from sst_fast.data.episodes import hsnet_coco_pairs_path, read_pairs
+    from sst_fast.data.splits import fold_classes
+
+    for fold, (count, images) in HSNET_COCO.items():
+        path = hsnet_coco_pairs_path(fold)
+        header = [line for line in path.read_text().splitlines() if line.startswith("#")]
+        assert f"data/splits/coco/val/fold{fold}.pkl, commit e288916" in header[1]
+        pairs = read_pairs(path)
+        assert len(pairs) == count and len(set(pairs)) == count and len({image for image, _ in pairs}) == images
+        classes = [c for _, c in pairs]
+        assert classes == sorted(classes)  # by class, as the pickle
+        assert set(classes) == set(fold_classes("coco", fold, "interleaved")) == {4 * k + fold + 1 for k in range(20)}
+        assert all(len(image) == 16 and image.startswith("val/") and image[4:].isdigit() for image, _ in pairs)
+    assert Counter(c for _, c in read_pairs(hsnet_coco_pairs_path(0)))[1] == 19217  # person
+    with pytest.raises(ValueError, match="fold must be 0, 1, 2 or 3"):
+        hsnet_coco_pairs_path(4)
+    assert '"hsnet_pairs/*.txt"' in (ROOT / "pyproject.toml").read_text()  # package data: in the wheel
+
+
+def hsnet_coco_val(root, fold: int, held=None, unlabelled=()):
+    """A COCO folder whose val2014 annotations hold ``held`` (default: every image of HSNet's fold list), 8x8
+    pixels each, every listed class on its own row (8 px, far under the filter), but the ``unlabelled`` pairs;
+    plus val image 1, unlisted, all of class ``4k + fold + 1``'s first class. No JPEG (write_jpegs adds them)."""
+    import json
+
+    from sst_fast.data.episodes import hsnet_coco_pairs_path, read_pairs
+    from tests.data.test_coco import CATEGORIES
+
+    pairs = read_pairs(hsnet_coco_pairs_path(fold))
+    held = {image for image, _ in pairs} if held is None else set(held)
+    categories = sorted(CATEGORIES)
+    rows, annotations = Counter(), []
+
+    def annotate(number, class_id, polygon):
+        annotations.append(
+            {"id": len(annotations) + 1, "image_id": number, "category_id": categories[class_id - 1],
+             "iscrowd": 0, "area": 0.0, "bbox": [0.0, 0.0, 0.0, 0.0], "segmentation": [polygon]}
+        )  # fmt: skip
+
+    for image, class_id in pairs:
+        if image in held and (image, class_id) not in unlabelled:
+            row = rows[image]
+            annotate(int(image[4:]), class_id, [0, row, 8, row, 8, row + 1, 0, row + 1])
+        rows[image] += 1
+    assert "val/000000000001" not in rows
+    annotate(1, fold + 1, [0, 0, 8, 0, 8, 8, 0, 8])
+    numbers = sorted({int(image[4:]) for image in held} | {1})
+    payload = {
+        "images": [{"id": n, "file_name": f"COCO_val2014_{n:012d}.jpg", "height": 8, "width": 8} for n in numbers],
+        "annotations": annotations,
+        "categories": [{"id": i, "name": name} for i, name in CATEGORIES.items()],
+    }
+    (root / "annotations").mkdir(parents=True)
+    (root / "annotations" / "instances_val2014.json").write_text(json.dumps(payload))
+    return root, pairs
+
+
+@pytest.fixture(scope="module")
+def hsnet_coco_fold3(tmp_path_factory):
+    """Fold 3 (HSNet's smallest list) held whole, but for one pair whose class the annotations lack."""
+    from sst_fast.data.coco import COCO20i
+
+    tmp = tmp_path_factory.mktemp("hsnet_coco")
+    dropped = ("val/000000001722", 4)  # a listed image of class 4 that also holds class 8
+    root, pairs = hsnet_coco_val(tmp / "coco", 3, unlabelled={dropped})
+    dataset = COCO20i(root, min_pixels=16, cache_dir=tmp / "cache")
+    dataset.prepare(["val"])
+    return dataset, pairs, dropped
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools.mask")
+def test_hsnet_coco_draws_class_first_over_its_own_lists(hsnet_coco_fold3):
+    from sst_fast.data.episodes import ListedClassSampler
+
+    dataset, pairs, dropped = hsnet_coco_fold3
+    assert dropped in pairs and ("val/000000001722", 8) in pairs
+    assert dataset.class_images("val", 4) == ["val/000000000001"]  # the listed images fall under the filter
+    protocol = protocol_for("hsnet", "coco")
+    with pytest.warns(UserWarning, match=r"1 pairs name a class their image's label lacks \(val/000000001722 class 4"):
+        sampler = protocol_sampler(dataset, 3, 5, protocol)
+    assert isinstance(sampler, ListedClassSampler) and sampler.supports == "independent"
+    lists = {c: sorted({image for image, k in pairs if k == c and (image, k) != dropped}) for c in range(4, 81, 4)}
+    assert sampler.pools == lists
+    episodes = sampler.sample(protocol.episodes, seed=protocol.seed)
+    assert len(episodes) == 1000 and len({e.class_id for e in episodes}) == 20
+    # Class first, as the index-based sampler draws, the pools being HSNet's lists.
+    rng = np.random.default_rng(0)
+    for episode in episodes[:50]:
+        class_id = sampler.classes[int(rng.integers(20))]
+        pool = lists[class_id]
+        query = pool[int(rng.integers(len(pool)))]
+        others = [image for image in pool if image != query]
+        supports = tuple(others[int(i)] for i in rng.integers(len(others), size=5))
+        assert episode == type(episode)(class_id, query, supports)
+    assert all(set(e.supports) | {e.query} <= set(lists[e.class_id]) and e.query not in e.supports for e in episodes)
+    assert "in order, wrapping" not in protocol.sampling_rule() and "peer's listed images" in protocol.sampling_rule()
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools.mask", "ignore:protocol hsnet:UserWarning")
+def test_eval_hsnet_coco_replays_its_lists_and_says_so(hsnet_coco_fold3):
+    from PIL import Image
+
+    dataset, _, _ = hsnet_coco_fold3
+    protocol = protocol_for("hsnet", "coco")
+    folder = dataset.root / "val2014"
+    folder.mkdir(exist_ok=True)
+    for episode in protocol_sampler(dataset, 3, 1, protocol).sample(12, seed=0):
+        for image in (episode.query, *episode.supports):
+            Image.new("RGB", (8, 8), (90, 120, 150)).save(folder / f"COCO_val2014_{image[4:]}.jpg")
+    result = evaluate(left_quarter, dataset, 3, size=(12, 12), protocol="hsnet", episodes=12)
+    card = str(result.card)
+    assert "coco_val_fold<f>.txt, HSNet's data/splits/coco/val/fold<f>.pkl" in card and "uniformly" in card
+    assert evaluate(left_quarter, dataset, 3, size=(12, 12), manifests=result.manifests).runs == result.runs
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools.mask")
+def test_hsnet_coco_refuses_a_val_set_that_lacks_listed_images(tmp_path):
+    from sst_fast.data import DataError
+    from sst_fast.data.coco import COCO20i
+
+    pairs = read_hsnet_coco(3)
+    images = sorted({image for image, _ in pairs})
+    root, _ = hsnet_coco_val(tmp_path / "coco", 3, held=images[7:100])  # all but 7 fail alike: a smaller set
+    dataset = COCO20i(root, min_pixels=16, cache_dir=tmp_path / "cache")
+    with pytest.raises(DataError) as error:
+        protocol_sampler(dataset, 3, 1, protocol_for("hsnet", "coco"))
+    first = str(error.value).splitlines()[0]
+    assert "HSNet's COCO-20i lists" in first and "instances_val2014.json" in first, first
+    assert f"{len(images) - 93} of the {len(images)} images are not in this folder's val2014 annotations" in first
+    assert ", ".join(images[:5]) + ", ..." in first and images[5] not in first
+    assert "coco_val_fold3.txt" in str(error.value) and "data/splits/coco/val/fold3.pkl" in str(error.value)
+
+
+def read_hsnet_coco(fold):
+    from sst_fast.data.episodes import hsnet_coco_pairs_path, read_pairs
+
+    return read_pairs(hsnet_coco_pairs_path(fold))
+
+
+# --- caveats: what a card's numbers cannot be compared with (docs/design.md §4.3) ----------------------------
+
+
+def _card(protocol: str, dataset: str, **fields) -> ProtocolCard:
+    return ProtocolCard(
+        dataset=dataset, fold=0, shots=1, episodes=10, seeds=(0,), test_classes=(1, 2), protocol=protocol, **fields
+    )
+
+
+@pytest.mark.parametrize("name", PROTOCOLS)
+@pytest.mark.parametrize("dataset", ["pascal", "coco", "fss", "synthetic"])
+def test_every_card_names_its_checkpoint_selection_and_training_list_caveats(name, dataset):
+    if (name, dataset) == ("pfenet", "fss"):
+        pytest.skip("refused: PFENet has no FSS-1000 protocol")
+    protocol_for(name, dataset)  # a protocol that exists
+    card = _card(name, dataset)
+    assert [c.split(":")[0] for c in card.caveats[:2]] == ["checkpoint selection", "training list"]
+    assert "held out" in card.caveats[0] and "never on the test fold" in card.caveats[0]
+    text = str(card)
+    assert all(caveat in text for caveat in card.caveats)
+    assert text.splitlines()[3].split()[:3] == ["caveats", "checkpoint", "selection:"], text
+    if dataset in ("pascal", "coco"):
+        assert "pick theirs on the test fold" in card.caveats[0]
+    if dataset == "pascal":
+        assert "5,953" in card.caveats[1] and "train_aug" in card.caveats[1]
+    if dataset == "coco":
+        assert any(c.startswith("masks:") and "pycocotools" in c for c in card.caveats)
+    if (name, dataset) == ("hsnet", "fss"):
+        assert "240 validation classes" in card.caveats[0]
+    if name != "sst":
+        assert any(c.startswith("input size:") for c in card.caveats)
+    assert ProtocolCard.from_dict(card.to_dict()) == card
+    assert card.to_dict()["caveats"] == list(card.caveats)
+
+
+@pytest.mark.parametrize("dataset", ["pascal", "coco", "fss", "synthetic"])
+def test_the_sst_card_claims_no_agreement_with_the_sst_papers_tables(dataset):
+    card = _card("sst", dataset, comparable=protocol_for("sst", dataset).comparable)
+    text = str(card).lower()
+    assert "comparable with the sst paper" not in text and "the sst paper (ijcai 2020)'s tables and" not in text
+    if dataset in ("pascal", "coco"):
+        assert "cannot be shown" in card.comparable
+        assert any("does not state its scoring resolution" in c for c in card.caveats)
+
+
+def test_a_metrics_json_from_before_caveats_reads_back_with_them(tmp_path):
+    result = evaluate(left_quarter, layout_dataset(), 0, size=SIZE, episodes=4)
+    saved = result.card.to_dict()
+    assert saved["caveats"] and saved["caveats"] == list(result.card.caveats)
+    del saved["caveats"]  # as every metrics.json written before the field existed
+    old = ProtocolCard.from_dict(saved)
+    assert old.caveats == result.card.caveats and "caveats" in str(old)
+    explicit = ProtocolCard.from_dict({**saved, "caveats": ["only this"]})
+    assert explicit.caveats == ("only this",)
+
+
+def test_sst_defaults_to_enough_seeds_for_a_one_point_interval_on_the_papers_data_sets():
+    # benchmarks/eval_precision.txt: the sd of one seed's mIoU is about k / sqrt(episodes), k = 16.3-22.0 points on
+    # the synthetic stand-in; 1000 episodes x 5 seeds (PASCAL-5i) and x 10 (COCO-20i) keep t * k / sqrt(N * S) < 1.
+    expected = {"pascal": (1000, (0, 1, 2, 3, 4)), "coco": (1000, tuple(range(10))), "fss": (1000, (0,))}
+    for dataset, (episodes, seeds) in {**expected, "synthetic": (1000, (0,))}.items():
+        protocol = protocol_for("sst", dataset)
+        assert (protocol.episodes, protocol.seeds) == (episodes, seeds), dataset
+    for name in ("pfenet", "hsnet"):  # the peers' own: one run, their seed
+        assert len(protocol_for(name, "coco").seeds) == 1
+    assert protocol_for("pfenet", "pascal").seeds == (321,)
