@@ -47,6 +47,15 @@ def _seed():
 
 
 @pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """A test (or a run with run.threads set) that changes this process's torch threads leaves them as it found
+    them: a later test that compares against a fresh process (same default threads) must not inherit them."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
 def _logging_errors_fail(monkeypatch):
     """A log call whose arguments do not fit its format (a fold name under %d) prints "--- Logging error ---" and
     loses its line; in the tests it fails the test that made it."""

@@ -22,7 +22,7 @@ QUICK = [*TINY, "optim.epochs=1", "optim.episodes_per_epoch=4", "data.val_episod
 @pytest.fixture(autouse=True)
 def _quick(monkeypatch):
     monkeypatch.setattr(Trainer, "_plot_curves", lambda self: None)
-    torch.set_num_threads(1)  # the evaluations' threads; restored after each test (tests/engine/conftest.py)
+    torch.set_num_threads(1)  # the evaluations' threads; restored after each test (tests/conftest.py)
 
 
 def test_benchmark_help(capsys):

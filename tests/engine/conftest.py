@@ -13,13 +13,3 @@ def _private_cache(tmp_path_factory):
         os.environ.pop("SST_FAST_CACHE", None)
     else:
         os.environ["SST_FAST_CACHE"] = previous
-
-
-@pytest.fixture(autouse=True)
-def _restore_torch_threads():
-    """A run with run.threads set changes this process's torch threads: later tests must not inherit that."""
-    import torch
-
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)

@@ -53,7 +53,7 @@ def four_folds(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def _quick(monkeypatch):
     monkeypatch.setattr(Trainer, "_plot_curves", lambda self: None)
-    torch.set_num_threads(1)  # restored after each test (tests/engine/conftest.py)
+    torch.set_num_threads(1)  # restored after each test (tests/conftest.py)
 
 
 def test_every_fold_is_trained_on_its_base_classes_and_tested_on_its_novel_ones(four_folds):
