@@ -7,7 +7,7 @@ import math
 import os
 from typing import Any
 
-BACKBONES = ("resnet50", "vgg16", "tiny")
+BACKBONES = ("resnet50", "resnet50_deep", "vgg16", "tiny")
 FUSIONS = ("weighted", "average", "max")
 TUNE_FORMS = ("paper", "relative")
 # The label of pixels that count nowhere (object borders in VOC labels, padding): the losses ignore them, the
@@ -20,7 +20,8 @@ class SSTConfig:
     """Configuration of :class:`sst_fast.SST` and :class:`sst_fast.reference.SSTReference`.
 
     Attributes:
-        backbone: ``"resnet50"`` (the paper's main setting), ``"vgg16"`` or ``"tiny"`` (CPU-sized).
+        backbone: ``"resnet50"`` (the paper's main setting), ``"resnet50_deep"`` (the deep-stem ResNet-50 of
+            PSPNet/PFENet's ``resnet50_v2.pth``), ``"vgg16"`` or ``"tiny"`` (CPU-sized).
         backbone_weights: local path of a torchvision-format state dict, or ``None`` (random init).
         freeze_backbone: freeze the backbone and keep its BatchNorm in eval mode. ``None`` means
             frozen for ``resnet50``/``vgg16`` (pretrained features) and trained for ``tiny``.

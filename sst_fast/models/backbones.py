@@ -3,7 +3,8 @@
 Every backbone maps images [N, 3, H, W] to two concatenated feature levels at stride 8,
 [N, out_channels, ~H/8, ~W/8] (paper §4.1, as CANet). Parameter names follow torchvision, so
 a torchvision ``state_dict`` file loads directly (:func:`load_backbone_weights`); nothing is
-ever downloaded.
+ever downloaded. ``resnet50_deep`` is the exception: the deep-stem ResNet-50 of PSPNet/PFENet, in the
+key layout of their ``resnet50_v2.pth``.
 """
 
 from __future__ import annotations
@@ -51,6 +52,10 @@ class Backbone(nn.Module):
     def extract(self, images: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def foreign_layout(self, state: Mapping[str, torch.Tensor]) -> str | None:
+        """Why ``state`` is another backbone's known layout (and which backbone name loads it), else ``None``."""
+        return None
+
 
 # --- ResNet-50 ------------------------------------------------------------------------------
 
@@ -87,16 +92,32 @@ class ResNet50Backbone(Backbone):
 
     def __init__(self) -> None:
         super().__init__()
-        self.inplanes = 64
         self.dilation = 1
-        self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        self.relu = nn.ReLU(inplace=True)
+        self.inplanes = self._build_stem()
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
         self.layer1 = self._make_layer(64, 3)
         self.layer2 = self._make_layer(128, 4, stride=2)
         self.layer3 = self._make_layer(256, 6, stride=2, dilate=True)
         _init_like_torchvision(self)
+
+    def _build_stem(self) -> int:
+        """torchvision's stem: one 7x7 convolution with stride 2. Returns its output channels."""
+        self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        return 64
+
+    def _stem(self, images: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.bn1(self.conv1(images)))  # stride 2
+
+    def foreign_layout(self, state: Mapping[str, torch.Tensor]) -> str | None:
+        if _resnet_stem(state) == "deep":
+            return (
+                "it is a deep-stem ResNet-50 (three 3x3 stem convolutions conv1/conv2/conv3, the layout of "
+                "PFENet's resnet50_v2.pth), not torchvision's; load it with backbone 'resnet50_deep' "
+                "(model.backbone=resnet50_deep)"
+            )
+        return None
 
     def _make_layer(self, planes: int, blocks: int, stride: int = 1, dilate: bool = False) -> nn.Sequential:
         # As torchvision's replace_stride_with_dilation: the first block keeps the previous
@@ -117,11 +138,59 @@ class ResNet50Backbone(Backbone):
         return nn.Sequential(*layers)
 
     def extract(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(images))))  # stride 4
+        x = self.maxpool(self._stem(images))  # stride 4
         x = self.layer1(x)
         level2 = self.layer2(x)  # [N, 512, H/8, W/8]
         level3 = self.layer3(level2)  # [N, 1024, H/8, W/8]
         return torch.cat([level2, level3], 1)
+
+
+class ResNet50DeepBackbone(ResNet50Backbone):
+    """ResNet-50 with the deep stem of PSPNet/PFENet/BAM/HDMNet (their ImageNet ``resnet50_v2.pth``).
+
+    The stem is three 3x3 convolutions 64-64-128 (stride 2 on the first), each with BatchNorm and
+    ReLU, then the max-pool; layer1 takes 128 channels. The rest is :class:`ResNet50Backbone`:
+    layers to layer3, layer3 dilated (stride 1, dilation 2), features ``cat(layer2, layer3)`` at
+    stride 8, 1536 channels. Keys follow that file: ``conv1, bn1, conv2, bn2, conv3, bn3,
+    layer1..layer3``; its ``layer4.*`` and ``fc.*`` are reported as unexpected. (PFENet's own network
+    also dilates layer3's first block and layer4; here the dilation is ``resnet50``'s, so the two
+    backbones give the encoder the same features.)
+    """
+
+    def _build_stem(self) -> int:
+        self.conv1 = nn.Conv2d(3, 64, 3, stride=2, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.conv2 = nn.Conv2d(64, 64, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(64)
+        self.conv3 = nn.Conv2d(64, 128, 3, padding=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(128)
+        self.relu = nn.ReLU(inplace=True)
+        return 128
+
+    def _stem(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn1(self.conv1(images)))  # stride 2
+        x = self.relu(self.bn2(self.conv2(x)))
+        return self.relu(self.bn3(self.conv3(x)))
+
+    def foreign_layout(self, state: Mapping[str, torch.Tensor]) -> str | None:
+        if _resnet_stem(state) == "torchvision":
+            return (
+                "it is torchvision's ResNet-50 layout (one 7x7 stem convolution conv1), not the deep-stem "
+                "layout of PFENet's resnet50_v2.pth; load it with backbone 'resnet50' (model.backbone=resnet50)"
+            )
+        return None
+
+
+def _resnet_stem(state: Mapping[str, torch.Tensor]) -> str | None:
+    """Which ResNet stem a state dict holds: ``"deep"`` (3x3 conv1 and a conv3), ``"torchvision"`` (7x7 conv1)."""
+    conv1 = state.get("conv1.weight")
+    if not isinstance(conv1, torch.Tensor) or conv1.dim() != 4:
+        return None
+    if conv1.shape[-1] == 3 and "conv3.weight" in state:
+        return "deep"
+    if conv1.shape[-1] == 7:
+        return "torchvision"
+    return None
 
 
 # --- VGG-16 ---------------------------------------------------------------------------------
@@ -193,6 +262,7 @@ class TinyBackbone(Backbone):
 
 BACKBONE_CLASSES: dict[str, type[Backbone]] = {
     "resnet50": ResNet50Backbone,
+    "resnet50_deep": ResNet50DeepBackbone,
     "vgg16": VGG16Backbone,
     "tiny": TinyBackbone,
 }
@@ -255,7 +325,9 @@ def load_backbone_weights(
     Accepts a plain state dict or one wrapped as ``{"state_dict": ...}``/``{"model": ...}``, with or
     without a DataParallel ``module.`` prefix. A shape mismatch is an error naming the keys; missing
     keys are reported (and an error with ``strict=True``); a file that shares no key with the
-    backbone (another layout, a whole-model checkpoint) is an error. ``num_batches_tracked``
+    backbone (another layout, a whole-model checkpoint) is an error, and so is the other ResNet-50
+    stem (a torchvision file for ``resnet50_deep``, a deep-stem file for ``resnet50``), naming the
+    backbone that loads it. ``num_batches_tracked``
     buffers, absent from older torchvision files, do not count as missing. The report is also kept
     as ``backbone.load_report``.
     """
@@ -273,6 +345,9 @@ def load_backbone_weights(
         except Exception as exc:
             raise ValueError(f"backbone weights: cannot read {where!r} as a torch state dict: {exc}") from exc
     state = _unwrap_state_dict(state, where)
+    foreign = backbone.foreign_layout(state) if isinstance(backbone, Backbone) else None
+    if foreign:
+        raise ValueError(f"backbone weights: {where} does not fit the {type(backbone).__name__}: {foreign}")
 
     own = backbone.state_dict()
     if not own.keys() & state.keys():

@@ -8,6 +8,7 @@ VGG-16 are written out below by name, from torchvision's architecture, independe
 from __future__ import annotations
 
 import pickle
+import re
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ from torch import nn
 
 import sst_fast
 from sst_fast.models import build_backbone, load_backbone_weights
-from sst_fast.models.backbones import ResNet50Backbone, TinyBackbone, VGG16Backbone
+from sst_fast.models.backbones import ResNet50Backbone, ResNet50DeepBackbone, TinyBackbone, VGG16Backbone
 
 # --- torchvision layouts, written out by name -----------------------------------------------
 
@@ -526,3 +527,157 @@ def test_a_damaged_safetensors_file_is_a_clear_error(tmp_path):
     path.write_bytes((10**9).to_bytes(8, "little") + b"{}")
     with pytest.raises(ValueError, match="cannot read .*model.safetensors.*header runs past the end"):
         load_backbone_weights(ResNet50Backbone(), path)
+
+
+# --- the deep-stem ResNet-50 (PSPNet/PFENet's resnet50_v2.pth) --------------------------------
+
+
+def deep_stem_resnet50_shapes(num_batches_tracked: bool = True) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of PFENet's ``resnet50_v2.pth``: its ResNet with ``deep_base=True`` (model/resnet.py).
+
+    Stem conv1 [64, 3, 3, 3] / bn1, conv2 [64, 64, 3, 3] / bn2, conv3 [128, 64, 3, 3] / bn3 (no biases), then
+    torchvision-named Bottleneck layers [3, 4, 6, 3] whose layer1 takes 128 channels, and fc [1000, 2048].
+    """
+
+    def bn(prefix: str, channels: int) -> dict[str, tuple[int, ...]]:
+        shapes = _bn_shapes(prefix, channels)
+        return shapes if num_batches_tracked else {k: v for k, v in shapes.items() if not k.endswith("tracked")}
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    for index, (out_ch, in_ch) in enumerate([(64, 3), (64, 64), (128, 64)], start=1):
+        shapes[f"conv{index}.weight"] = (out_ch, in_ch, 3, 3)
+        shapes.update(bn(f"bn{index}", out_ch))
+    inplanes = 128
+    for layer, (planes, blocks) in enumerate([(64, 3), (128, 4), (256, 6), (512, 3)], start=1):
+        for block in range(blocks):
+            p = f"layer{layer}.{block}"
+            shapes[f"{p}.conv1.weight"] = (planes, inplanes, 1, 1)
+            shapes.update(bn(f"{p}.bn1", planes))
+            shapes[f"{p}.conv2.weight"] = (planes, planes, 3, 3)
+            shapes.update(bn(f"{p}.bn2", planes))
+            shapes[f"{p}.conv3.weight"] = (planes * 4, planes, 1, 1)
+            shapes.update(bn(f"{p}.bn3", planes * 4))
+            if block == 0:
+                shapes[f"{p}.downsample.0.weight"] = (planes * 4, inplanes, 1, 1)
+                shapes.update(bn(f"{p}.downsample.1", planes * 4))
+            inplanes = planes * 4
+    shapes["fc.weight"] = (1000, 2048)
+    shapes["fc.bias"] = (1000,)
+    return shapes
+
+
+def make_deep_stem_state_dict(seed: int = 0, num_batches_tracked: bool = True) -> dict[str, torch.Tensor]:
+    """Random tensors in that layout (layer4/fc as stride-0 views, as :func:`make_state_dict` does)."""
+    gen = torch.Generator().manual_seed(seed)
+    state: dict[str, torch.Tensor] = {}
+    for key, shape in deep_stem_resnet50_shapes(num_batches_tracked).items():
+        if key.endswith("num_batches_tracked"):
+            state[key] = torch.randint(1, 10_000, (), generator=gen, dtype=torch.long)
+        elif _is_dropped("resnet50", key):
+            state[key] = torch.randn(1, generator=gen).expand(shape)
+        elif key.endswith("running_var"):
+            state[key] = torch.rand(shape, generator=gen) + 0.5
+        else:
+            state[key] = torch.randn(shape, generator=gen) * 0.05
+    return state
+
+
+@pytest.fixture(scope="module")
+def deep_stem_file(tmp_path_factory):
+    """(path, state) of a saved deep-stem file, saved with DataParallel's ``module.`` prefix as semseg trains."""
+    state = make_deep_stem_state_dict(seed=7)
+    path = tmp_path_factory.mktemp("deep") / "resnet50_v2.pth"
+    torch.save({f"module.{key}": value for key, value in state.items()}, path)
+    return path, state
+
+
+@pytest.mark.parametrize("num_batches_tracked", [True, False])
+def test_deep_stem_file_loads(num_batches_tracked, tmp_path):
+    state = make_deep_stem_state_dict(seed=3, num_batches_tracked=num_batches_tracked)
+    path = tmp_path / "resnet50_v2.pth"
+    torch.save(state, path)
+    backbone = ResNet50DeepBackbone()
+    report = load_backbone_weights(backbone, path, strict=True)
+    assert report.missing == []
+    assert sorted(report.unexpected) == sorted(k for k in state if _is_dropped("resnet50", k))
+    own = backbone.state_dict()
+    kept = {k for k in state if not _is_dropped("resnet50", k)}
+    assert {k for k in own if num_batches_tracked or not k.endswith("num_batches_tracked")} == kept
+    for key in kept:
+        assert own[key].dtype == state[key].dtype, key
+        assert torch.equal(own[key], state[key]), f"{key} does not hold the file's values"
+
+
+def test_deep_stem_through_config_and_sst(deep_stem_file):
+    path, state = deep_stem_file  # saved with the module. prefix
+    torch.manual_seed(0)
+    model = sst_fast.SST(sst_fast.SSTConfig(backbone="resnet50_deep", backbone_weights=str(path), channels=8))
+    assert isinstance(model.backbone, ResNet50DeepBackbone)
+    _assert_matches_file(model.backbone, state)
+    assert model.backbone.frozen and model.backbone.load_report.missing == []
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+
+
+def test_deep_stem_structure_and_features_match_resnet50():
+    torch.manual_seed(0)
+    deep, plain = build_backbone("resnet50_deep").eval(), ResNet50Backbone().eval()
+    assert deep.out_channels == plain.out_channels == 1536
+    # The stem: three 3x3 convolutions 64-64-128, stride 2 on the first only; layer1 takes 128 channels.
+    stem = [(deep.conv1, 64, 3, 2), (deep.conv2, 64, 64, 1), (deep.conv3, 128, 64, 1)]
+    for conv, out_ch, in_ch, stride in stem:
+        assert conv.weight.shape == (out_ch, in_ch, 3, 3) and conv.stride == (stride, stride)
+        assert conv.padding == (1, 1) and conv.bias is None
+    assert deep.layer1[0].conv1.in_channels == 128 and deep.layer1[0].downsample[0].in_channels == 128
+    # Layers 2-3: the same strides and dilations as the resnet50 backbone; no layer4/fc.
+    for name in ("layer1", "layer2", "layer3"):
+        for a, b in zip(getattr(deep, name), getattr(plain, name), strict=True):
+            for key in ("stride", "dilation", "padding"):
+                assert getattr(a.conv2, key) == getattr(b.conv2, key), (name, key)
+    assert not hasattr(deep, "layer4") and not hasattr(deep, "fc")
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        out = deep(x)
+        stem_out = deep._stem(x)
+        level2 = deep.layer2(deep.layer1(deep.maxpool(stem_out)))
+    assert stem_out.shape == (2, 128, 32, 32)
+    assert out.shape == plain(x).shape == (2, 1536, 8, 8)
+    torch.testing.assert_close(out[:, :512], level2)
+    assert torch.isfinite(out).all()
+
+
+def test_deep_stem_frozen_keeps_batchnorm_eval():
+    backbone = build_backbone("resnet50_deep").train()
+    assert backbone.frozen and not any(p.requires_grad for p in backbone.parameters())
+    assert not backbone.bn2.training and not backbone.bn3.training and not backbone.layer3[5].bn2.training
+    before = backbone.bn3.running_mean.clone()
+    backbone(torch.randn(1, 3, 64, 64))
+    assert torch.equal(backbone.bn3.running_mean, before)
+
+
+@pytest.mark.parametrize("removed", ["bn2.running_var", "layer3.5.conv3.weight"])
+def test_deep_stem_partial_file_names_the_missing_key(removed, tmp_path):
+    state = make_deep_stem_state_dict(seed=5)
+    del state[removed]
+    path = tmp_path / "partial.pth"
+    torch.save(state, path)
+    assert load_backbone_weights(ResNet50DeepBackbone(), path).missing == [removed]
+    with pytest.raises(ValueError, match=re.escape(removed)):
+        load_backbone_weights(ResNet50DeepBackbone(), path, strict=True)
+
+
+def test_deep_stem_refuses_a_torchvision_file(weights_files):
+    path, _ = weights_files["resnet50"]
+    backbone = ResNet50DeepBackbone()
+    original = {k: v.clone() for k, v in backbone.state_dict().items()}
+    with pytest.raises(ValueError, match=r"torchvision's ResNet-50 layout .*backbone 'resnet50'"):
+        load_backbone_weights(backbone, path)
+    for key, value in backbone.state_dict().items():
+        assert torch.equal(value, original[key]), key  # nothing was loaded
+
+
+def test_resnet50_refuses_a_deep_stem_file(deep_stem_file):
+    path, _ = deep_stem_file
+    with pytest.raises(ValueError, match=r"deep-stem ResNet-50 .*backbone 'resnet50_deep'"):
+        load_backbone_weights(ResNet50Backbone(), path)
+    with pytest.raises(ValueError, match="resnet50_deep"):
+        sst_fast.SST(sst_fast.SSTConfig(backbone="resnet50", backbone_weights=str(path), channels=8))
