@@ -2,7 +2,8 @@
 
 - Splits: :func:`fold_classes`, :func:`base_classes`.
 - Data sets (:class:`FewShotDataset`): :class:`PascalVOC` (PASCAL-5i), :class:`COCO20i`,
-  :class:`FSS1000`, and the embedded :class:`SyntheticDataset`; :func:`open_dataset` by name.
+  :class:`FSS1000`, :class:`FolderDataset` (your own class folders), and the embedded
+  :class:`SyntheticDataset`; :func:`open_dataset` by name.
 - Episodes: :class:`EpisodeSampler`, :class:`EpisodeManifest`, :class:`EpisodeDataset`.
 - :class:`Augment` for training; :mod:`~sst_fast.data.transforms` for user images.
 """
@@ -22,16 +23,23 @@ from .episodes import (
     fold_sampler,
     sample_episodes,
 )
+from .folder import FolderDataset
 from .fss import FSS1000
 from .pascal import PascalVOC
 from .splits import FoldSplit, base_classes, fold_classes
 from .synthetic import SyntheticDataset
 
-DATASETS = {"pascal": PascalVOC, "coco": COCO20i, "fss": FSS1000, "synthetic": SyntheticDataset}
+DATASETS = {
+    "pascal": PascalVOC,
+    "coco": COCO20i,
+    "fss": FSS1000,
+    "folder": FolderDataset,
+    "synthetic": SyntheticDataset,
+}
 
 
 def open_dataset(name: str, root=None, **options) -> FewShotDataset:
-    """A data set by name: ``pascal``, ``coco``, ``fss`` (all need ``root``) or ``synthetic`` (no root).
+    """A data set by name: ``pascal``, ``coco``, ``fss``, ``folder`` (all need ``root``) or ``synthetic`` (no root).
 
     ``options`` go to the class (``min_pixels``, ``cache_dir``, ``style`` for COCO, ``seed`` for synthetic).
     """
@@ -64,6 +72,7 @@ __all__ = [
     "EpisodeManifest",
     "EpisodeSampler",
     "FewShotDataset",
+    "FolderDataset",
     "FoldSplit",
     "PascalVOC",
     "Sample",

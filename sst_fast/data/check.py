@@ -84,7 +84,9 @@ class CheckReport:
 
 
 def dataset_folds(dataset: FewShotDataset) -> tuple:
-    """The folds a data set has: 0..3, or FSS-1000's ``test`` and ``val``."""
+    """The folds a data set has: 0..3, FSS-1000's ``test`` and ``val``, or a folder data set's own."""
+    if dataset.name == "folder":
+        return dataset.folds
     return FSS_FOLDS if dataset.name == "fss" else tuple(range(FOLDS))
 
 

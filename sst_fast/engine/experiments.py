@@ -610,11 +610,13 @@ def interrupted(experiment, what: str) -> ExperimentInterrupted | None:
 # --- experiments over folds ---------------------------------------------------------------------------------
 
 
-def check_folds(dataset: str, folds=None) -> tuple:
+def check_folds(dataset: str, folds=None, available: tuple | None = None) -> tuple:
     """``folds`` of ``dataset`` as the configuration names them: 0..3 (the texts "0".."3" read as numbers),
-    FSS-1000's ``test`` and ``val``; None: every fold (FSS-1000: ``test``, the one its benchmark reports). A
-    ValueError naming the data set's folds for anything else, for a fold named twice, or for none."""
-    available = FSS_FOLDS if dataset == "fss" else tuple(range(FOLDS))
+    FSS-1000's ``test`` and ``val``, or ``available`` (a data set's own folds: the folder data set's);
+    None: every fold (FSS-1000: ``test``, the one its benchmark reports). A ValueError naming the data set's
+    folds for anything else, for a fold named twice, or for none."""
+    if available is None:
+        available = FSS_FOLDS if dataset == "fss" else tuple(range(FOLDS))
     if folds is None:
         return ("test",) if dataset == "fss" else available
     names = ", ".join(map(str, available))
@@ -705,11 +707,11 @@ def run_folds(config: RunConfig, out_dir, variants: dict[str, dict], folds, **op
     """:func:`run_experiment` on each fold of ``folds`` (checked by :func:`check_folds`) in turn, into the same
     ``out_dir`` (runs in ``runs/<variant>/fold-<f>/seed-<s>``); ``options`` as :func:`run_experiment` takes
     them. A fold whose training stopped ends it early, the folds so far returned (see :func:`interrupted`)."""
-    folds = check_folds(config.data.dataset, folds)
+    dataset = open_dataset(config.data.dataset, config.data.root, **config.data.options)
+    folds = check_folds(config.data.dataset, folds, getattr(dataset, "folds", None))
     train_seeds = tuple(check_seeds(options.get("train_seeds", (0,))))
     # Every fold's test episodes and run folders are checked before the first run trains: a refusal comes now,
     # not hours later.
-    dataset = open_dataset(config.data.dataset, config.data.root, **config.data.options)
     rules = protocol_for(options.get("protocol", "sst"), dataset.name)
     every_k = set(options.get("shots", (1,))).union(*(options.get("shots_for") or {}).values())
     for fold in folds:

@@ -27,6 +27,7 @@ import yaml
 
 from ..config import MAX_COUNT, SSTConfig
 from ..data import DATASETS
+from ..data.folder import check_folder_fold
 from ..data.splits import check_fold
 
 CONFIG_PACKAGE = "sst_fast.configs"
@@ -42,9 +43,10 @@ class ConfigError(ValueError):
 @dataclasses.dataclass
 class DataConfig:
     """Attributes:
-    dataset: ``pascal``, ``coco``, ``fss`` or ``synthetic``.
+    dataset: ``pascal``, ``coco``, ``fss``, ``folder`` (your own class folders) or ``synthetic``.
     root: the data folder (none for ``synthetic``).
-    fold: the benchmark fold whose base classes are trained on (FSS-1000: ``test`` or ``val``).
+    fold: the benchmark fold whose base classes are trained on (FSS-1000: ``test`` or ``val``; a folder data
+        set: 0..k-1 with ``options.folds=k``, else 0).
     options: keyword options of the data set class (``min_pixels``, ``style`` for COCO, ``seed``,
         ``train_images``, ... for synthetic).
     exclude_novel: drop training images that show a novel class at all (BAM); off keeps them with
@@ -74,7 +76,10 @@ class DataConfig:
         _check(self.dataset in DATASETS, "data.dataset", f"one of {sorted(DATASETS)}", self.dataset)
         _check(self.root is None or isinstance(self.root, str), "data.root", "a path", self.root)
         try:  # the same check as the data sets' (so --print-config refuses what train would)
-            check_fold(self.dataset, self.fold)
+            if self.dataset == "folder":  # its folds come from its options (or its splits.yaml)
+                check_folder_fold(self.fold, self.options if isinstance(self.options, dict) else {})
+            else:
+                check_fold(self.dataset, self.fold)
         except ValueError as error:
             raise ConfigError(f"data.fold: {error}") from None
         _check(isinstance(self.options, dict), "data.options", "a mapping", self.options)

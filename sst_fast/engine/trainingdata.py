@@ -29,6 +29,11 @@ class TrainingData:
         data, shots = config.data, config.model.shots
         self.dataset = open_dataset(data.dataset, data.root, **data.options)
         split = self.dataset.fold_split(data.fold)
+        if not split.train_classes:
+            raise ConfigError(
+                f"data.fold: fold {data.fold} of {data.dataset} has no base classes to train on (every class is "
+                "novel): name them with data.options.base/novel, data.options.folds or the data's splits.yaml"
+            )
         train_images = self.dataset.image_ids(split.train_split)
         held_out = holdout(train_images, data.val_fraction, HOLDOUT_SALT)
         kept = [image for image in train_images if image not in held_out]
