@@ -6,12 +6,14 @@ from .config import SSTConfig
 from .models import SST, SSTOutput
 from .predict import predict, read_photo
 from .protocol import ProtocolCard
+from .segmenter import Segmenter
 
 __all__ = [
     "SST",
     "ProtocolCard",
     "SSTConfig",
     "SSTOutput",
+    "Segmenter",
     "__version__",
     "data",
     "engine",

@@ -34,6 +34,10 @@ DEFAULT_PREDICTION_DIR = Path("runs") / "prediction"
 DEFAULT_EVAL_DIR = Path("runs") / "eval"
 # The files of one prediction (``predict --out``): replaced together, so a folder never mixes two predictions.
 PREDICTION_FILES = ("mask.png", "overlay.png", "figure.png", "prediction.json")
+# The index of a many-query prediction (``predict --query A B ...``): its files are replaced together too.
+PREDICTIONS_INDEX = "predictions.json"
+# The files a --query folder contributes, by extension (case-insensitive).
+QUERY_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 RUN_FOLDER_CHECKPOINT = "a run folder (its best checkpoint; its last one, with a warning, before any validation)"
 # The subcommands that run as several processes under torchrun (the others would only repeat their work).
 DISTRIBUTED_COMMANDS = ("train", "eval", "benchmark")
@@ -116,9 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="how episodes are drawn and scored: sst (this project's), pfenet or hsnet (as their test code); "
         "default: sst, or the protocol of the --manifest files",
     )
-    evaluate.add_argument("--dataset", help="pascal, coco, fss or synthetic (default: the training run's)")
+    evaluate.add_argument(
+        "--dataset", help="pascal, coco, fss, folder (your class folders) or synthetic (default: the training run's)"
+    )
     evaluate.add_argument("--root", help="the data folder (default: the training run's)")
-    evaluate.add_argument("--fold", help="the fold, 0-3; FSS-1000: test or val (default: the training run's)")
+    evaluate.add_argument(
+        "--fold", help="the fold, 0-3; FSS-1000: test or val; folder: 0..k-1 (default: the training run's)"
+    )
     evaluate.add_argument(
         "--shots", type=_count, help="support images per episode (default: 1, or the manifests')"
     )
@@ -176,9 +184,26 @@ def build_parser() -> argparse.ArgumentParser:
     _progress_flag(evaluate)
     evaluate.set_defaults(handler=_eval)
 
-    predict = commands.add_parser("predict", help="segment a query image given annotated support images")
+    predict = commands.add_parser(
+        "predict",
+        help="segment query images given annotated support images",
+        description="Segment one query image, or many (files and folders), given K annotated support images. "
+        "One --query FILE writes OUT/mask.png, OUT/overlay.png and OUT/prediction.json; several queries write "
+        "OUT/<stem>.png and OUT/<stem>-overlay.png per query and an index OUT/predictions.json, the supports "
+        "encoded and tuned once for all. A query that cannot be read is reported and skipped, the others still "
+        "written: the exit status is then 2 (as for any error), 0 when every query was written.",
+    )
     predict.add_argument("checkpoint", type=Path, help=f"a checkpoint file, or {RUN_FOLDER_CHECKPOINT}")
-    predict.add_argument("--query", type=Path, required=True, help="the image to segment")
+    predict.add_argument(
+        "--query",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="the image to segment; or several images and folders (their images by extension: "
+        + ", ".join(QUERY_SUFFIXES)
+        + ")",
+    )
+    predict.add_argument("--batch-size", type=_count, default=8, help="queries per network batch, with several queries")
     predict.add_argument("--support", type=Path, nargs="+", required=True, help="K support images")
     predict.add_argument(
         "--mask",
@@ -208,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="refuse images with more pixels than this (a guard against decompression bombs)",
     )
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    _progress_flag(predict)
     predict.set_defaults(handler=_predict)
 
     demo = commands.add_parser("demo", help="train SST and its baseline on the synthetic data set; write a report")
@@ -738,21 +764,26 @@ def _predict(args) -> int:
         )
     if len(class_ids) == 1:
         class_ids = class_ids * len(args.mask)
+    many = len(args.query) > 1 or args.query[0].is_dir()
+    if many and args.figure:
+        raise ValueError("--figure draws one prediction's figure: pass one --query file with it")
+    queries = _query_files(args.query) if many else None
     state = load_checkpoint(args.checkpoint)
     _note_checkpoint(args, state)
     model = model_from_checkpoint(state, device=resolve_device(args.device, "--device"))
     size = _size(args.size, model.config.image_size)
     # Every image as a photo viewer shows it: EXIF orientation applied before the size checks below.
-    query = read_photo(args.query, "--query", args.max_pixels)
+    query = None if many else read_photo(args.query[0], "--query", args.max_pixels)
     supports = [read_photo(path, "--support", args.max_pixels) for path in args.support]
     masks = [read_mask(path, class_id, args.max_pixels) for path, class_id in zip(args.mask, class_ids, strict=True)]
     for support, path, image, mask in zip(args.support, args.mask, supports, masks, strict=True):
         if mask.shape != image.shape[:2]:
             raise ValueError(_size_mismatch(support, image.shape[:2], path, mask.shape))
+    if many:
+        return _predict_many(args, state["path"], model, size, queries, supports, masks, class_ids)
     prediction = predict(model, query, supports, masks, image_size=size)
     # The folder holds this prediction only: an earlier one's files go first (a figure not drawn this time too).
-    for name in PREDICTION_FILES:
-        (args.out / name).unlink(missing_ok=True)
+    _clear_prediction(args.out)
     mask_path = viz.save_png(prediction * np.uint8(255), args.out / "mask.png")
     overlay_path = viz.save_png(viz.overlay(query, prediction), args.out / "overlay.png")
     print(f"mask: {mask_path}\noverlay: {overlay_path}")
@@ -762,7 +793,7 @@ def _predict(args) -> int:
         print(f"figure: {figure}")
     record = {
         "checkpoint": state["path"],
-        "query": str(args.query),
+        "query": str(args.query[0]),
         "supports": [str(path) for path in args.support],
         "masks": [str(path) for path in args.mask],
         "class_ids": class_ids,
@@ -773,6 +804,146 @@ def _predict(args) -> int:
     }
     write_json_atomic(args.out / "prediction.json", record)
     return 0
+
+
+def _predict_many(args, checkpoint, model, size, queries: list[Path], supports, masks, class_ids) -> int:
+    """Several queries against one support set (:class:`sst_fast.Segmenter`): ``<stem>.png`` and
+    ``<stem>-overlay.png`` per query and the index ``predictions.json``; unreadable queries are skipped."""
+    import numpy as np
+
+    from . import viz
+    from .files import write_json_atomic
+    from .predict import PhotoError
+    from .segmenter import Segmenter
+
+    segmenter = Segmenter(model, supports, masks, image_size=size)  # the support branch, once
+    _clear_prediction(args.out)
+    args.out.mkdir(parents=True, exist_ok=True)
+    record = {
+        "checkpoint": checkpoint,
+        "supports": [str(path) for path in args.support],
+        "masks": [str(path) for path in args.mask],
+        "class_ids": class_ids,
+        "input_size": list(size),
+        # Every file this prediction may write, listed before any is: a later prediction replaces them all,
+        # even those of one interrupted here.
+        "files": [name for path in queries for name in _query_outputs(path)],
+        "complete": False,
+        "queries": [],
+        "skipped": [],
+        "code_version": _version(),
+    }
+    write_json_atomic(args.out / PREDICTIONS_INDEX, record)
+    progress = _query_progress(len(queries), args.progress)
+    for start in range(0, len(queries), args.batch_size):
+        paths, images = [], []
+        for path in queries[start : start + args.batch_size]:
+            try:
+                images.append(read_photo(path, "--query", args.max_pixels))
+                paths.append(path)
+            except (PhotoError, OSError) as error:
+                _say(args.command, "warning", f"skipped: {_first_line(error)}")
+                record["skipped"].append({"query": str(path), "reason": _first_line(error)})
+        predictions = segmenter.predict_many(images, batch_size=args.batch_size)
+        for path, image, prediction in zip(paths, images, predictions, strict=True):
+            mask_name, overlay_name = _query_outputs(path)
+            viz.save_png(prediction * np.uint8(255), args.out / mask_name)
+            viz.save_png(viz.overlay(image, prediction), args.out / overlay_name)
+            record["queries"].append(
+                {
+                    "query": str(path),
+                    "mask": mask_name,
+                    "overlay": overlay_name,
+                    "object_pixels": int(prediction.sum()),
+                    "pixels": int(prediction.size),
+                }
+            )
+        progress(min(start + args.batch_size, len(queries)))
+    record["complete"] = True
+    write_json_atomic(args.out / PREDICTIONS_INDEX, record)
+    progress(None)
+    written, skipped = len(record["queries"]), len(record["skipped"])
+    print(f"masks: {written} of {len(queries)} queries in {args.out} (index: {args.out / PREDICTIONS_INDEX})")
+    if skipped:
+        _say(args.command, "warning", f"{skipped} of {len(queries)} queries could not be read and were skipped")
+        return EXIT_ERROR
+    return 0
+
+
+def _query_outputs(path: Path) -> tuple[str, str]:
+    """The mask and overlay a query writes among several: ``<stem>.png`` and ``<stem>-overlay.png``."""
+    return f"{path.stem}.png", f"{path.stem}-overlay.png"
+
+
+def _query_files(paths: list[Path]) -> list[Path]:
+    """``--query`` with several paths or a folder -> the query files, in order: each folder's images (by
+    extension, sorted by name), each file as named (one that cannot be read is skipped when it is read).
+    Two queries whose outputs would share a name are an error, before anything runs."""
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in QUERY_SUFFIXES)
+            if not found:
+                raise ValueError(f"--query: the folder {path} holds no image ({', '.join(QUERY_SUFFIXES)})")
+            files += found
+        else:
+            files.append(path)
+    files = list(dict.fromkeys(files))  # a file named twice (itself and by its folder) is one query
+    owners: dict[str, Path] = {}
+    for file in files:
+        for name in _query_outputs(file):
+            if name in owners:
+                raise ValueError(
+                    f"--query: {owners[name]} and {file} would both write {name} in --out; rename one, or "
+                    "predict them into separate folders"
+                )
+            owners[name] = file
+    return files
+
+
+def _clear_prediction(out: Path) -> None:
+    """Remove an earlier prediction's files from ``out`` (of one query, or of several by their index): an
+    output folder holds one prediction."""
+    import json
+
+    for name in PREDICTION_FILES:
+        (out / name).unlink(missing_ok=True)
+    index = out / PREDICTIONS_INDEX
+    try:
+        earlier = json.loads(index.read_text())
+    except (OSError, ValueError):
+        earlier = None
+    names = earlier.get("files") if isinstance(earlier, dict) else None
+    for name in names if isinstance(names, list) else []:
+        if isinstance(name, str) and name.endswith(".png") and Path(name).name == name:  # only its own files
+            (out / name).unlink(missing_ok=True)
+    index.unlink(missing_ok=True)
+
+
+def _query_progress(total: int, enabled: bool):
+    """``update(done)`` per batch of queries, ``update(None)`` at the end: a bar on a terminal, else a line."""
+    from .engine.runlog import is_terminal
+
+    if not enabled:
+        return lambda done: None
+    if is_terminal(sys.stderr):
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc="predict", unit="query", leave=False, dynamic_ncols=True)
+
+        def update(done):
+            if done is None:
+                bar.close()
+            else:
+                bar.update(done - bar.n)
+
+        return update
+
+    def line(done):
+        if done is not None:
+            print(f"queries: {done} of {total}", flush=True)
+
+    return line
 
 
 def _size_mismatch(support: Path, shown: tuple[int, int], mask_path: Path, mask: tuple[int, int]) -> str:

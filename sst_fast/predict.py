@@ -35,6 +35,23 @@ def predict(
     Returns:
         [H, W] uint8 mask at the query's original size (1 = object).
     """
+    support_images, support_masks = support_lists(support_images, support_masks)
+    size = input_size(model, image_size)
+    query_batch, original_size = prepare_query(query_image, "query_image", size)
+    support_batch, mask_batch = prepare_supports(model, support_images, support_masks, size)
+    device, dtype = _placement(model)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            logits = model(query_batch[None].to(device, dtype), support_batch, mask_batch).logits  # [1, 2, H, W]
+    finally:
+        model.train(was_training)
+    return mask_at(logits, original_size)
+
+
+def support_lists(support_images, support_masks) -> tuple[list, list]:
+    """One support or a sequence of K -> two lists of K, or a ``ValueError`` naming the argument."""
     support_images = _as_list(support_images)
     support_masks = _as_list(support_masks)
     if len(support_masks) != len(support_images):
@@ -43,10 +60,18 @@ def predict(
         )
     if not support_images:
         raise ValueError("support_images: at least one support image is needed")
-    size = as_size(image_size if image_size is not None else model.config.image_size, "image_size")
+    return support_images, support_masks
 
-    query = image_to_tensor(query_image, "query_image")
-    original_size = tuple(query.shape[-2:])
+
+def input_size(model: nn.Module, image_size) -> tuple[int, int]:
+    """The network input size (H, W): ``image_size``, else ``model.config.image_size``."""
+    return as_size(image_size if image_size is not None else model.config.image_size, "image_size")
+
+
+def prepare_supports(model: nn.Module, support_images: list, support_masks: list, size, stacklevel: int = 3):
+    """:func:`predict`'s supports (from :func:`support_lists`) as the network takes them at ``size``:
+    [1, K, 3, H, W] normalised images and [1, K, H, W] labels, on the model's device. Errors name the
+    argument; a mask without an object pixel is a warning (at ``stacklevel``: the public function's caller)."""
     shots_images, shots_masks = [], []
     for index, (image, mask) in enumerate(zip(support_images, support_masks, strict=True)):
         image = image_to_tensor(image, f"support_images[{index}]")
@@ -60,27 +85,33 @@ def predict(
                 f"support_masks[{index}] has no object pixel (label 1): its prototype is zero. "
                 "Labels are 0 background, 1 object, 255 ignore; a binary mask stored as 0/255 must be "
                 "divided by 255 first.",
-                stacklevel=2,
+                stacklevel=stacklevel,
             )
         shots_images.append(resize_image(image, size))
         shots_masks.append(resize_mask(mask, size))
-
-    parameter = next(model.parameters())
-    device, dtype = parameter.device, parameter.dtype
-    query_batch = normalize(resize_image(query, size))[None].to(device, dtype)  # [1, 3, H, W]
+    device, dtype = _placement(model)
     support_batch = normalize(torch.stack(shots_images))[None].to(device, dtype)  # [1, K, 3, H, W]
     mask_batch = torch.stack(shots_masks)[None].to(device)  # [1, K, H, W]
+    return support_batch, mask_batch
 
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            logits = model(query_batch, support_batch, mask_batch).logits  # [1, 2, H, W]
-            # The inverse of resize_image's mapping (pixel centres), back to the query's own size.
-            logits = F.interpolate(logits.float(), size=original_size, mode="bilinear", align_corners=False)
-    finally:
-        model.train(was_training)
+
+def prepare_query(image, name: str, size: tuple[int, int]) -> tuple[torch.Tensor, tuple[int, int]]:
+    """A query as :func:`predict` takes it -> ([3, H, W] normalised at the network input ``size``, on the CPU;
+    its own size (H, W)). Errors name ``name``."""
+    query = image_to_tensor(image, name)
+    return normalize(resize_image(query, size)), tuple(query.shape[-2:])
+
+
+def mask_at(logits: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """One query's logits [1, 2, h, w] -> its uint8 mask {0, 1} at ``size`` (H, W), the query's own."""
+    # The inverse of resize_image's mapping (pixel centres), back to the query's own size.
+    logits = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
     return logits.argmax(1)[0].to(torch.uint8).cpu().numpy()
+
+
+def _placement(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    parameter = next(model.parameters())
+    return parameter.device, parameter.dtype
 
 
 def _as_list(value) -> list:

@@ -6,7 +6,9 @@ The reference is the spec every fast path is held against: its relation runs on 
 (Eq. 12-13) and its tuning step differentiates the self-segmentation loss with respect to the full
 support feature map with ``torch.autograd.grad`` (Eq. 11). Nothing in it is fused. :class:`SST` keeps
 every module, parameter name, input and output, and replaces only ``pool``, ``relation_map`` and
-``_tune``: follow the support features through ``segment`` -> ``tune`` -> ``SST._tune`` -> :mod:`sst_fast.ops`.
+``_tune``: follow the support features through ``segment`` -> ``support_stage`` -> ``tune`` -> ``SST._tune``
+-> :mod:`sst_fast.ops`. The two stages also run apart (:meth:`SSTReference.encode_supports` once, then
+:meth:`SSTReference.segment_queries` per batch of queries: :class:`sst_fast.Segmenter`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from ..ops.reference import masked_avg_pool
 from .backbones import build_backbone
 from .decoder import Decoder
 from .encoder import Encoder
-from .episode import SSTOutput, check_episode, check_features
+from .episode import SSTOutput, _check_images, _check_masks, check_episode, check_features
 from .functional import (
     downsample_mask,
     foreground_iou,
@@ -45,6 +47,54 @@ class TuningResult:
     prototypes: torch.Tensor  # [N, C], pool(Rs, Ts)
     tuned_prototypes: torch.Tensor | None  # [N, C], pool(R's, Ts); None with ssm=False
     feature_gradient: torch.Tensor | None  # [N, C, h, w], dLsup/dRs (paper Fig. 3); None with ssm=False
+
+
+@dataclasses.dataclass
+class SupportState:
+    """What B episodes' K supports give their queries: the support branch's output (:meth:`SSTReference.support_stage`).
+
+    Computed once (:meth:`SSTReference.encode_supports`), met by any number of queries
+    (:meth:`SSTReference.segment_queries`); a state of one episode serves a batch of queries.
+    """
+
+    prototypes: torch.Tensor  # [B, K, C], p = pool(Rs, Ts)
+    tuned_prototypes: torch.Tensor | None  # [B, K, C], p' = pool(R's, Ts); None without the tuning step
+    shot_weights: torch.Tensor | None  # [B, K], Eq. 14's weights; None for fusion='max'
+    support_logits: torch.Tensor | None  # [B, K, 2, Hs, Ws] self-segmentation; None when it did not run
+    aux_loss: torch.Tensor | None  # mean self-segmentation loss; None when it did not run
+    feature_gradient: torch.Tensor | None = None  # [B, K, C, hs, ws] with explain only
+
+    @property
+    def batch(self) -> int:
+        return self.prototypes.shape[0]
+
+    @property
+    def shots(self) -> int:
+        return self.prototypes.shape[1]
+
+    def for_batch(self, batch: int) -> SupportState:
+        """This state for ``batch`` queries: itself, or a state of one episode repeated (views, no copies)."""
+        if batch == self.batch:
+            return self
+        if self.batch != 1:
+            raise ValueError(f"a state of {self.batch} episodes cannot serve {batch} queries (only of one can)")
+        return SupportState(
+            **{
+                f.name: _repeat(getattr(self, f.name), batch) if f.name != "aux_loss" else self.aux_loss
+                for f in dataclasses.fields(self)
+            }
+        )
+
+    def detach(self) -> SupportState:
+        return SupportState(**{f.name: _detached(getattr(self, f.name)) for f in dataclasses.fields(self)})
+
+
+def _repeat(tensor: torch.Tensor | None, batch: int) -> torch.Tensor | None:
+    return None if tensor is None else tensor.expand(batch, *tensor.shape[1:])
+
+
+def _detached(tensor: torch.Tensor | None) -> torch.Tensor | None:
+    return None if tensor is None else tensor.detach()
 
 
 class SSTReference(nn.Module):
@@ -124,54 +174,114 @@ class SSTReference(nn.Module):
     ) -> SSTOutput:
         """Everything after the encoder: rq [B, C, h, w], rs [B, K, C, hs, ws] -> logits at ``size``.
 
+        The support branch (:meth:`support_stage`) then the query branch (:meth:`query_stage`).
         ``explain=True`` (for figures; opt-in, the training forward never pays for it): the supports'
         self-segmentation runs whatever the settings, the full feature gradient dLsup/dRs is formed, and
         the query is decoded a second time with the untuned prototypes, into the output's
         ``untuned_logits`` and ``feature_gradient``.
         """
         cfg = self.config
-        batch, shots = rs.shape[:2]
         training_loss = query_mask is not None
+        state = self.support_stage(rs, support_masks, aux=training_loss, explain=explain)
+        out = self.query_stage(rq, state, size, explain=explain)
+        if training_loss:
+            out.main_loss = per_image_cross_entropy(out.logits, query_mask).mean()
+            out.loss = out.main_loss + cfg.aux_weight * out.aux_loss if cfg.aux_loss else out.main_loss
+        # The inner loop always runs with autograd on; under no_grad nothing returned keeps a graph.
+        return out if torch.is_grad_enabled() else out.detach()
+
+    def support_stage(
+        self, rs: torch.Tensor, support_masks: torch.Tensor, aux: bool = False, explain: bool = False
+    ) -> SupportState:
+        """The support branch: rs [B, K, C, hs, ws] and masks [B, K, Hs, Ws] -> :class:`SupportState`.
+
+        Pooling (Eq. 12), the self-segmentation and tuning step (§4.2) when anything needs them (``ssm``,
+        weighted K > 1 fusion, ``aux`` with ``aux_loss`` on, ``explain``), and Eq. 14's fusion weights.
+        """
+        cfg = self.config
+        batch, shots = rs.shape[:2]
         rs = rs.flatten(0, 1)  # [B*K, C, hs, ws]
         support_labels = support_masks.flatten(0, 1).long()  # [B*K, Hs, Ws]
         mask = downsample_mask(support_labels, rs.shape[-2:], rs.dtype)  # [B*K, 1, hs, ws]
 
         weighted = cfg.fusion == "weighted" and shots > 1
         tuning = None
-        if cfg.ssm or weighted or (cfg.aux_loss and training_loss) or explain:
+        if cfg.ssm or weighted or (cfg.aux_loss and aux) or explain:
             tuning = self.tune(rs, mask, support_labels, feature_gradient=explain)
-            protos = tuning.tuned_prototypes if cfg.ssm else tuning.prototypes
+            protos = tuning.prototypes
         else:
             protos = self.pool(rs, mask)  # [B*K, C]
-
-        relations = self.relate(rq, protos.unflatten(0, (batch, shots)))  # [B, K, C, h, w]
         weights = self.shot_weights(tuning, support_labels, batch, shots)  # [B, K] or None
-        fused = fuse(relations, cfg.fusion, weights)  # Eq. 14: M [B, C, h, w]
-        logits = self.decoder(fused, size)  # Eq. 7: S [B, 2, H, W]
-        if explain:
-            untuned = logits
-            if cfg.ssm:  # the same decoding with the prototypes before the step
-                untuned_relations = self.relate(rq, tuning.prototypes.unflatten(0, (batch, shots)))
-                untuned = self.decoder(fuse(untuned_relations, cfg.fusion, weights), size)
 
+        def episodes(tensor: torch.Tensor | None) -> torch.Tensor | None:
+            return None if tensor is None else tensor.unflatten(0, (batch, shots))
+
+        return SupportState(
+            prototypes=episodes(protos),
+            tuned_prototypes=episodes(tuning.tuned_prototypes) if tuning is not None else None,
+            shot_weights=weights,
+            support_logits=episodes(tuning.support_logits) if tuning is not None else None,
+            aux_loss=tuning.support_loss.mean() if tuning is not None else None,
+            feature_gradient=episodes(tuning.feature_gradient) if explain and tuning is not None else None,
+        )
+
+    def query_stage(
+        self, rq: torch.Tensor, state: SupportState, size: tuple[int, int], explain: bool = False
+    ) -> SSTOutput:
+        """The query branch: rq [B, C, h, w] meets the supports' ``state`` (of B episodes, or of one shared by
+        all B queries) -> :class:`SSTOutput` with logits [B, 2, *size] and the state's fields."""
+        cfg = self.config
+        state = state.for_batch(rq.shape[0])
+        protos = state.tuned_prototypes if cfg.ssm else state.prototypes  # p' with ssm, else p
+        relations = self.relate(rq, protos)  # [B, K, C, h, w]
+        fused = fuse(relations, cfg.fusion, state.shot_weights)  # Eq. 14: M [B, C, h, w]
+        logits = self.decoder(fused, size)  # Eq. 7: S [B, 2, H, W]
         out = SSTOutput(
             logits=logits,
-            shot_weights=weights,
-            prototypes=(tuning.prototypes if tuning is not None else protos).unflatten(0, (batch, shots)),
+            shot_weights=state.shot_weights,
+            prototypes=state.prototypes,
+            support_logits=state.support_logits,
+            aux_loss=state.aux_loss,
+            tuned_prototypes=state.tuned_prototypes,
         )
-        if tuning is not None:
-            out.support_logits = tuning.support_logits.unflatten(0, (batch, shots))
-            out.aux_loss = tuning.support_loss.mean()
-            if tuning.tuned_prototypes is not None:
-                out.tuned_prototypes = tuning.tuned_prototypes.unflatten(0, (batch, shots))
         if explain:
-            out.untuned_logits = untuned
-            if tuning.feature_gradient is not None:
-                out.feature_gradient = tuning.feature_gradient.unflatten(0, (batch, shots))
-        if training_loss:
-            out.main_loss = per_image_cross_entropy(logits, query_mask).mean()
-            out.loss = out.main_loss + cfg.aux_weight * out.aux_loss if cfg.aux_loss else out.main_loss
-        # The inner loop always runs with autograd on; under no_grad nothing returned keeps a graph.
+            out.untuned_logits = logits
+            if cfg.ssm:  # the same decoding with the prototypes before the step
+                untuned_relations = self.relate(rq, state.prototypes)
+                out.untuned_logits = self.decoder(fuse(untuned_relations, cfg.fusion, state.shot_weights), size)
+            out.feature_gradient = state.feature_gradient
+        return out
+
+    def encode_supports(self, support_images: torch.Tensor, support_masks: torch.Tensor) -> SupportState:
+        """The support branch of :meth:`forward` alone, to be met by any number of queries (:meth:`segment_queries`).
+
+        Args:
+            support_images: [B, K, 3, Hs, Ws] normalised images (B = 1 for supports shared by every query).
+            support_masks: [B, K, Hs, Ws], 0 background, 1 object, 255 ignore.
+
+        ``forward(query, support_images, support_masks)`` equals
+        ``segment_queries(query, encode_supports(support_images, support_masks))``; the state holds what the
+        supports give at the model's weights when it is made (under ``torch.no_grad()`` detached).
+        """
+        if self.config.check_inputs:
+            _check_supports(support_images, support_masks, like=self.embed.conv.weight)
+        rs = self.encode(support_images.flatten(0, 1)).unflatten(0, support_images.shape[:2])
+        state = self.support_stage(rs, support_masks)
+        return state if torch.is_grad_enabled() else state.detach()
+
+    def segment_queries(self, query: torch.Tensor, state: SupportState) -> SSTOutput:
+        """The query branch of :meth:`forward`: query [B, 3, H, W] normalised images against ``state`` (from
+        :meth:`encode_supports`, of B episodes or of one, shared by the B queries) -> :class:`SSTOutput`
+        (logits [B, 2, H, W]; its support fields are the state's, one per query)."""
+        if not isinstance(state, SupportState):
+            raise TypeError(f"state must be a SupportState (from encode_supports), got {type(state).__name__}")
+        if self.config.check_inputs:
+            _check_query(query, like=self.embed.conv.weight)
+            if state.prototypes.device != query.device:
+                raise ValueError(f"state is on {state.prototypes.device} but query is on {query.device}")
+        if state.batch not in (1, query.shape[0]):
+            raise ValueError(f"query: B = {state.batch} queries like state (or a state of one), got {query.shape[0]}")
+        out = self.query_stage(self.encode(query), state, tuple(query.shape[-2:]))
         return out if torch.is_grad_enabled() else out.detach()
 
     def pool(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -199,9 +309,12 @@ class SSTReference(nn.Module):
         ``feature_gradient``: return the full gradient map dLsup/dRs too (paper Fig. 3); the
         reference forms it anyway, :class:`sst_fast.SST` only when asked.
         Under ``torch.compile`` this step runs eagerly, a graph break between the compiled stages
-        before and after it (see :func:`_tune_eagerly` for why).
+        before and after it (see :func:`_tune_eagerly` for why). ``torch.export`` cannot take it at all
+        (:mod:`sst_fast.export`): there it is traced as it is, and fails where the gradient is taken.
         """
-        if torch.compiler.is_compiling():
+        # While exporting, is_compiling() is true too, but a disabled function is traced through, not run
+        # eagerly: sending the step there would come straight back here.
+        if torch.compiler.is_compiling() and not torch.compiler.is_exporting():
             return _tune_eagerly(self, rs, mask, labels, feature_gradient)
         if torch.is_inference_mode_enabled():
             # enable_grad cannot lift inference mode: step out of it, with ordinary copies of the inputs.
@@ -343,3 +456,28 @@ def _inner_loss_scale(y: torch.Tensor, labels: torch.Tensor) -> float:
     if y.dtype != torch.float16:
         return 1.0
     return float(2 ** round(math.log2(labels.shape[-2] * labels.shape[-1])))
+
+
+def _check_query(query: torch.Tensor, like: torch.Tensor) -> None:
+    """:func:`check_episode`'s checks of ``query`` alone (for :meth:`SSTReference.segment_queries`)."""
+    _check_images("query", query, ndim=4, layout="[B, 3, H, W]")
+    if query.device != like.device:
+        raise ValueError(f"query is on {query.device} but the model is on {like.device}")
+    if query.dtype != like.dtype and not torch.is_autocast_enabled(query.device.type):
+        raise ValueError(f"query has dtype {query.dtype} but the model's parameters are {like.dtype}")
+
+
+def _check_supports(support_images: torch.Tensor, support_masks: torch.Tensor, like: torch.Tensor) -> None:
+    """:func:`check_episode`'s checks of the supports alone (for :meth:`SSTReference.encode_supports`)."""
+    _check_images("support_images", support_images, ndim=5, layout="[B, K, 3, H, W]")
+    if support_images.device != like.device:
+        raise ValueError(f"support_images are on {support_images.device} but the model is on {like.device}")
+    if support_images.dtype != like.dtype and not torch.is_autocast_enabled(support_images.device.type):
+        raise ValueError(f"support_images have dtype {support_images.dtype}, the model's parameters {like.dtype}")
+    batch, shots = support_images.shape[:2]
+    _check_masks(support_masks, None, batch, shots, support_images.device, "support_images")
+    if support_masks.shape[-2:] != support_images.shape[-2:]:
+        raise ValueError(
+            f"support_masks must have the support images' size {list(support_images.shape[-2:])}, "
+            f"got {list(support_masks.shape[-2:])}"
+        )
