@@ -13,7 +13,7 @@ LAYERS = (
     {"models", "reference"},
     {"data"},
     {"metrics"},
-    {"viz", "predict"},
+    {"viz", "predict", "segmenter", "export"},
     {"engine"},
     {"cli", "__main__"},
     {"__init__"},

@@ -610,6 +610,10 @@ def interrupted(experiment, what: str) -> ExperimentInterrupted | None:
 # --- experiments over folds ---------------------------------------------------------------------------------
 
 
+# Data sets whose folds depend on the data (their ``folds``), not on their name alone.
+FOLDS_OF_THEIR_OWN = ("folder",)
+
+
 def check_folds(dataset: str, folds=None, available: tuple | None = None) -> tuple:
     """``folds`` of ``dataset`` as the configuration names them: 0..3 (the texts "0".."3" read as numbers),
     FSS-1000's ``test`` and ``val``, or ``available`` (a data set's own folds: the folder data set's);
@@ -707,8 +711,12 @@ def run_folds(config: RunConfig, out_dir, variants: dict[str, dict], folds, **op
     """:func:`run_experiment` on each fold of ``folds`` (checked by :func:`check_folds`) in turn, into the same
     ``out_dir`` (runs in ``runs/<variant>/fold-<f>/seed-<s>``); ``options`` as :func:`run_experiment` takes
     them. A fold whose training stopped ends it early, the folds so far returned (see :func:`interrupted`)."""
-    dataset = open_dataset(config.data.dataset, config.data.root, **config.data.options)
-    folds = check_folds(config.data.dataset, folds, getattr(dataset, "folds", None))
+    if config.data.dataset in FOLDS_OF_THEIR_OWN:  # their folds are known once the data is read
+        dataset = open_dataset(config.data.dataset, config.data.root, **config.data.options)
+        folds = check_folds(config.data.dataset, folds, dataset.folds)
+    else:  # a fold the data set cannot have is refused before its folder is read
+        folds = check_folds(config.data.dataset, folds)
+        dataset = open_dataset(config.data.dataset, config.data.root, **config.data.options)
     train_seeds = tuple(check_seeds(options.get("train_seeds", (0,))))
     # Every fold's test episodes and run folders are checked before the first run trains: a refusal comes now,
     # not hours later.

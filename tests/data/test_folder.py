@@ -232,3 +232,17 @@ def test_benchmark_folds_default_to_the_folders_own(folder, tmp_path):
     assert check_folds("folder", None, dataset.folds) == (0, 1)
     with pytest.raises(ValueError, match="folder has the folds 0, 1, got 2"):
         check_folds("folder", [2], dataset.folds)
+
+
+def test_benchmark_over_the_folders_own_folds(folder, tmp_path, capsys):
+    """Two folds dealt from a seed: `sst-fast benchmark` trains and tests each, without --folds."""
+    import torch
+
+    torch.set_num_threads(1)  # the evaluations' threads (restored after the test)
+    data = ["data.dataset=folder", f"data.root={folder}", "data.options={folds: 2, seed: 0}"]
+    out = tmp_path / "bench"
+    argv = ["benchmark", "--config", "synthetic", *TINY_FOLDER, *data, "--shots", "1", "--episodes", "3"]
+    assert main([*argv, "--out", str(out), "--no-progress"]) == 0, capsys.readouterr().err
+    table = json.loads((out / "benchmark.json").read_text())
+    assert table["benchmark"]["folds"] == [0, 1]
+    assert {run["fold"] for run in table["runs"]} == {0, 1}
