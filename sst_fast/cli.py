@@ -510,7 +510,9 @@ def _eval(args) -> int:
     else:
         model, data, checkpoint = _sst_model(args, device)
     default_size = getattr(getattr(model, "config", None), "image_size", None)  # the trained size, if any
-    dataset_name = args.dataset or data.get("dataset")
+    manifests = [EpisodeManifest.load(path) for path in args.manifest] if args.manifest else None
+    drawn = manifests[0] if manifests else None  # the manifests decide the data set and the fold
+    dataset_name = args.dataset or (drawn.dataset.get("dataset") if drawn else None) or data.get("dataset")
     if dataset_name is None:
         raise ValueError("--dataset: a model from --model has no training run to take the data set from")
     same_data = dataset_name == data.get("dataset")
@@ -518,6 +520,8 @@ def _eval(args) -> int:
     options = dict(data.get("options") or {}) if same_data else {}
     if args.fold is not None:
         fold = _fold(args.fold)
+    elif drawn is not None and drawn.fold is not None:
+        fold = drawn.fold
     elif "fold" in data:
         fold = data["fold"]
     elif dataset_name == "fss":
@@ -530,7 +534,6 @@ def _eval(args) -> int:
     dataset = open_dataset(dataset_name, root, **options)
     dataset.fold_split(fold)  # a wrong fold is refused before anything is written, and classes the model saw
     seen_classes(getattr(model, "trained_on", None), dataset, fold, args.allow_seen_classes)
-    manifests = [EpisodeManifest.load(path) for path in args.manifest] if args.manifest else None
     setting = _eval_setting(checkpoint, dataset_name, fold, size, args, model, manifests)
     world = distributed.current()
     # The output folder is checked before the work, so that a result is never computed only to be lost.
