@@ -1,5 +1,5 @@
-"""The researcher's workflow on a generated PASCAL VOC folder (not only the synthetic set): the four-fold
-benchmark, then another model's evaluation on the same manifests, a paired comparison and a gallery."""
+"""The researcher's workflow on generated PASCAL VOC and COCO 2014 folders (not only the synthetic set): the
+four-fold benchmark, then another model's evaluation on the same manifests, a paired comparison and a gallery."""
 
 import json
 
@@ -9,7 +9,10 @@ import torch
 from sst_fast.cli import main
 from tests.data.layouts import make_voc, voc_images
 
-pytestmark = pytest.mark.filterwarnings("ignore:classes .* have no IoU")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:classes .* have no IoU"),
+    pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools.mask"),  # numpy 2 copy keyword
+]
 
 QUICK = [
     "model.backbone=tiny",
@@ -31,13 +34,35 @@ def build():
 """
 
 
-def test_benchmark_compare_and_gallery_on_a_pascal_layout(tmp_path, capsys):
-    torch.set_num_threads(1)  # the evaluations' threads (restored after the test)
+def pascal_layout(tmp_path):
     images = voc_images(per_class=8)
     ids = sorted(images)
-    root = make_voc(tmp_path / "VOC2012", images, val=[i for k, i in enumerate(ids) if k % 8 < 3], train_aug=ids)
+    return make_voc(tmp_path / "VOC2012", images, val=[i for k, i in enumerate(ids) if k % 8 < 3], train_aug=ids)
+
+
+def coco_layout(tmp_path):
+    """Every one of the 80 categories: 6 training and 3 test images, each a 64x64 photo with one 64x48 object."""
+    from tests.data.test_coco import CATEGORIES, rectangle, write_split
+
+    root = tmp_path / "coco"
+    for split, count, first in (("train", 6, 10_000), ("val", 3, 50_000)):
+        images, annotations = {}, []
+        for index, category in enumerate(CATEGORIES):
+            for n in range(count):
+                image_id = first + count * index + n
+                images[image_id] = (64, 64)
+                box = [rectangle(0, 0, 64, 48)]
+                annotations.append({"image_id": image_id, "category_id": category, "segmentation": box})
+        write_split(root, split, images, annotations)
+    return root
+
+
+@pytest.mark.parametrize(("config", "layout"), [("pascal", pascal_layout), ("coco", coco_layout)])
+def test_benchmark_compare_and_gallery_on_a_generated_layout(config, layout, tmp_path, capsys):
+    torch.set_num_threads(1)  # the evaluations' threads (restored after the test)
+    root = layout(tmp_path)
     out = tmp_path / "bench"
-    argv = ["benchmark", "--config", "pascal", f"data.root={root}", *QUICK, "--shots", "1", "--episodes", "4"]
+    argv = ["benchmark", "--config", config, f"data.root={root}", *QUICK, "--shots", "1", "--episodes", "4"]
     assert main([*argv, "--seeds", "0", "--out", str(out), "--no-progress"]) == 0, capsys.readouterr().err
     table = json.loads((out / "benchmark.json").read_text())
     assert table["benchmark"]["folds"] == [0, 1, 2, 3]
@@ -49,7 +74,7 @@ def test_benchmark_compare_and_gallery_on_a_pascal_layout(tmp_path, capsys):
     factory = tmp_path / "constant.py"
     factory.write_text(CONSTANT)
     theirs = tmp_path / "constant-eval"
-    argv = ["eval", "--model", f"{factory}:build", "--dataset", "pascal", "--root", str(root), "--size", "64"]
+    argv = ["eval", "--model", f"{factory}:build", "--dataset", config, "--root", str(root), "--size", "64"]
     argv += ["--manifest", record["file"], "--out", str(theirs), "--save-predictions", "2", "--no-progress"]
     assert main(argv) == 0, capsys.readouterr().err
     assert (theirs / "predictions" / "index.html").is_file()
