@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import warnings
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,31 @@ INDEX_FORMAT = 2
 
 class DataError(ValueError):
     """Missing, malformed or unreadable data. The message names the file or the expected layout."""
+
+
+# Problems named in full in one message (an error, the data check's report); the rest are counted.
+SHOWN_PROBLEMS = 20
+
+
+def listed(texts: Sequence[str]) -> list[str]:
+    """``texts`` as indented lines: at most :data:`SHOWN_PROBLEMS` of them, the rest counted in a last line."""
+    lines = [f"  {text}" for text in texts[:SHOWN_PROBLEMS]]
+    if len(texts) > SHOWN_PROBLEMS:
+        lines.append(f"  ... and {len(texts) - SHOWN_PROBLEMS} more")
+    return lines
+
+
+def layout_error(what: str, root, layout: str, problems: Sequence[tuple[str, str]], where: str = "") -> DataError:
+    """One :class:`DataError` naming every ``(item, text)`` problem of a data folder: the only one as its first
+    line, else their count (``where`` they are) and the first, then each (:func:`listed`); then the expected
+    ``layout`` under ``root``."""
+    texts = [text for _, text in problems]
+    if len(texts) == 1:
+        head = f"{texts[0]}."
+    else:
+        place = f" {where}" if where else ""
+        head = "\n".join([f"{what}: {len(texts)} problems{place}, the first: {texts[0]}; all of them:", *listed(texts)])
+    return DataError(f"{head}\nExpected layout under {root}:\n{layout}")
 
 
 @dataclass(frozen=True)

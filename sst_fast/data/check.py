@@ -15,10 +15,9 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from .base import FewShotDataset
+from .base import FewShotDataset, listed
 from .splits import FOLDS, FSS_FOLDS
 
-SHOWN_PROBLEMS = 20  # problems of each kind listed in full; the rest are counted
 
 
 @dataclasses.dataclass
@@ -63,19 +62,13 @@ class CheckReport:
         lines.append("images: " + ", ".join(f"{split} {count}" for split, count in self.images.items()))
         if self.layout:
             lines.append(f"{len(self.layout)} problem(s) in the data folder's layout (images not listed):")
-        for item, problem in self.layout[:SHOWN_PROBLEMS]:
-            lines.append(f"  {item}: {problem}")
-        if len(self.layout) > SHOWN_PROBLEMS:
-            lines.append(f"  ... and {len(self.layout) - SHOWN_PROBLEMS} more")
+        lines += listed([f"{item}: {problem}" for item, problem in self.layout])
         if self.read:
             total = sum(self.images.values())
             lines.append(f"read every image and label: {total - len(self.unreadable)} of {total} readable")
         else:
             lines.append("images not read (--no-read): only the labels were indexed")
-        for image_id, problem in self.unreadable[:SHOWN_PROBLEMS]:
-            lines.append(f"  unreadable {image_id}: {problem}")
-        if len(self.unreadable) > SHOWN_PROBLEMS:
-            lines.append(f"  ... and {len(self.unreadable) - SHOWN_PROBLEMS} more")
+        lines += listed([f"unreadable {image_id}: {problem}" for image_id, problem in self.unreadable])
         if self.layout or self.unreadable:
             lines.append("folds not counted: fix the problems above first")
         lines.extend(fold.line(self.shots) for fold in self.folds)

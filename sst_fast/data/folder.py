@@ -29,12 +29,20 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import DataError, FewShotDataset, Sample, file_stats, paired, read_image, require_paths
+from .base import (
+    DataError,
+    FewShotDataset,
+    Sample,
+    file_stats,
+    layout_error,
+    paired,
+    read_image,
+    require_paths,
+)
 
 SPLIT_FILE = "splits.yaml"
 IMAGE_SUFFIXES = (".jpg", ".jpeg")
 MASK_SUFFIX = ".png"
-SHOWN_PROBLEMS = 20
 MIN_IMAGES = 2  # the query and one support: the least a class needs for any episode
 
 LAYOUT = """\
@@ -208,7 +216,7 @@ class FolderDataset(FewShotDataset):
     def image_ids(self, split: str) -> list[str]:
         ids, problems = self.survey(split)
         if problems:
-            raise self._layout_error(problems)
+            raise layout_error("folder data set", self.root, LAYOUT, problems)
         return ids
 
     def load(self, image_id: str) -> Sample:
@@ -251,7 +259,7 @@ class FolderDataset(FewShotDataset):
                 f"(its split: {self.split_source}), got {fold!r}"
             )
         if self._split_problems:
-            raise self._layout_error(self._split_problems)
+            raise layout_error("folder data set", self.root, LAYOUT, self._split_problems)
         base, novel = self._folds[fold]
         return FoldSplit(base, novel, "all", "all")
 
@@ -308,15 +316,3 @@ class FolderDataset(FewShotDataset):
         if stem not in self._scan()[0][name]:
             raise ValueError(f"image {image_id!r}: no {stem}.jpg with its {stem}.png in {self.root / name}")
         return name, stem
-
-    def _layout_error(self, problems: list[tuple[str, str]]) -> DataError:
-        texts = [text for _, text in problems]
-        if len(texts) == 1:
-            head = f"{texts[0]}."
-        else:
-            head = f"folder data set: {len(texts)} problems, the first: {texts[0]}; all of them:"
-            lines = [f"  {text}" for text in texts[:SHOWN_PROBLEMS]]
-            if len(texts) > SHOWN_PROBLEMS:
-                lines.append(f"  ... and {len(texts) - SHOWN_PROBLEMS} more")
-            head = "\n".join([head, *lines])
-        return DataError(f"{head}\nExpected layout under {self.root}:\n{LAYOUT}")

@@ -25,13 +25,21 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import DataError, FewShotDataset, Sample, file_stats, paired, read_image, require_paths
+from .base import (
+    DataError,
+    FewShotDataset,
+    Sample,
+    file_stats,
+    layout_error,
+    paired,
+    read_image,
+    require_paths,
+)
 from .splits import FoldSplit, check_fold
 
 # Accepted names of each split's class list, first match wins: HSNet calls the train list trn.txt.
 SPLIT_FILES = {"train": ("train.txt", "trn.txt"), "val": ("val.txt",), "test": ("test.txt",)}
 FOREGROUND_THRESHOLD = 127
-SHOWN_PROBLEMS = 20  # layout problems named in full in one error; the rest are counted
 
 LAYOUT = """\
   <root>/
@@ -127,7 +135,7 @@ class FSS1000(FewShotDataset):
         (:meth:`survey`'s problems) is one :class:`DataError` naming every problem."""
         ids, problems = self.survey(split)
         if problems:
-            raise layout_error(self.root, f"in the class folders of split {split!r}", problems)
+            raise layout_error("FSS-1000", self.root, LAYOUT, problems, f"in the class folders of split {split!r}")
         return ids
 
     def survey(self, split: str) -> tuple[list[str], list[tuple[str, str]]]:
@@ -189,7 +197,7 @@ class FSS1000(FewShotDataset):
         """The image numbers of a class folder (every ``<n>.jpg`` must have its ``<n>.png``), sorted."""
         numbers, problems = self._scan(name)
         if problems:
-            raise layout_error(self.root, f"in class folder {name!r}", problems)
+            raise layout_error("FSS-1000", self.root, LAYOUT, problems, f"in class folder {name!r}")
         return numbers
 
     def _scan(self, name: str) -> tuple[tuple[str, ...], list[tuple[str, str]]]:
@@ -221,21 +229,6 @@ class FSS1000(FewShotDataset):
         if number not in self._scan(name)[0]:  # an image with its mask loads, whatever else its folder lacks
             raise ValueError(f"image {image_id!r}: no {number}.jpg in {self.root / name}")
         return name, number
-
-
-def layout_error(root: Path, where: str, problems: list[tuple[str, str]]) -> DataError:
-    """One :class:`DataError` naming every problem: the only one as its first line, else their count and the
-    first, then each (at most :data:`SHOWN_PROBLEMS`, the rest counted), then the expected layout."""
-    texts = [text for _, text in problems]
-    if len(texts) == 1:
-        head = f"{texts[0]}."
-    else:
-        head = f"FSS-1000: {len(texts)} problems {where}, the first: {texts[0]}; all of them:"
-        shown = [f"  {text}" for text in texts[:SHOWN_PROBLEMS]]
-        if len(texts) > SHOWN_PROBLEMS:
-            shown.append(f"  ... and {len(texts) - SHOWN_PROBLEMS} more")
-        head = "\n".join([head, *shown])
-    return DataError(f"{head}\nExpected layout under {root}:\n{LAYOUT}")
 
 
 def _read_split_file(path: Path) -> tuple[str, ...]:

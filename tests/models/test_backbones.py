@@ -35,7 +35,14 @@ def torchvision_resnet50_shapes() -> dict[str, tuple[int, ...]]:
     """torchvision.models.resnet50().state_dict() key -> shape (Bottleneck blocks [3, 4, 6, 3])."""
     shapes: dict[str, tuple[int, ...]] = {"conv1.weight": (64, 3, 7, 7)}
     shapes.update(_bn_shapes("bn1", 64))
-    inplanes = 64
+    shapes.update(_bottleneck_layer_shapes(inplanes=64))
+    return shapes
+
+
+def _bottleneck_layer_shapes(inplanes: int) -> dict[str, tuple[int, ...]]:
+    """ResNet-50's layer1..layer4 (torchvision's Bottleneck names, blocks [3, 4, 6, 3]) after a stem of
+    ``inplanes`` channels, and fc."""
+    shapes: dict[str, tuple[int, ...]] = {}
     for layer, (planes, blocks) in enumerate([(64, 3), (128, 4), (256, 6), (512, 3)], start=1):
         for block in range(blocks):
             p = f"layer{layer}.{block}"
@@ -539,30 +546,13 @@ def deep_stem_resnet50_shapes(num_batches_tracked: bool = True) -> dict[str, tup
     torchvision-named Bottleneck layers [3, 4, 6, 3] whose layer1 takes 128 channels, and fc [1000, 2048].
     """
 
-    def bn(prefix: str, channels: int) -> dict[str, tuple[int, ...]]:
-        shapes = _bn_shapes(prefix, channels)
-        return shapes if num_batches_tracked else {k: v for k, v in shapes.items() if not k.endswith("tracked")}
-
     shapes: dict[str, tuple[int, ...]] = {}
     for index, (out_ch, in_ch) in enumerate([(64, 3), (64, 64), (128, 64)], start=1):
         shapes[f"conv{index}.weight"] = (out_ch, in_ch, 3, 3)
-        shapes.update(bn(f"bn{index}", out_ch))
-    inplanes = 128
-    for layer, (planes, blocks) in enumerate([(64, 3), (128, 4), (256, 6), (512, 3)], start=1):
-        for block in range(blocks):
-            p = f"layer{layer}.{block}"
-            shapes[f"{p}.conv1.weight"] = (planes, inplanes, 1, 1)
-            shapes.update(bn(f"{p}.bn1", planes))
-            shapes[f"{p}.conv2.weight"] = (planes, planes, 3, 3)
-            shapes.update(bn(f"{p}.bn2", planes))
-            shapes[f"{p}.conv3.weight"] = (planes * 4, planes, 1, 1)
-            shapes.update(bn(f"{p}.bn3", planes * 4))
-            if block == 0:
-                shapes[f"{p}.downsample.0.weight"] = (planes * 4, inplanes, 1, 1)
-                shapes.update(bn(f"{p}.downsample.1", planes * 4))
-            inplanes = planes * 4
-    shapes["fc.weight"] = (1000, 2048)
-    shapes["fc.bias"] = (1000,)
+        shapes.update(_bn_shapes(f"bn{index}", out_ch))
+    shapes.update(_bottleneck_layer_shapes(inplanes=128))
+    if not num_batches_tracked:
+        shapes = {key: shape for key, shape in shapes.items() if not key.endswith("tracked")}
     return shapes
 
 
