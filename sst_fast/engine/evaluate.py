@@ -306,6 +306,22 @@ class Scoring:
     def meter(self, classes: Sequence[int]) -> FewShotMeter:
         return FewShotMeter(classes, empty_class=self.empty_class, empty_fb_term=self.empty_fb_term)
 
+    def scored(self, logits: torch.Tensor, batch: dict):
+        """The predictions of ``logits`` (the rows of ``batch`` they cover) as they are scored: resized to the
+        labels bilinearly, then the argmax. Yields ``(prediction [n, H, W] on the CPU, target [n, H, W], rows)``
+        groups of rows (a ``slice`` of the batch): one at the input or a fixed size, one per row at each
+        label's own size."""
+        count = len(logits)
+        if self.resolution == "original":
+            for row, label in enumerate(batch["query_label"][:count]):
+                # Back to the label's own size: the inverse of the bilinear input resize (pixel centres).
+                scaled = _resized(logits[row : row + 1], tuple(label.shape), self.align_corners)
+                yield scaled.argmax(1).cpu(), label[None], slice(row, row + 1)
+        else:
+            target = (batch["score_mask"] if self.resolution == "fixed" else batch["query_mask"])[:count]
+            scaled = _resized(logits, tuple(target.shape[-2:]), self.align_corners)
+            yield scaled.argmax(1).cpu(), target, slice(0, count)
+
     def conventions(self) -> str:
         return f"empty class: {EMPTY_CLASS[self.empty_class]}; empty FB-IoU term: {EMPTY_FB_TERM[self.empty_fb_term]}"
 
@@ -435,15 +451,8 @@ def score_episodes(
             if not finite.all():  # stop: every rank still meets the others in the gather below
                 broken = [batches[index][row] for row in (~finite).nonzero().flatten().tolist()]
                 break
-            if scoring.resolution == "original":
-                for row, label in enumerate(batch["query_label"]):
-                    # Back to the label's own size: the inverse of the bilinear input resize (pixel centres).
-                    scaled = _resized(logits[row : row + 1], tuple(label.shape), scoring.align_corners)
-                    meter.update(scaled.argmax(1).cpu(), label[None], batch["class_id"][row : row + 1])
-            else:
-                target = batch["score_mask"] if scoring.resolution == "fixed" else batch["query_mask"]
-                scaled = _resized(logits, tuple(target.shape[-2:]), scoring.align_corners)
-                meter.update(scaled.argmax(1).cpu(), target, batch["class_id"])
+            for prediction, target, rows in scoring.scored(logits, batch):
+                meter.update(prediction, target, batch["class_id"][rows])
     finally:
         if module is not None:
             module.train(was_training)

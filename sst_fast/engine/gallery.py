@@ -38,7 +38,7 @@ from ..data.base import FewShotDataset
 from ..data.episodes import Episode, EpisodeDataset, collate_episodes
 from ..files import write_json_atomic, write_text_atomic
 from ..metrics import FewShotMeter
-from .evaluate import EvaluationResult, Scoring, _logits, _placement, _resized, as_dataset
+from .evaluate import EvaluationResult, Scoring, _logits, _placement, as_dataset
 from .speed import autocast
 
 GALLERY = "predictions"  # the folder, inside the evaluation's output folder
@@ -229,17 +229,12 @@ def _rows(batch: dict, count: int) -> dict:
 
 
 def _scored(logits: torch.Tensor, batch: dict, scoring: Scoring) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Each row's prediction and target at the scoring resolution, resized as score_episodes resizes them."""
-    if scoring.resolution == "original":
-        predictions, targets = [], []
-        for row, label in enumerate(batch["query_label"][: len(logits)]):
-            scaled = _resized(logits[row : row + 1], tuple(label.shape), scoring.align_corners)
-            predictions.append(scaled.argmax(1).cpu()[0])
-            targets.append(label)
-        return predictions, targets
-    target = batch["score_mask"] if scoring.resolution == "fixed" else batch["query_mask"]
-    scaled = _resized(logits, tuple(target.shape[-2:]), scoring.align_corners)
-    return list(scaled.argmax(1).cpu()), list(target[: len(logits)])
+    """Each row's prediction and target at the scoring resolution, as score_episodes scores them."""
+    predictions, targets = [], []
+    for prediction, target, _ in scoring.scored(logits, batch):
+        predictions += list(prediction)
+        targets += list(target)
+    return predictions, targets
 
 
 def _episode_iou(prediction: torch.Tensor, target: torch.Tensor, class_id: int) -> float:
