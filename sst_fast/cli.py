@@ -21,6 +21,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from .files import first_line
 from .predict import DEFAULT_MAX_PIXELS, read_photo
 from .protocol import PROTOCOLS, protocol_for
 
@@ -739,7 +740,7 @@ def _claim_output(out: Path, setting: dict, overwrite: bool) -> Path | None:
         with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
             pass
     except OSError as error:
-        raise ValueError(f"--out {out} is not writable ({_first_line(error)})") from None
+        raise ValueError(f"--out {out} is not writable ({first_line(error)})") from None
     return made
 
 
@@ -845,8 +846,8 @@ def _predict_many(args, checkpoint, model, size, queries: list[Path], supports, 
                 images.append(read_photo(path, "--query", args.max_pixels))
                 paths.append(path)
             except (PhotoError, OSError) as error:
-                _say(args.command, "warning", f"skipped: {_first_line(error)}")
-                record["skipped"].append({"query": str(path), "reason": _first_line(error)})
+                _say(args.command, "warning", f"skipped: {first_line(error)}")
+                record["skipped"].append({"query": str(path), "reason": first_line(error)})
         predictions = segmenter.predict_many(images, batch_size=args.batch_size)
         for path, image, prediction in zip(paths, images, predictions, strict=True):
             mask_name, overlay_name = _query_outputs(path)
@@ -1270,11 +1271,6 @@ def _values(array) -> str:
     values = np.unique(array)
     shown = ", ".join(str(v) for v in values[:8].tolist())
     return "{" + shown + (", ..." if len(values) > 8 else "") + "}"
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _progress_flag(parser: argparse.ArgumentParser) -> None:

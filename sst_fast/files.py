@@ -30,6 +30,13 @@ def first_missing(path) -> Path | None:
     return missing
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (its type's name when it has none): what a one-line report in
+    parentheses quotes, e.g. why a file could not be read or written."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def sha256_json(payload) -> str:
     """SHA-256 of a JSON-able value in canonical form (sorted keys, no spaces): equal content, equal hash."""
     return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()

@@ -14,6 +14,7 @@ from torch import nn
 
 from .config import as_size
 from .data.transforms import image_to_tensor, mask_to_tensor, normalize, resize_image, resize_mask
+from .files import first_line
 
 
 def predict(
@@ -149,7 +150,7 @@ def open_photo(path, name: str = "image", max_pixels: int | None = DEFAULT_MAX_P
     try:
         image = Image.open(path)
     except (UnidentifiedImageError, OSError) as error:
-        raise PhotoError(f"{name} {path} is not a readable image ({_first_line(error)})") from None
+        raise PhotoError(f"{name} {path} is not a readable image ({first_line(error)})") from None
     finally:
         Image.MAX_IMAGE_PIXELS = limit
     with image:
@@ -163,7 +164,7 @@ def open_photo(path, name: str = "image", max_pixels: int | None = DEFAULT_MAX_P
             image.load()
             shown = ImageOps.exif_transpose(image)
         except (OSError, ValueError, SyntaxError) as error:  # truncated or damaged data, a bad EXIF block
-            raise PhotoError(f"{name} {path} is not a readable image ({_first_line(error)})") from None
+            raise PhotoError(f"{name} {path} is not a readable image ({first_line(error)})") from None
         yield shown
 
 
@@ -218,8 +219,3 @@ def grey_to_uint8(values: np.ndarray) -> np.ndarray:
     if not sixteen_bit and values.size and values.max() <= 255:  # a 32-bit "I" image holding 8-bit levels
         return np.clip(values, 0, 255).astype(np.uint8)
     return np.clip(np.rint(values.astype(np.float64) / 257.0), 0, 255).astype(np.uint8)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

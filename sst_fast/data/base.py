@@ -25,7 +25,7 @@ import numpy as np
 
 from ..config import IGNORE_LABEL
 from ..files import default_cache_dir, sha256_json, strict_json, write_text_atomic
-from .splits import FoldSplit
+from .splits import FOLDS, FoldSplit
 
 # PFENet's small-object filter: a class counts as present in an image only with >= 2*32*32 pixels.
 DEFAULT_MIN_PIXELS = 2 * 32 * 32
@@ -180,6 +180,11 @@ class FewShotDataset(abc.ABC):
     # Threads that prepare() reads label maps with: file decoding releases the GIL, numpy-bound
     # generation barely does (a generated data set sets 1).
     prepare_workers: ClassVar[int] = 8
+    # The folds the data set has, known from its name alone (0..3: the four-fold benchmarks); None where only
+    # its data says (the folder data set), and :attr:`folds` then reads them.
+    named_folds: ClassVar[tuple | None] = tuple(range(FOLDS))
+    # The folds a benchmark reports when none are named; None: every fold.
+    reported_folds: ClassVar[tuple | None] = None
 
     def __init__(self, *, min_pixels: int = DEFAULT_MIN_PIXELS, cache_dir=None):
         if isinstance(min_pixels, bool) or not isinstance(min_pixels, int) or min_pixels < 0:
@@ -234,6 +239,11 @@ class FewShotDataset(abc.ABC):
         return {"dataset": self.name, "min_pixels": self.min_pixels}
 
     # -- derived -------------------------------------------------------------------------------
+    @property
+    def folds(self) -> tuple:
+        """The folds this data set has: its :attr:`named_folds`."""
+        return self.named_folds
+
     @property
     def num_classes(self) -> int:
         return len(self.class_names)

@@ -16,7 +16,6 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from .base import FewShotDataset, listed
-from .splits import FOLDS, FSS_FOLDS
 
 
 
@@ -76,13 +75,6 @@ class CheckReport:
         return "\n".join(lines)
 
 
-def dataset_folds(dataset: FewShotDataset) -> tuple:
-    """The folds a data set has: 0..3, FSS-1000's ``test`` and ``val``, or a folder data set's own."""
-    if dataset.name == "folder":
-        return dataset.folds
-    return FSS_FOLDS if dataset.name == "fss" else tuple(range(FOLDS))
-
-
 def check_dataset(
     dataset: FewShotDataset,
     folds: Sequence | None = None,
@@ -118,7 +110,7 @@ def check_dataset(
     if not unreadable and not layout:
         say("indexing the labels' classes (cached for training)")
         dataset.prepare()
-        for fold in folds if folds is not None else dataset_folds(dataset):
+        for fold in folds if folds is not None else dataset.folds:
             summaries.append(_fold_summary(dataset, fold, shots))
     return CheckReport(
         dataset=dataset.name,

@@ -110,6 +110,7 @@ class FolderDataset(FewShotDataset):
     name = "folder"
     splits = ("all",)
     ignore_label = None
+    named_folds = None  # its options or splits.yaml decide: see folds
 
     def __init__(self, root, novel=None, base=None, folds=None, seed=0, min_pixels: int = 0, cache_dir=None):
         super().__init__(min_pixels=min_pixels, cache_dir=cache_dir)

@@ -35,7 +35,7 @@ from .base import (
     read_image,
     require_paths,
 )
-from .splits import FoldSplit, check_fold
+from .splits import FSS_FOLDS, FoldSplit, check_fold
 
 # Accepted names of each split's class list, first match wins: HSNet calls the train list trn.txt.
 SPLIT_FILES = {"train": ("train.txt", "trn.txt"), "val": ("val.txt",), "test": ("test.txt",)}
@@ -84,6 +84,8 @@ class FSS1000(FewShotDataset):
     name = "fss"
     splits = ("train", "val", "test")
     ignore_label = None  # masks are object/background only; class ids run past 255
+    named_folds = FSS_FOLDS  # no numbered folds: "test" tests on the test classes, "val" on the val ones
+    reported_folds = ("test",)  # the protocol's
 
     def __init__(self, root, min_pixels: int = 0, cache_dir=None, split_dir=None):
         super().__init__(min_pixels=min_pixels, cache_dir=cache_dir)

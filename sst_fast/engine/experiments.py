@@ -23,9 +23,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..config import positive_int
-from ..data import EpisodeManifest, FewShotDataset, open_dataset
+from ..data import DATASETS, EpisodeManifest, FewShotDataset, open_dataset
 from ..data.episodes import protocol_sampler
-from ..data.splits import FOLDS, FSS_FOLDS
 from ..files import write_json_atomic, write_text_atomic
 from ..metrics import mean_ci
 from ..protocol import ProtocolCard, check_protocol_data, protocol_for
@@ -610,19 +609,17 @@ def interrupted(experiment, what: str) -> ExperimentInterrupted | None:
 # --- experiments over folds ---------------------------------------------------------------------------------
 
 
-# Data sets whose folds depend on the data (their ``folds``), not on their name alone.
-FOLDS_OF_THEIR_OWN = ("folder",)
-
-
 def check_folds(dataset: str, folds=None, available: tuple | None = None) -> tuple:
     """``folds`` of ``dataset`` as the configuration names them: 0..3 (the texts "0".."3" read as numbers),
-    FSS-1000's ``test`` and ``val``, or ``available`` (a data set's own folds: the folder data set's);
-    None: every fold (FSS-1000: ``test``, the one its benchmark reports). A ValueError naming the data set's
-    folds for anything else, for a fold named twice, or for none."""
+    FSS-1000's ``test`` and ``val``, or ``available`` (an opened data set's :attr:`~FewShotDataset.folds`, needed
+    where its data decides them: the folder data set's); None: the folds a benchmark reports (FSS-1000:
+    ``test``; the others: every fold). A ValueError naming the data set's folds for anything else, for a fold
+    named twice, or for none."""
+    kind = DATASETS[dataset]
     if available is None:
-        available = FSS_FOLDS if dataset == "fss" else tuple(range(FOLDS))
+        available = kind.named_folds
     if folds is None:
-        return ("test",) if dataset == "fss" else available
+        return kind.reported_folds or available
     names = ", ".join(map(str, available))
     chosen = []
     for fold in folds:
@@ -711,7 +708,7 @@ def run_folds(config: RunConfig, out_dir, variants: dict[str, dict], folds, **op
     """:func:`run_experiment` on each fold of ``folds`` (checked by :func:`check_folds`) in turn, into the same
     ``out_dir`` (runs in ``runs/<variant>/fold-<f>/seed-<s>``); ``options`` as :func:`run_experiment` takes
     them. A fold whose training stopped ends it early, the folds so far returned (see :func:`interrupted`)."""
-    if config.data.dataset in FOLDS_OF_THEIR_OWN:  # their folds are known once the data is read
+    if DATASETS[config.data.dataset].named_folds is None:  # its folds are known once its data is read
         dataset = open_dataset(config.data.dataset, config.data.root, **config.data.options)
         folds = check_folds(config.data.dataset, folds, dataset.folds)
     else:  # a fold the data set cannot have is refused before its folder is read

@@ -5,7 +5,7 @@ from .decoder import Decoder
 from .encoder import Encoder
 from .episode import SSTOutput
 from .relation import Relation
-from .sst import SST, SSTReference, TuningResult
+from .sst import SST, SSTReference, SupportState, TuningResult
 from .tuning import SelfSupervisedTuning
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "SSTOutput",
     "SSTReference",
     "SelfSupervisedTuning",
+    "SupportState",
     "TuningResult",
     "build_backbone",
     "load_backbone_weights",
