@@ -27,7 +27,7 @@ class SSTConfig:
             frozen for ``resnet50``/``vgg16`` (pretrained features) and trained for ``tiny``.
         shots: K, the number of support images per episode used for training and sampling. The
             model itself accepts any K at call time.
-        channels: width of the embedding, relation and decoder (256 in the paper).
+        channels: width of the embedding, relation and decoder (256: PFENet's; the paper states none).
         ssm: the self-supervised tuning module (paper Table 1 "+SSM"); off means ``M = fm(Rq, p)``.
         aux_loss: add the self-segmentation loss to the training loss (paper §4.4, "+SS Loss").
         aux_weight: lambda, the weight of the auxiliary loss.
