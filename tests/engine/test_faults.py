@@ -1,5 +1,6 @@
 """Faults: training killed with SIGKILL and resumed, checkpoints killed mid-write, damaged checkpoint files."""
 
+import itertools
 import os
 import random
 import signal
@@ -32,16 +33,31 @@ def logged_step(run_dir) -> int:
     return max((int(line.split('"step": ')[1].split(",")[0]) for line in lines if '"step": ' in line), default=0)
 
 
+def wait_for_step(process, run_dir, target, seen: dict) -> None:
+    """Polls the log until it reaches ``target`` (or the process ends), noting when each step first appears."""
+    while process.poll() is None and (step := logged_step(run_dir)) < (target or 10**9):
+        seen.setdefault(step, time.monotonic())
+        time.sleep(0.005)
+
+
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
+def uninterrupted_run(tmp_path_factory):
+    """The run without faults: its final state, and the time a step takes on this machine (the median interval
+    between logged steps, validations aside), which places the kills of the test below within a step."""
     run_dir = tmp_path_factory.mktemp("uninterrupted") / "run"
     process = start_training(run_dir, resume=False)
+    seen = {}
+    wait_for_step(process, run_dir, None, seen)
     assert process.wait(timeout=600) == 0, process.stderr.read()[-3000:]
-    return load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    times = [seen[step] for step in sorted(seen) if step > 0]
+    intervals = sorted(later - earlier for earlier, later in itertools.pairwise(times))
+    step_seconds = intervals[len(intervals) // 2] if intervals else 0.3
+    return load_checkpoint(run_dir / "checkpoints" / "last.pt"), step_seconds
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_training_killed_at_random_steps_resumes_to_the_uninterrupted_run(uninterrupted, tmp_path, seed):
+def test_training_killed_at_random_steps_resumes_to_the_uninterrupted_run(uninterrupted_run, tmp_path, seed):
+    uninterrupted, step_seconds = uninterrupted_run
     run_dir = tmp_path / "run"
     rng = random.Random(seed)
     targets = sorted(rng.sample(range(1, 9), 3))  # 9 steps in all; kill once the log reaches these steps
@@ -49,9 +65,10 @@ def test_training_killed_at_random_steps_resumes_to_the_uninterrupted_run(uninte
     for target in [*targets, None]:
         process = start_training(run_dir, resume=(run_dir / "checkpoints" / "last.pt").exists())
         if target is not None:
-            while process.poll() is None and logged_step(run_dir) < target:
-                time.sleep(0.005)
-            time.sleep(rng.uniform(0, 0.3))  # somewhere in the next step, its checkpoint or a validation
+            wait_for_step(process, run_dir, target, {})
+            # somewhere in the next step, its checkpoint or a validation: at least one step is left after any
+            # target, so the process is still running unless this machine's speed changed since the fixture
+            time.sleep(rng.uniform(0, step_seconds))
             if process.poll() is None:
                 process.send_signal(signal.SIGKILL)
                 kills += 1
