@@ -83,7 +83,7 @@ def _reference_logits(model, query, supports, masks) -> torch.Tensor:
     support_batch, mask_batch = prepare_supports(model, supports, masks, size, stacklevel=2)
     batch, original = prepare_query(query, "query", size)
     with torch.no_grad():
-        logits = model(batch[None], support_batch, mask_batch).logits
+        logits = model(batch[None].to(support_batch), support_batch, mask_batch).logits  # its device and dtype
     return F.interpolate(logits, size=original, mode="bilinear", align_corners=False)[0]
 
 

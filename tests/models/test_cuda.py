@@ -8,13 +8,18 @@ in a CUDA graph that replays to the eager step's results. Dropout is off: the CP
 differ. Skipped without a GPU (and a failure then under ``SST_FAST_REQUIRE_GPU=1``).
 """
 
+import copy
+
 import pytest
 import torch
 
 import sst_fast
 from sst_fast import ops
 from sst_fast.engine.speed import cuda_graph, set_memory_format
+from sst_fast.export import export_untuned
+from sst_fast.predict import input_size, prepare_query, prepare_supports
 from sst_fast.reference import SSTReference
+from tests.conftest import balance_classifier
 from tests.models.helpers import episode, model_tolerance, tiny_config
 from tests.tolerance import unit_roundoff
 from tests.models.test_fast_equivalence import OUTPUTS, assert_equivalent, run, unbalanced_threshold
@@ -152,3 +157,51 @@ def test_a_train_step_captured_in_a_cuda_graph_replays_the_eager_step(backend, a
             for name, p in fast.named_parameters():
                 if p.grad is not None:
                     torch.testing.assert_close(captured[name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+# --- the user's paths on the GPU: many queries against one support set, the exported program ----------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_segmenter_on_the_gpu_gives_predicts_masks_on_the_cpu(backend):
+    """sst_fast.Segmenter with the model on CUDA (photos and masks given as arrays on the host) against
+    sst_fast.predict with the same weights on the CPU, in float64: the masks agree on every pixel whose margin is
+    beyond the rounding of the whole model on either device."""
+    from tests.test_segmenter import QUERY_SIZES, SUPPORT_SIZES, _assert_same_mask, _image, _mask, _reference_logits
+
+    queries = [_image(hw, i) for i, hw in enumerate(QUERY_SIZES)]
+    supports = [_image(hw, 10 + i) for i, hw in enumerate(SUPPORT_SIZES)]
+    masks = [_mask(hw, 20 + i) for i, hw in enumerate(SUPPORT_SIZES)]
+    torch.manual_seed(0)
+    host = sst_fast.SST(tiny_config(channels=8, tune_step=5.0)).double().eval()
+    size = input_size(host, None)
+    support_batch, mask_batch = prepare_supports(host, supports, masks, size)
+    query_batch = prepare_query(queries[0], "query", size)[0][None].double()
+    host = balance_classifier(host, query_batch, support_batch, mask_batch)
+    tol = model_tolerance(host, (query_batch, support_batch, mask_batch), torch.float64, backbone=True)
+    device = copy.deepcopy(host).cuda()
+    with ops.use_backend(backend):
+        results = sst_fast.Segmenter(device, supports, masks).predict_many(queries, batch_size=3)
+    for index, (query, result) in enumerate(zip(queries, results, strict=True)):
+        expected = sst_fast.predict(host, query, supports, masks)
+        logits = _reference_logits(host, query, supports, masks)
+        _assert_same_mask(result, expected, logits, tol, f"queries[{index}]")
+    assert any(0 < result.mean() < 1 for result in results), "every mask is constant: the comparison is vacuous"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_untuned_export_on_the_gpu_equals_eager(backend):
+    """export_untuned of a CUDA model under a GPU backend: the program runs that backend's kernels and its logits
+    are the eager model's."""
+    torch.manual_seed(0)
+    model = sst_fast.SST(tiny_config(ssm=False)).eval().cuda()
+    inputs = to_cuda(episode(batch=2, shots=2)[:3])
+    with ops.use_backend(backend), torch.no_grad():
+        program = export_untuned(model, inputs)
+        exported = program.module()(*inputs)
+        eager = model(*inputs).logits
+    assert exported.device.type == "cuda"
+    tol = model_tolerance(model, tuple(x.cpu() for x in inputs), torch.float32)
+    assert_equivalent(exported.cpu(), eager.cpu(), tol, "logits")
+    if backend == "cuda":  # the fused op stays a custom op in the graph
+        assert any(str(node.target) == "sst_fast.prototype_conv2d.default" for node in program.graph.nodes)
