@@ -314,7 +314,7 @@ class SSTReference(nn.Module):
         """
         # While exporting, is_compiling() is true too, but a disabled function is traced through, not run
         # eagerly: sending the step there would come straight back here.
-        if torch.compiler.is_compiling() and not torch.compiler.is_exporting():
+        if torch.compiler.is_compiling() and not _exporting():
             return _tune_eagerly(self, rs, mask, labels, feature_gradient)
         if torch.is_inference_mode_enabled():
             # enable_grad cannot lift inference mode: step out of it, with ordinary copies of the inputs.
@@ -425,6 +425,15 @@ class SST(SSTReference):
             gradient = -ops.tuned_prototype(delta, mask, weight, torch.zeros_like(proto), 1.0, cfg.eps, dilation)
             tuned_proto = proto - self.tuning.feature_steps(proto, gradient) * gradient
         return TuningResult(support_logits, support_loss, proto, tuned_proto, None)
+
+
+def _exporting() -> bool:
+    """Whether ``torch.export`` is tracing: ``torch.compiler.is_exporting()``, read from the flag it returns.
+    Traced by dynamo, torch before 2.12 folds the call itself to True under every ``torch.compile`` (2.11's
+    ``tracing_state_functions``), which would trace the tuning step into the compiled graph; the flag that
+    the call reads is set only by ``torch.export``, in every version."""
+    flag = getattr(torch.compiler, "_is_exporting_flag", None)
+    return torch.compiler.is_exporting() if flag is None else bool(flag)
 
 
 @torch.compiler.disable(reason="the tuning step differentiates its own loss: it runs eagerly")

@@ -70,6 +70,24 @@ def test_compiled_evaluation_equals_eager(name, grad_mode):
     assert not out.logits.requires_grad and not out.tuned_prototypes.requires_grad
 
 
+def test_compile_runs_the_step_eagerly_where_dynamo_says_it_is_exporting(monkeypatch):
+    """Traced by dynamo, torch before 2.12 answers True to ``torch.compiler.is_exporting()`` under every
+    ``torch.compile`` (torch 2.11, the GPU image's, does). The step must still run eagerly there, not be traced
+    into the graph (where its inner gradient finds no path: "appears to not have been used in the graph"):
+    that answer is given here as 2.11 gives it: True while dynamo traces, False when run."""
+    monkeypatch.setattr(torch.compiler, "is_exporting", lambda: torch.compiler.is_dynamo_compiling())
+    model, inputs = make("SST", shots=1)
+    inputs = inputs[:3]
+    model.eval()
+    counter = CompileCounterWithBackend("aot_eager")
+    with torch.no_grad():
+        expected = model(*inputs)
+        out = torch.compile(model, backend=counter)(*inputs)
+    assert counter.frame_count > 0, "nothing was compiled"
+    tol = model_tolerance(model, inputs, torch.float32, backbone=True)
+    assert_equivalent(out.logits, expected.logits, tol, "logits")
+
+
 def train_step(model, runner, inputs):
     model.train()
     model.zero_grad(set_to_none=True)
