@@ -50,6 +50,23 @@ def between(dtype: torch.dtype, mixed: Iterable[int] = (), same: Iterable[int] =
     return 2 * LAMBDA * unit_roundoff(dtype) * max(stages, 1.0)
 
 
+def low_precision(dtype: torch.dtype, mixed: Iterable[int] = (), same: Iterable[int] = (), results: int = 0) -> float:
+    """Relative to the compared tensor's largest magnitude: what rounding to ``dtype`` (float16, bfloat16) adds to
+    a computation that otherwise runs in float32 (add ``between(torch.float32, ...)`` for its sums).
+
+    Inputs rounded once to ``dtype`` (autocast, ``.to(dtype)``) against the same computation on the unrounded
+    ones: a rounded factor is off by a relative u at most, so a sum of n terms with one rounded factor each moves
+    by at most ``u * sum|t_i|``, about ``sqrt(n) * u`` times the result for terms of random sign and ``u`` times it
+    for one-signed terms; the roundings being independent, it also moves by at most ``lam * u * sqrt(sum t_i^2)``
+    (Hoeffding), about ``lam * u`` times the result, with the probability of the bound above. ``mixed`` and
+    ``same`` list each sum once per rounded factor of its terms (a convolution of a rounded input with a rounded
+    weight twice). ``results``: how many times the result, or an intermediate at its scale, is rounded to
+    ``dtype`` (a float32 accumulation written out in ``dtype``), u each.
+    """
+    terms = sum(min(math.sqrt(int(n)), LAMBDA) for n in mixed) + sum(1 for _ in same)
+    return unit_roundoff(dtype) * (terms + results)
+
+
 @contextlib.contextmanager
 def full_float32():
     """float32 products and convolutions in full float32 on a GPU, as on the CPU: TF32 off (cuDNN may use it
