@@ -4,13 +4,18 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from sst_fast import cli
+from sst_fast import SST, cli
 from sst_fast.engine import distributed
 from sst_fast.engine.checkpoint import load_checkpoint
+from sst_fast.engine.runconfig import load_run_config
+from sst_fast.reference import SSTReference
+from tests.models.helpers import episode, tuning_tolerance
+from tests.tolerance import between
 
 from .test_train import assert_same_state
 from .tiny import TINY
@@ -29,12 +34,40 @@ SETTINGS = [
 ]
 
 
-def sst_fast(*args, processes: int = 1, timeout: float = 600) -> subprocess.CompletedProcess:
-    """``sst-fast ARGS`` as one process or under torchrun on ``processes`` local CPU processes; one thread each."""
-    launcher = [sys.executable, "-m", "sst_fast"]
+class Float64SST(SST):
+    """SST in float64, the float32 images cast on the way in (into the backbone too, for a feature cache it
+    builds): a run whose rounding is 2^-29 times float32's, for comparisons that float32's would blur. The
+    trainer takes it as the module ``sst_fast.engine.train``'s ``SST`` (:data:`FLOAT64_DRIVER`, or monkeypatch)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.double()
+        self.backbone.register_forward_pre_hook(lambda module, args: tuple(a.double() for a in args))
+
+    def forward(self, query, support_images, *args, **kwargs):
+        return super().forward(query.double(), support_images.double(), *args, **kwargs)
+
+
+# ``sst-fast`` with Float64SST: python FLOAT64_DRIVER ARGS (a script, for torchrun).
+FLOAT64_DRIVER = f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
+import importlib
+from sst_fast.cli import main
+from tests.engine.test_distributed import Float64SST
+importlib.import_module("sst_fast.engine.train").SST = Float64SST
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def sst_fast(*args, processes: int = 1, timeout: float = 600, script=None) -> subprocess.CompletedProcess:
+    """``sst-fast ARGS`` as one process or under torchrun on ``processes`` local CPU processes; one thread each.
+    ``script``: a file that runs instead of ``python -m sst_fast`` (FLOAT64_DRIVER)."""
+    program = ["-m", "sst_fast"] if script is None else [str(script)]
+    launcher = [sys.executable, *program]
     if processes > 1:
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
-        launcher += ["-m", "sst_fast"]
+        launcher += program
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     result = subprocess.run(
         [*launcher, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env, check=False
@@ -43,13 +76,17 @@ def sst_fast(*args, processes: int = 1, timeout: float = 600) -> subprocess.Comp
     return result
 
 
-def train(run_dir, *overrides, processes: int = 1, resume: bool = False, max_steps: int | None = None):
+def train(run_dir, *overrides, processes: int = 1, resume: bool = False, max_steps: int | None = None, float64=False):
     args = ["train", "--no-progress"]
     args += ["--resume", run_dir] if resume else ["--config", "synthetic", "--run-dir", run_dir, *SETTINGS]
     args += list(overrides)
     if max_steps is not None:
         args += ["--max-steps", max_steps]
-    sst_fast(*args, processes=processes)
+    script = None
+    if float64:
+        script = run_dir.parent / f"{run_dir.name}-float64.py"
+        script.write_text(FLOAT64_DRIVER)
+    sst_fast(*args, processes=processes, script=script)
     return load_checkpoint(run_dir / "checkpoints" / "last.pt")
 
 
@@ -65,23 +102,64 @@ def two(tmp_path_factory):
     return run_dir, train(run_dir, processes=2)
 
 
+@pytest.fixture(scope="module")
+def single64(tmp_path_factory):
+    return train(tmp_path_factory.mktemp("single64") / "run", float64=True)
+
+
+@pytest.fixture(scope="module")
+def two64(tmp_path_factory):
+    return train(tmp_path_factory.mktemp("two64") / "run", processes=2, float64=True)
+
+
 def close(a: torch.Tensor, b: torch.Tensor, tolerance: float) -> bool:
     return bool((a - b).abs().max() <= tolerance * max(b.abs().max().item(), 1e-12))
 
 
-def test_two_processes_train_the_same_run_as_one(single, two):
-    (_, one), (two_dir, many) = single, two
-    assert (many["step"], many["epoch"]) == (one["step"], one["epoch"]) == (6, 2)
+def training_tolerance(dtype: torch.dtype, config) -> tuple[float, float]:
+    """How far two runs of ``config`` (a RunConfig) may be apart, relative to the compared tensor's largest
+    magnitude: (a forward, a training step), tests.tolerance.between for the sums each adds, counted on the
+    reference at the run's shapes (another split of the batch gives every kernel, the backbone's too, other
+    shapes). A step: the forward with its inner tuning step, and the backward (its weight gradients sum the
+    global batch's N * H * W terms: the ranks' partial sums and their all-reduce add them in another order) twice,
+    second order going back through the inner step; then the optimizer: the clip's norm over every trainable
+    parameter (one sign), the weight decay, the momentum and the update (two terms each)."""
+    reference = SSTReference(config.model)
+    inputs = episode(batch=config.optim.batch_size, shots=config.model.shots, size=config.model.image_size[0])
+    forward = tuning_tolerance(reference, inputs, dtype, backbone=True)
+    trainable = sum(p.numel() for p in reference.parameters() if p.requires_grad)
+    step = 2 * tuning_tolerance(reference, inputs, dtype, gradients=True, backbone=True)
+    return forward, step + between(dtype, mixed=[2, 2, 2], same=[trainable])
+
+
+def assert_same_training(one: dict, many: dict, dtype: torch.dtype, *overrides: str) -> None:
+    """The weights, momentum buffers and logged losses of two runs' checkpoints, within :func:`training_tolerance`
+    of each other: each step adds its rounding (tests/tolerance.py: stages that do not amplify a relative error;
+    SGD at lr 0.02 with momentum 0.9 moves the weights by a fraction of themselves over these few steps, so a
+    perturbation's effect on the next gradients stays below the perturbation), the loss at step s that of s - 1
+    steps and its forward."""
+    forward, step = training_tolerance(dtype, load_run_config("synthetic", [*SETTINGS, *overrides]))
+    tol = one["step"] * step
     for key, value in one["model"].items():
-        assert close(many["model"][key].double(), value.double(), 1e-4), key
+        assert close(many["model"][key].double(), value.double(), tol), key
     for index, state in one["optimizer"]["state"].items():
-        assert close(many["optimizer"]["state"][index]["momentum_buffer"], state["momentum_buffer"], 1e-4), index
-    # Every step's loss is the global batch's loss, logged once (rank 0 alone writes the log).
+        assert close(many["optimizer"]["state"][index]["momentum_buffer"], state["momentum_buffer"], tol), index
     losses = [(r["step"], r["loss"], r["main_loss"], r["aux_loss"]) for r in one["history"] if "loss" in r]
     logged = [(r["step"], r["loss"], r["main_loss"], r["aux_loss"]) for r in many["history"] if "loss" in r]
-    assert [r[0] for r in logged] == [r[0] for r in losses] == [1, 2, 3, 4, 5, 6]
+    assert [r[0] for r in logged] == [r[0] for r in losses]
     for mine, theirs in zip(logged, losses, strict=True):
-        assert mine[1:] == pytest.approx(theirs[1:], rel=1e-5)
+        assert mine[1:] == pytest.approx(theirs[1:], rel=forward + (mine[0] - 1) * step), mine[0]
+
+
+def test_two_processes_train_the_same_run_as_one(single, two, single64, two64):
+    """float32 runs within float32's rounding of each other (a loose bound over six steps); float64 runs, whose
+    rounding is 2^-29 of it, sharply: the same training, up to the order of the sums."""
+    (_, one), (two_dir, many) = single, two
+    assert (many["step"], many["epoch"]) == (one["step"], one["epoch"]) == (6, 2)
+    assert_same_training(one, many, torch.float32)
+    assert_same_training(single64, two64, torch.float64)
+    # Every step's loss is the global batch's loss, logged once (rank 0 alone writes the log).
+    assert [r["step"] for r in many["history"] if "loss" in r] == [1, 2, 3, 4, 5, 6]
     records = [json.loads(line) for line in (two_dir / "metrics.jsonl").read_text().splitlines()]
     assert records == many["history"]
     assert len(many["rng"]["ranks"]) == 2
@@ -96,8 +174,10 @@ def test_training_on_cached_features_on_two_processes_equals_one(tmp_path, monke
     one = train(tmp_path / "one", *cached)
     two = train(tmp_path / "two", *cached, processes=2)
     assert two["step"] == one["step"] == 3
-    for key, value in one["model"].items():
-        assert close(two["model"][key].double(), value.double(), 1e-4), key
+    assert_same_training(one, two, torch.float32, *cached)
+    # In float64 (a cache of the float64 backbone's features): the same training, up to the order of the sums.
+    one64, two64 = (train(tmp_path / f"float64-{n}", *cached, processes=n, float64=True) for n in (1, 2))
+    assert_same_training(one64, two64, torch.float64, *cached)
 
 
 def test_a_distributed_run_stopped_and_resumed_equals_it_uninterrupted(two, tmp_path):

@@ -1,5 +1,6 @@
 """The frozen-backbone feature cache: what it stores, when it is reused or rebuilt, and training on it."""
 
+import importlib
 import json
 import logging
 
@@ -13,7 +14,9 @@ from sst_fast.engine.checkpoint import load_checkpoint
 from sst_fast.engine.features import CachedEpisodeDataset, FeatureCache, cache_key
 from sst_fast.engine.runconfig import ConfigError
 from sst_fast.engine.train import Trainer, train
+from tests.engine.test_distributed import Float64SST, training_tolerance
 from tests.engine.tiny import tiny_config
+from tests.tolerance import LAMBDA, unit_roundoff
 
 SIZE = (64, 64)
 
@@ -87,20 +90,40 @@ def test_cached_episodes_have_the_image_episodes_masks(dataset, tmp_path):
 FROZEN = ("data.augment=false", "model.freeze_backbone=true")
 
 
-def test_training_on_cached_features_follows_training_on_images(tmp_path):
+def losses_on_cached_features_and_on_images(tmp_path):
+    """The logged losses of three steps trained on cached features and on images (the runs, then the losses)."""
     cached = train(tiny_config(*FROZEN, "data.feature_cache=true"), tmp_path / "cached", max_steps=3, progress=False)
     plain = train(tiny_config(*FROZEN), tmp_path / "plain", max_steps=3, progress=False)
     losses = [
         [r["loss"] for r in load_checkpoint(run.last_checkpoint)["history"] if "loss" in r] for run in (cached, plain)
     ]
     assert len(losses[0]) == 3
-    for a, b in zip(*losses, strict=True):
-        assert a == pytest.approx(b, rel=5e-3), "float16 features: the same training to about 1e-3"
+    return losses
+
+
+def assert_losses_follow(losses, dtype):
+    """The loss at step s within s float16 roundings of the features (each earlier update carried one, and the
+    step's own forward; a rounded input moves the first convolution's sums by lam u16 of their value: Hoeffding,
+    as in tests/tolerance.py) plus the two runs' own rounding in ``dtype`` (training_tolerance: a forward and s - 1
+    steps, the backbone's sums included: the cache ran it in other batches)."""
+    forward, step = training_tolerance(dtype, tiny_config(*FROZEN))
+    for s, (a, b) in enumerate(zip(*losses, strict=True), start=1):
+        tol = s * LAMBDA * unit_roundoff(torch.float16) + forward + (s - 1) * step
+        assert a == pytest.approx(b, rel=tol), f"step {s}: float16 features, the same training to their rounding"
+
+
+def test_training_on_cached_features_follows_training_on_images(tmp_path, monkeypatch):
+    assert_losses_follow(losses_on_cached_features_and_on_images(tmp_path), torch.float32)
     log = (tmp_path / "cached" / "train.log").read_text()
     assert "cached the backbone features" in log
     # Resuming opens the same cache instead of building it again.
     Trainer.resume(tmp_path / "cached", progress=False).fit(max_steps=4)
     assert (tmp_path / "cached" / "train.log").read_text().count("cached the backbone features") == 1
+    # In float64 (a cache of its own, of the float64 backbone's features), whose rounding is 2^-29 of float32's,
+    # what is left is the features' float16 rounding: the bound that float32's rounding made loose above.
+    monkeypatch.setenv("SST_FAST_CACHE", str(tmp_path / "cache64"))
+    monkeypatch.setattr(importlib.import_module("sst_fast.engine.train"), "SST", Float64SST)
+    assert_losses_follow(losses_on_cached_features_and_on_images(tmp_path / "float64"), torch.float64)
 
 
 def test_the_feature_cache_needs_a_frozen_backbone_and_no_augmentation(tmp_path):

@@ -70,3 +70,25 @@ def model_tolerance(model, inputs, dtype, gradients=False, backbone=False):
     query, supports = inputs[0], inputs[1]
     same += [query.shape[0] * query.shape[-2] * query.shape[-1], supports.shape[-2] * supports.shape[-1]]
     return between(dtype, mixed, same)
+
+
+def input_gradient_terms(*parts):
+    """One backward through ``parts``: each convolution's input gradient sums C_out / groups * k * k terms."""
+    convs = [m for part in parts for m in part.modules() if isinstance(m, torch.nn.Conv2d)]
+    return [m.out_channels // m.groups * m.kernel_size[0] * m.kernel_size[1] for m in convs]
+
+
+def tuning_tolerance(reference, inputs, dtype, gradients=False, backbone=False):
+    """:func:`model_tolerance` of a forward that takes the tuning step, counted on ``reference`` (its relation
+    convolution is a module call), plus the step's inner gradient: one backward through the supports' relation
+    and decoder (each convolution's input gradient) and the pooled gradient map (h * w terms of both signs; the
+    fused op sums the same h * w and C_out * k * k terms in its own order)."""
+    from tests.tolerance import between
+
+    maps = []  # the relation's output maps' h * w: the supports' (pooled) and the query's
+    hook = reference.relation.conv.register_forward_hook(lambda m, args, out: maps.append(out[0, 0].numel()))
+    try:
+        tol = model_tolerance(reference, inputs, dtype, gradients=gradients, backbone=backbone)
+    finally:
+        hook.remove()
+    return tol + between(dtype, mixed=[*input_gradient_terms(reference.relation, reference.decoder), max(maps)])
