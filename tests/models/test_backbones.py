@@ -95,6 +95,12 @@ def make_state_dict(name: str, seed: int = 0) -> dict[str, torch.Tensor]:
     ~0.5 GB dense).
     """
     shapes = torchvision_resnet50_shapes() if name == "resnet50" else torchvision_vgg16_shapes()
+    return random_state(name, shapes, seed)
+
+
+def random_state(name: str, shapes: dict, seed: int) -> dict[str, torch.Tensor]:
+    """Random tensors of ``shapes`` (BatchNorm variances positive, counters integers), the entries backbone
+    ``name`` drops as stride-0 views of one value."""
     gen = torch.Generator().manual_seed(seed)
     state: dict[str, torch.Tensor] = {}
     for key, shape in shapes.items():
@@ -558,18 +564,7 @@ def deep_stem_resnet50_shapes(num_batches_tracked: bool = True) -> dict[str, tup
 
 def make_deep_stem_state_dict(seed: int = 0, num_batches_tracked: bool = True) -> dict[str, torch.Tensor]:
     """Random tensors in that layout (layer4/fc as stride-0 views, as :func:`make_state_dict` does)."""
-    gen = torch.Generator().manual_seed(seed)
-    state: dict[str, torch.Tensor] = {}
-    for key, shape in deep_stem_resnet50_shapes(num_batches_tracked).items():
-        if key.endswith("num_batches_tracked"):
-            state[key] = torch.randint(1, 10_000, (), generator=gen, dtype=torch.long)
-        elif _is_dropped("resnet50", key):
-            state[key] = torch.randn(1, generator=gen).expand(shape)
-        elif key.endswith("running_var"):
-            state[key] = torch.rand(shape, generator=gen) + 0.5
-        else:
-            state[key] = torch.randn(shape, generator=gen) * 0.05
-    return state
+    return random_state("resnet50", deep_stem_resnet50_shapes(num_batches_tracked), seed)
 
 
 @pytest.fixture(scope="module")
