@@ -621,10 +621,11 @@ def check_folds(dataset: str, folds=None, available: tuple | None = None) -> tup
     if folds is None:
         return kind.reported_folds or available
     names = ", ".join(map(str, available))
+    numbered = all(isinstance(fold, int) for fold in available)
     chosen = []
     for fold in folds:
         value = fold
-        if isinstance(fold, str) and dataset != "fss" and fold.strip().isdigit():
+        if isinstance(fold, str) and numbered and fold.strip().isdigit():
             value = int(fold)
         if isinstance(value, bool) or value not in available:
             hint = " (FSS-1000 has no numbered folds: its test classes are 'test', its validation classes 'val')"
