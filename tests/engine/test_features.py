@@ -14,7 +14,7 @@ from sst_fast.engine.checkpoint import load_checkpoint
 from sst_fast.engine.features import CachedEpisodeDataset, FeatureCache, cache_key
 from sst_fast.engine.runconfig import ConfigError
 from sst_fast.engine.train import Trainer, train
-from tests.engine.test_distributed import Float64SST, training_tolerance
+from tests.engine.float64 import Float64SST, training_tolerance
 from tests.engine.tiny import tiny_config
 from tests.tolerance import LAMBDA, unit_roundoff
 

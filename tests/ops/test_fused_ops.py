@@ -94,7 +94,7 @@ def run_op(name, backend, inputs, dilation, step=0.7, cotangent=None):
             args = (inputs["features"], inputs["proto"], inputs["weight"], inputs["bias"])
             out = ops.prototype_conv2d(*args, dilation)
         else:
-            args = (inputs["delta"], inputs["mask"].detach(), inputs["weight"], inputs["proto"])
+            args = (inputs["delta"], inputs["mask"].detach(), inputs["weight"], inputs["proto"])  # LABELS
             out = ops.tuned_prototype(*args, step, 5e-4, dilation)
     if cotangent is None:
         cotangent = default_cotangent(out)
